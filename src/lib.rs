@@ -8,4 +8,10 @@
 //! - [`xml`]: small helpers over `xmltree` shared by the CWA client, the
 //!   simulator and the device protocol (bounded parsing, child text,
 //!   serialisation).
+//! - [`config`]: collabd's daemon configuration (file, flags, environment).
+//! - [`ops`]: running under systemd: notify, signals, logging.
+//! - [`service`]: collabd: the device listener and the session table.
+pub mod config;
+pub mod ops;
+pub mod service;
 pub mod xml;

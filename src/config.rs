@@ -346,12 +346,14 @@ pub fn parse_file(
         let value = if let Some(inner) = value.strip_prefix('"') {
             match inner.strip_suffix('"') {
                 Some(inner) if !inner.contains('"') => inner,
-                _ => return Err(syntax(
-                    line_no,
-                    format!(
+                _ => {
+                    return Err(syntax(
+                        line_no,
+                        format!(
                         "{key}: unbalanced quotes (a quoted value is \"...\" with no \" inside)"
                     ),
-                )),
+                    ))
+                }
             }
         } else {
             value

@@ -1,0 +1,350 @@
+//! The device-link listener with real sockets on 127.0.0.1: the cap on
+//! connections not yet signed in, the sign-in deadline, handler panics,
+//! shutdown, and TLS with a certificate generated at test time.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use collabd::service::listener::{
+    tls_acceptor_from_pem, Handler, Incoming, Listener, ListenerLimits, Server,
+};
+
+/// Generous bound for waiting on something that must happen; never a
+/// measure of speed.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn limits(max_unauthenticated: usize, handshake: Duration) -> ListenerLimits {
+    ListenerLimits {
+        max_unauthenticated,
+        handshake_timeout: handshake,
+        read_timeout: Duration::from_secs(60),
+        thread_stack_size: 256 * 1024,
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// Reads until EOF or an error; returns true for a closed connection, and
+/// fails the test if the read timed out (the server kept it open).
+fn closed_by_server(stream: &mut impl Read) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true, // reset
+        }
+    }
+}
+
+/// What the test handler reports.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Entered(SocketAddr, bool),
+    SignedIn,
+    Ended,
+}
+
+/// A handler that plays a tiny sign-in protocol: it reports entry, then
+/// reads bytes; the byte `L` is "login accepted" (it releases the permit and
+/// answers `ok\n`); `P` panics; every other byte is echoed.
+fn protocol_handler(events: Sender<Event>) -> Handler {
+    let events = Mutex::new(events);
+    Arc::new(move |incoming: Incoming| {
+        let Incoming {
+            mut stream,
+            peer,
+            permit,
+        } = incoming;
+        let send = |e| {
+            let _ = events.lock().unwrap().send(e);
+        };
+        send(Event::Entered(peer, stream.is_tls()));
+        let mut permit = Some(permit);
+        let mut byte = [0u8; 1];
+        while let Ok(1) = stream.read(&mut byte) {
+            match byte[0] {
+                b'L' => {
+                    if let Some(p) = permit.take() {
+                        p.release();
+                    }
+                    stream.write_all(b"ok\n").unwrap();
+                    send(Event::SignedIn);
+                }
+                b'P' => panic!("handler fails on purpose"),
+                other => {
+                    let _ = stream.write_all(&[other]);
+                }
+            }
+        }
+        send(Event::Ended);
+    })
+}
+
+fn start(limits: ListenerLimits) -> (Server, Receiver<Event>) {
+    let (tx, rx) = mpsc::channel();
+    let listener = Listener::bind("127.0.0.1:0", None, limits).unwrap();
+    let server = listener.serve(protocol_handler(tx)).unwrap();
+    (server, rx)
+}
+
+fn expect(rx: &Receiver<Event>, pred: impl Fn(&Event) -> bool, what: &str) -> Event {
+    let e = rx
+        .recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("no {what}"));
+    assert!(pred(&e), "expected {what}, got {e:?}");
+    e
+}
+
+#[test]
+fn connections_beyond_the_unauthenticated_cap_are_closed_at_once() {
+    let (server, rx) = start(limits(2, Duration::from_secs(600)));
+    let addr = server.local_addr();
+    let mut a = connect(addr);
+    let _b = connect(addr);
+    expect(&rx, |e| matches!(e, Event::Entered(..)), "first entry");
+    expect(&rx, |e| matches!(e, Event::Entered(..)), "second entry");
+    assert_eq!(server.pending(), 2);
+
+    let mut c = connect(addr);
+    assert!(
+        closed_by_server(&mut c),
+        "third connection closed, nothing sent"
+    );
+    wait_until("rejection counted", || server.rejected() == 1);
+
+    // Signing in frees the place: a new connection is served.
+    a.write_all(b"L").unwrap();
+    let mut ok = [0u8; 3];
+    a.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok\n");
+    expect(&rx, |e| *e == Event::SignedIn, "sign-in");
+    wait_until("permit released", || server.pending() == 1);
+    let mut d = connect(addr);
+    expect(
+        &rx,
+        |e| matches!(e, Event::Entered(..)),
+        "entry after release",
+    );
+    d.write_all(b"x").unwrap();
+    let mut echo = [0u8; 1];
+    d.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"x");
+    // The signed-in connection is not cut at any sign-in deadline and
+    // still works.
+    a.write_all(b"y").unwrap();
+    a.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"y");
+    let report = server.stop(Duration::ZERO, PATIENCE);
+    assert_eq!(report.still_running, 0);
+}
+
+#[test]
+fn a_silent_client_is_dropped_at_the_handshake_timeout_and_frees_its_permit() {
+    // The per-read timeout (60 s) is far longer than the sign-in deadline:
+    // what drops the client is the deadline.
+    let (server, rx) = start(limits(1, Duration::from_millis(300)));
+    let addr = server.local_addr();
+    let mut silent = connect(addr);
+    expect(&rx, |e| matches!(e, Event::Entered(..)), "entry");
+    assert!(closed_by_server(&mut silent), "dropped at the deadline");
+    expect(&rx, |e| *e == Event::Ended, "handler end");
+    wait_until("permit freed", || {
+        server.pending() == 0 && server.connections() == 0
+    });
+    // The single place is free again.
+    let mut next = connect(addr);
+    expect(&rx, |e| matches!(e, Event::Entered(..)), "next entry");
+    next.write_all(b"L").unwrap();
+    let mut ok = [0u8; 3];
+    next.read_exact(&mut ok).unwrap();
+    assert_eq!(server.rejected(), 0);
+    server.stop(Duration::ZERO, PATIENCE);
+}
+
+#[test]
+fn a_client_that_trickles_garbage_is_dropped_at_the_deadline() {
+    let (server, rx) = start(limits(4, Duration::from_millis(500)));
+    let mut slow = connect(server.local_addr());
+    expect(&rx, |e| matches!(e, Event::Entered(..)), "entry");
+    // Each byte arrives well within the per-read timeout, but the login
+    // never comes.
+    let mut closed = false;
+    let deadline = Instant::now() + PATIENCE;
+    let mut echo = [0u8; 1];
+    while Instant::now() < deadline {
+        if slow.write_all(b"g").is_err() {
+            closed = true;
+            break;
+        }
+        match slow.read(&mut echo) {
+            Ok(1) => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the trickling client was cut");
+    expect(&rx, |e| *e == Event::Ended, "handler end");
+    wait_until("permit freed", || server.pending() == 0);
+    server.stop(Duration::ZERO, PATIENCE);
+}
+
+#[test]
+fn a_panicking_handler_closes_its_connection_and_frees_its_permit() {
+    let (server, rx) = start(limits(1, Duration::from_secs(600)));
+    let mut c = connect(server.local_addr());
+    expect(&rx, |e| matches!(e, Event::Entered(..)), "entry");
+    c.write_all(b"P").unwrap();
+    assert!(closed_by_server(&mut c));
+    wait_until("connection gone", || {
+        server.connections() == 0 && server.pending() == 0
+    });
+    let _d = connect(server.local_addr());
+    expect(
+        &rx,
+        |e| matches!(e, Event::Entered(..)),
+        "served after panic",
+    );
+    server.stop(Duration::ZERO, PATIENCE);
+}
+
+#[test]
+fn shutdown_stops_accepting_closes_connections_and_returns() {
+    let (server, rx) = start(limits(8, Duration::from_secs(600)));
+    let addr = server.local_addr();
+    let mut signed_in = connect(addr);
+    expect(&rx, |e| matches!(e, Event::Entered(..)), "entry");
+    signed_in.write_all(b"L").unwrap();
+    expect(&rx, |e| *e == Event::SignedIn, "sign-in");
+    let _pending = connect(addr);
+    expect(&rx, |e| matches!(e, Event::Entered(..)), "entry");
+
+    // Stop accepting from another thread, as the signal thread would.
+    let handle = server.shutdown_handle();
+    std::thread::spawn(move || handle.stop_accepting())
+        .join()
+        .unwrap();
+    assert!(!server.is_accepting());
+    let report = server.stop(Duration::from_millis(10), PATIENCE);
+    assert_eq!(report.forced, 2, "both connections were still open");
+    assert_eq!(report.still_running, 0);
+    assert!(closed_by_server(&mut signed_in));
+    expect(&rx, |e| *e == Event::Ended, "handler end");
+    expect(&rx, |e| *e == Event::Ended, "handler end");
+    assert!(
+        TcpStream::connect_timeout(&addr, PATIENCE).is_err(),
+        "nothing listens any more"
+    );
+}
+
+#[test]
+fn an_idle_server_stops_promptly_from_its_handle() {
+    let (server, _rx) = start(limits(8, Duration::from_secs(600)));
+    let handle = server.shutdown_handle();
+    assert!(server.is_accepting());
+    handle.stop_accepting();
+    handle.stop_accepting(); // idempotent
+    let report = server.stop(PATIENCE, PATIENCE);
+    assert_eq!(report.forced, 0);
+    assert_eq!(report.still_running, 0);
+}
+
+#[test]
+fn tls_connections_are_served_and_plain_clients_are_refused() {
+    let cert = support::certs::self_signed_localhost();
+    let acceptor = tls_acceptor_from_pem(&cert.cert_pem, &cert.key_pem).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        Some(acceptor),
+        limits(4, Duration::from_secs(600)),
+    )
+    .unwrap();
+    let server = listener.serve(protocol_handler(tx)).unwrap();
+    let addr = server.local_addr();
+
+    let connector = support::certs::client_trusting(&cert);
+    let mut tls = connector.connect("localhost", connect(addr)).unwrap();
+    expect(&rx, |e| matches!(e, Event::Entered(_, true)), "TLS entry");
+    tls.write_all(b"L").unwrap();
+    let mut ok = [0u8; 3];
+    tls.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok\n");
+    expect(&rx, |e| *e == Event::SignedIn, "sign-in");
+    tls.write_all(b"z").unwrap();
+    let mut echo = [0u8; 1];
+    tls.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"z");
+
+    // A client speaking plain text fails the handshake and never reaches
+    // the handler.
+    let mut plain = connect(addr);
+    plain
+        .write_all(b"\x00\x00\x00\x10hello, not TLS\r\n\r\n")
+        .unwrap();
+    assert!(closed_by_server(&mut plain));
+    wait_until("failed handshake cleaned up", || server.pending() == 0);
+    assert!(
+        rx.try_recv().is_err(),
+        "handler not called for the plain client"
+    );
+
+    // A client that does not trust the certificate gives up.
+    let untrusting = native_tls::TlsConnector::builder()
+        .disable_built_in_roots(true)
+        .build()
+        .unwrap();
+    assert!(untrusting.connect("localhost", connect(addr)).is_err());
+
+    let report = server.stop(Duration::ZERO, PATIENCE);
+    assert_eq!(report.still_running, 0);
+}
+
+#[test]
+fn bad_limits_and_busy_addresses_are_clear_errors() {
+    let taken = Listener::bind("127.0.0.1:0", None, ListenerLimits::default()).unwrap();
+    let err = Listener::bind(taken.local_addr(), None, ListenerLimits::default()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("cannot listen on 127.0.0.1:"),
+        "{err}"
+    );
+    let err = Listener::bind(
+        "127.0.0.1:0",
+        None,
+        ListenerLimits {
+            max_unauthenticated: 0,
+            ..ListenerLimits::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_unauthenticated"), "{err}");
+    let Err(err) = tls_acceptor_from_pem(b"not a cert", b"not a key") else {
+        panic!("garbage accepted as a TLS identity");
+    };
+    assert!(err.to_string().starts_with("TLS identity:"), "{err}");
+}

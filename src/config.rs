@@ -919,4 +919,23 @@ mod tests {
         let c = run_config(parse(&["-c", conf.to_str().unwrap()], &no_env).unwrap());
         assert!(!format!("{c:?}").contains("s3cret"));
     }
+
+    #[test]
+    fn the_shipped_example_parses_and_the_man_page_documents_every_key() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = root.join("dist/collabd.conf.example");
+        let c = run_config(parse(&["-c", example.to_str().unwrap()], &no_env).unwrap());
+        assert_eq!(c.instance, "bcs-01");
+        assert_eq!(c.listen, "0.0.0.0:3200".parse().unwrap());
+        let page = std::fs::read_to_string(root.join("man/collabd.conf.5")).unwrap();
+        let flags = std::fs::read_to_string(root.join("man/collabd.8")).unwrap();
+        for key in KEYS {
+            assert!(
+                page.contains(&format!(".BI {key} ")),
+                "collabd.conf(5) lacks {key}"
+            );
+            let flag = format!("\\-\\-{}", key.replace('_', "\\-"));
+            assert!(flags.contains(&flag), "collabd(8) lacks {flag}");
+        }
+    }
 }

@@ -138,6 +138,31 @@ pub fn watchdog_interval_from(
     Some(Duration::from_micros(usec / 2))
 }
 
+/// Send `WATCHDOG=1` every `interval` while `healthy()` says so (e.g. the
+/// accept thread is running and the session table's lock can be taken),
+/// until `shutdown` is requested. A missed ping lets systemd restart the
+/// service. Send errors are logged once per failure, never fatal.
+pub fn spawn_watchdog(
+    interval: Duration,
+    shutdown: crate::ops::signals::Shutdown,
+    healthy: impl Fn() -> bool + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            while !shutdown.wait_timeout(interval) {
+                if !healthy() {
+                    log::warn!("health check failed; not pinging the systemd watchdog");
+                    continue;
+                }
+                if let Err(e) = notify(&[NotifyState::Watchdog]) {
+                    log::warn!("cannot ping the systemd watchdog: {e}");
+                }
+            }
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,6 +231,20 @@ impl fmt::Debug for Config {
     }
 }
 
+impl Config {
+    /// The device-link listener's limits: the sign-in deadline is also the
+    /// per-read timeout until sign-in (after it, the session sets
+    /// `status_timeout` on its stream).
+    pub fn listener_limits(&self) -> crate::service::listener::ListenerLimits {
+        crate::service::listener::ListenerLimits {
+            max_unauthenticated: self.max_unauthenticated,
+            handshake_timeout: self.handshake_timeout,
+            read_timeout: self.handshake_timeout,
+            thread_stack_size: self.thread_stack_size,
+        }
+    }
+}
+
 /// The connection string with any password replaced by `***`: the
 /// `user:password@` part of a URL, a `password=` URL query parameter, and a
 /// libpq `password=` keyword.
@@ -698,6 +712,10 @@ mod tests {
         assert_eq!(c.max_unauthenticated, 256);
         assert_eq!(c.thread_stack_size, 256 * 1024);
         assert_eq!(c.config_file, Some(path));
+        let limits = c.listener_limits();
+        assert_eq!(limits.max_unauthenticated, 256);
+        assert_eq!(limits.read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.thread_stack_size, 256 * 1024);
     }
 
     #[test]

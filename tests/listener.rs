@@ -348,3 +348,30 @@ fn bad_limits_and_busy_addresses_are_clear_errors() {
     };
     assert!(err.to_string().starts_with("TLS identity:"), "{err}");
 }
+
+#[test]
+fn wait_readable_reports_data_without_consuming_it() {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let handler: Handler = Arc::new(move |incoming: Incoming| {
+        let mut stream = incoming.stream;
+        let idle = stream.wait_readable(Duration::from_millis(50)).unwrap();
+        let _ = tx.lock().unwrap().send(format!("idle:{idle}"));
+        let ready = stream.wait_readable(PATIENCE).unwrap();
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).unwrap();
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send(format!("ready:{ready}:{}", byte[0] as char));
+    });
+    let server = Listener::bind("127.0.0.1:0", None, limits(2, PATIENCE))
+        .unwrap()
+        .serve(handler)
+        .unwrap();
+    let mut c = connect(server.local_addr());
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), "idle:false");
+    c.write_all(b"q").unwrap();
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), "ready:true:q");
+    server.stop(Duration::ZERO, PATIENCE);
+}

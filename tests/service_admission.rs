@@ -91,7 +91,7 @@ fn handler(table: SessionTable, ended: Sender<(u32, EndReason)>) -> Handler {
         let _ = writeln!(stream, "0 {id}");
         while let Some(line) = read_line(&mut stream) {
             match line.as_str() {
-                "STATUS active" => table.note_status(id, Coverage::Active, Instant::now()),
+                "STATUS active" => table.note_status(id, Coverage::In, Instant::now()),
                 "STATUS dormant" => table.note_status(id, Coverage::Dormant, Instant::now()),
                 "LOGOUT" => {
                     table.end(id, EndReason::Logout);

@@ -67,8 +67,8 @@ pub struct SessionKey {
 /// when its connection went away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Coverage {
-    /// In coverage and in use.
-    Active,
+    /// In coverage and active (the device's "active" status).
+    In,
     /// In coverage, dormant (the client suppresses presence updates); still
     /// reachable.
     Dormant,
@@ -78,12 +78,13 @@ pub enum Coverage {
 }
 
 impl Coverage {
-    /// The name used in snapshots, logs and the session registry.
+    /// The name used in logs and in the Config DB session registry
+    /// (`in`, `dormant`, `out`, as `configdb::registry::Coverage`).
     pub fn as_str(self) -> &'static str {
         match self {
-            Coverage::Active => "active",
+            Coverage::In => "in",
             Coverage::Dormant => "dormant",
-            Coverage::Out => "out-of-coverage",
+            Coverage::Out => "out",
         }
     }
 }
@@ -114,6 +115,21 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// From the Config DB instance row's columns (milliseconds).
+    pub fn from_millis(
+        max_sessions: Option<u32>,
+        idle_timeout_ms: Option<u64>,
+        inactivity_timeout_ms: Option<u64>,
+        http_max_connections: u32,
+    ) -> Limits {
+        Limits {
+            max_sessions,
+            idle_timeout: idle_timeout_ms.map(Duration::from_millis),
+            inactivity_timeout: inactivity_timeout_ms.map(Duration::from_millis),
+            http_max_connections,
+        }
+    }
+
     /// The number of sessions this instance can hold: `max_sessions` if set,
     /// else `http_max_connections` (the registry's `session_limit`).
     pub fn capacity(&self) -> u32 {
@@ -591,7 +607,7 @@ impl SessionTable {
                 id,
                 Entry {
                     control: Arc::clone(&control),
-                    coverage: Coverage::Active,
+                    coverage: Coverage::In,
                     last_status: now,
                     last_activity: now,
                 },
@@ -768,10 +784,9 @@ impl fmt::Debug for SessionTable {
     }
 }
 
-/// Run the inactivity reaper: every `interval` (and once more is not
-/// needed at shutdown), end the sessions past the inactivity timeout and
-/// hand them to `on_ended` (audit, registry), until `shutdown` is
-/// requested. The thread's stack is `stack_size` bytes.
+/// Run the inactivity reaper: every `interval`, end the sessions past the
+/// inactivity timeout and hand them to `on_ended` (audit, registry), until
+/// `shutdown` is requested. The thread's stack is `stack_size` bytes.
 pub fn spawn_reaper(
     table: SessionTable,
     interval: Duration,
@@ -806,12 +821,7 @@ mod tests {
     }
 
     fn limits(max: Option<u32>, idle_ms: Option<u64>) -> Limits {
-        Limits {
-            max_sessions: max,
-            idle_timeout: idle_ms.map(Duration::from_millis),
-            inactivity_timeout: None,
-            http_max_connections: 1000,
-        }
+        Limits::from_millis(max, idle_ms, None, 1000)
     }
 
     fn ms(n: u64) -> Duration {
@@ -891,9 +901,9 @@ mod tests {
         let a = table.admit(key(1), t0).unwrap();
         let b = table.admit(key(2), t0).unwrap();
         let c = table.admit(key(3), t0).unwrap();
-        table.note_status(a.handle.id(), Coverage::Active, t0 + ms(500));
-        table.note_status(b.handle.id(), Coverage::Active, t0 + ms(200));
-        table.note_status(c.handle.id(), Coverage::Active, t0 + ms(5_000));
+        table.note_status(a.handle.id(), Coverage::In, t0 + ms(500));
+        table.note_status(b.handle.id(), Coverage::In, t0 + ms(200));
+        table.note_status(c.handle.id(), Coverage::In, t0 + ms(5_000));
         // At t0+3000: a silent 2500 ms, b silent 2800 ms, c 0 ms (negative).
         let d = table.admit(key(4), t0 + ms(3_000)).unwrap();
         assert_eq!(d.ended.len(), 1);
@@ -917,7 +927,7 @@ mod tests {
         let t0 = Instant::now();
         let a = table.admit(key(1), t0).unwrap();
         let b = table.admit(key(2), t0).unwrap();
-        table.note_status(b.handle.id(), Coverage::Active, t0 + ms(1_500));
+        table.note_status(b.handle.id(), Coverage::In, t0 + ms(1_500));
         table.mark_out_of_coverage(b.handle.id());
         let c = table.admit(key(3), t0 + ms(5_000)).unwrap();
         assert_eq!(c.ended[0].handle.id(), b.handle.id());
@@ -1120,7 +1130,7 @@ mod tests {
         let w = Arc::clone(&woken);
         a.handle.set_waker(move || w.store(true, Ordering::SeqCst));
         assert!(woken.load(Ordering::SeqCst));
-        assert!(!table.note_status(a.handle.id(), Coverage::Active, Instant::now()));
+        assert!(!table.note_status(a.handle.id(), Coverage::In, Instant::now()));
     }
 
     #[test]

@@ -375,3 +375,99 @@ fn wait_readable_reports_data_without_consuming_it() {
     assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), "ready:true:q");
     server.stop(Duration::ZERO, PATIENCE);
 }
+
+/// The handler splits the connection: a reader thread waits for the
+/// device while this thread writes `tick\n` three times. The socket's read
+/// timeout is long (60 s) and the client waits for the ticks before it
+/// sends anything, so a reader that held the stream while waiting would
+/// starve the writer and fail the test. Then the reader's bytes are echoed
+/// through the writer.
+fn halves_handler() -> Handler {
+    Arc::new(|incoming: Incoming| {
+        let (mut reader, writer) = incoming.stream.into_halves().unwrap();
+        let writer = Arc::new(Mutex::new(writer));
+        let w = Arc::clone(&writer);
+        let echo = std::thread::spawn(move || {
+            let mut buf = [0u8; 3];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                w.lock().unwrap().write_all(&buf[..n]).unwrap();
+            }
+        });
+        for _ in 0..3 {
+            writer.lock().unwrap().write_all(b"tick\n").unwrap();
+        }
+        echo.join().unwrap();
+    })
+}
+
+fn exercise_halves(client: &mut (impl Read + Write)) {
+    let mut ticks = [0u8; 15];
+    client.read_exact(&mut ticks).unwrap();
+    assert_eq!(&ticks, b"tick\ntick\ntick\n");
+    // More than one small read's worth, so the TLS half serves it from
+    // its record buffer across several reads.
+    client.write_all(b"0123456789abcdef").unwrap();
+    let mut echo = [0u8; 16];
+    client.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"0123456789abcdef");
+}
+
+#[test]
+fn a_plain_connection_splits_into_halves_for_two_threads() {
+    let server = Listener::bind("127.0.0.1:0", None, limits(2, PATIENCE))
+        .unwrap()
+        .serve(halves_handler())
+        .unwrap();
+    let mut c = connect(server.local_addr());
+    exercise_halves(&mut c);
+    drop(c);
+    assert_eq!(server.stop(PATIENCE, PATIENCE).still_running, 0);
+}
+
+#[test]
+fn a_tls_connection_splits_into_halves_for_two_threads() {
+    let cert = support::certs::self_signed_localhost();
+    let acceptor = tls_acceptor_from_pem(&cert.cert_pem, &cert.key_pem).unwrap();
+    let server = Listener::bind("127.0.0.1:0", Some(acceptor), limits(2, PATIENCE))
+        .unwrap()
+        .serve(halves_handler())
+        .unwrap();
+    let connector = support::certs::client_trusting(&cert);
+    let mut c = connector
+        .connect("localhost", connect(server.local_addr()))
+        .unwrap();
+    exercise_halves(&mut c);
+    drop(c);
+    assert_eq!(server.stop(PATIENCE, PATIENCE).still_running, 0);
+}
+
+#[test]
+fn a_tls_read_half_honours_the_read_timeout() {
+    let cert = support::certs::self_signed_localhost();
+    let acceptor = tls_acceptor_from_pem(&cert.cert_pem, &cert.key_pem).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let handler: Handler = Arc::new(move |incoming: Incoming| {
+        let (mut reader, _writer) = incoming.stream.into_halves().unwrap();
+        reader
+            .tcp()
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        let kind = reader.read(&mut buf).map_err(|e| e.kind());
+        let _ = tx.lock().unwrap().send(kind);
+    });
+    let server = Listener::bind("127.0.0.1:0", Some(acceptor), limits(2, PATIENCE))
+        .unwrap()
+        .serve(handler)
+        .unwrap();
+    let connector = support::certs::client_trusting(&cert);
+    let _c = connector
+        .connect("localhost", connect(server.local_addr()))
+        .unwrap();
+    assert_eq!(
+        rx.recv_timeout(PATIENCE).unwrap(),
+        Err(std::io::ErrorKind::TimedOut)
+    );
+    server.stop(Duration::ZERO, PATIENCE);
+}

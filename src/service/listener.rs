@@ -38,12 +38,16 @@
 //! A panic in a handler is caught and logged; the connection is closed and
 //! its permit freed.
 //!
-//! With TLS, the `Stream` cannot be read and written from two threads at
-//! once (OpenSSL forbids it). A relay that writes events while another
-//! thread waits for device frames should put the stream behind a mutex and
-//! wait with [`Stream::wait_readable`] *without* holding it, then lock and
-//! read with a buffer of at least 16 KiB (one TLS record), so that no
-//! decrypted data stays inside OpenSSL unseen by `poll`.
+//! A session reads device frames on one thread while another writes events
+//! to the device: [`Stream::into_halves`] splits the connection for that.
+//! A plain connection splits into two handles of the socket. A TLS
+//! connection cannot be read and written from two threads at once (OpenSSL
+//! forbids it), so its halves share it behind a mutex: the reader waits
+//! for the socket to become readable *without* the lock (`poll(2)`, bounded
+//! by the socket's read timeout), then takes the lock and reads a whole TLS
+//! record into its own 16 KiB buffer, so no decrypted data is ever left
+//! inside OpenSSL unseen by `poll`. A writer thus waits at most for one
+//! record being read, never for the device to speak.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -174,24 +178,31 @@ impl Stream {
     }
 
     /// Wait up to `timeout` for the socket to become readable (data, EOF or
-    /// an error), without reading. See the module documentation for why a
-    /// TLS relay needs this.
+    /// an error), without reading.
     pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.tcp().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        loop {
-            // SAFETY: one valid pollfd for a socket we own.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc >= 0 {
-                return Ok(rc > 0);
+        poll_readable(self.tcp().as_raw_fd(), Some(timeout))
+    }
+
+    /// Split into a reading and a writing half usable from two threads (see
+    /// the module documentation). Timeouts stay those of the socket.
+    pub fn into_halves(self) -> io::Result<(ReadHalf, WriteHalf)> {
+        match self {
+            Stream::Plain(s) => {
+                let w = s.try_clone()?;
+                Ok((ReadHalf::Plain(s), WriteHalf::Plain(w)))
             }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+            Stream::Tls(s) => {
+                let socket = s.get_ref().try_clone()?;
+                let shared = Arc::new(Mutex::new(s));
+                Ok((
+                    ReadHalf::Tls {
+                        shared: Arc::clone(&shared),
+                        socket,
+                        buffer: Vec::new(),
+                        start: 0,
+                    },
+                    WriteHalf::Tls(shared),
+                ))
             }
         }
     }
@@ -226,6 +237,145 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.flush(),
             Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn poll_readable(fd: std::os::unix::io::RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = match timeout {
+        Some(t) => t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int,
+        None => -1,
+    };
+    loop {
+        // SAFETY: one valid pollfd for a socket we own.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc >= 0 {
+            return Ok(rc > 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// A TLS record's largest plaintext: reading this much at once drains a
+/// record from OpenSSL.
+const TLS_RECORD: usize = 16 * 1024;
+
+/// The reading half of a [`Stream`].
+pub enum ReadHalf {
+    /// A handle of the plain socket.
+    Plain(TcpStream),
+    /// The shared TLS stream, a socket handle to poll, and decrypted bytes
+    /// not yet handed out (`buffer[start..]`).
+    Tls {
+        /// The TLS stream, shared with the writing half.
+        shared: Arc<Mutex<native_tls::TlsStream<TcpStream>>>,
+        /// For `poll` and the read timeout.
+        socket: TcpStream,
+        /// Decrypted bytes read ahead.
+        buffer: Vec<u8>,
+        /// How much of `buffer` was already handed out.
+        start: usize,
+    },
+}
+
+impl ReadHalf {
+    /// The socket underneath (timeouts, shutdown).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ReadHalf::Plain(s) => s,
+            ReadHalf::Tls { socket, .. } => socket,
+        }
+    }
+}
+
+impl fmt::Debug for ReadHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadHalf::Plain(s) => f.debug_tuple("ReadHalf::Plain").field(s).finish(),
+            ReadHalf::Tls { socket, .. } => f.debug_tuple("ReadHalf::Tls").field(socket).finish(),
+        }
+    }
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ReadHalf::Plain(s) => s.read(buf),
+            ReadHalf::Tls {
+                shared,
+                socket,
+                buffer,
+                start,
+            } => {
+                if *start == buffer.len() {
+                    if !poll_readable(socket.as_raw_fd(), socket.read_timeout()?)? {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
+                    }
+                    buffer.resize(TLS_RECORD, 0);
+                    let n = {
+                        let mut tls = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        tls.read(buffer)
+                    };
+                    let n = match n {
+                        Ok(n) => n,
+                        Err(e) => {
+                            buffer.clear();
+                            *start = 0;
+                            return Err(e);
+                        }
+                    };
+                    buffer.truncate(n);
+                    *start = 0;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                }
+                let n = buf.len().min(buffer.len() - *start);
+                buf[..n].copy_from_slice(&buffer[*start..*start + n]);
+                *start += n;
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// The writing half of a [`Stream`].
+pub enum WriteHalf {
+    /// A handle of the plain socket.
+    Plain(TcpStream),
+    /// The shared TLS stream.
+    Tls(Arc<Mutex<native_tls::TlsStream<TcpStream>>>),
+}
+
+impl fmt::Debug for WriteHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WriteHalf::Plain(_) => "WriteHalf::Plain",
+            WriteHalf::Tls(_) => "WriteHalf::Tls",
+        })
+    }
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Plain(s) => s.write(buf),
+            WriteHalf::Tls(t) => t.lock().unwrap_or_else(|p| p.into_inner()).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            WriteHalf::Plain(s) => s.flush(),
+            WriteHalf::Tls(t) => t.lock().unwrap_or_else(|p| p.into_inner()).flush(),
         }
     }
 }

@@ -8,4 +8,7 @@
 //! - [`xml`]: small helpers over `xmltree` shared by the CWA client, the
 //!   simulator and the device protocol (bounded parsing, child text,
 //!   serialisation).
+//! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
+//!   status codes, XML messages), specified in collab-protocol(7).
+pub mod wire;
 pub mod xml;

@@ -10,5 +10,7 @@
 //!   serialisation).
 //! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
 //!   status codes, XML messages), specified in collab-protocol(7).
+//! - [`device`]: the device-side client library behind `collab-device`.
+pub mod device;
 pub mod wire;
 pub mod xml;

@@ -364,3 +364,63 @@ fn raw_key_files_are_accepted() {
     dev.send("logout");
     assert_eq!(dev.finish().0, 0);
 }
+
+#[test]
+fn script_mode_over_tls_with_an_extra_ca() {
+    let cert = support::tls::self_signed();
+    let svc = TestService::start_tls(support::tls::acceptor(&cert));
+    let dir = TempDir::new("collab-device-tls");
+    let (key, pw) = files(&dir);
+    let ca = dir.file("ca.pem", &cert.cert_pem);
+    let addr = svc.addr.to_string();
+    let mut args = device_args(&addr, &key, "alice", &pw);
+    args.extend(["--tls".into(), "--ca".into(), ca.display().to_string()]);
+    let mut dev = DeviceProcess::spawn(BIN, &args);
+    dev.expect("login ok");
+    dev.send("send conv=c7 text=over\\stls");
+    assert_eq!(
+        dev.expect("event message seq=4"),
+        "event message seq=4 conv=c7 from=sip:echo@example.com text=over\\stls"
+    );
+    dev.send("logout");
+    assert_eq!(dev.finish().0, 0);
+
+    // Verification stays on: without the CA the certificate is refused (3),
+    // and so is a name the certificate does not carry.
+    let mut no_ca = device_args(&addr, &key, "alice", &pw);
+    no_ca.push("--tls".into());
+    let (code, _, err) = DeviceProcess::spawn(BIN, &no_ca).finish();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("TLS"), "{err}");
+    let mut wrong_name = args.clone();
+    wrong_name.extend(["--tls-name".into(), "elsewhere.example".into()]);
+    assert_eq!(DeviceProcess::spawn(BIN, &wrong_name).finish().0, 3);
+}
+
+#[test]
+fn interactive_mode_shows_events_and_sends_lines() {
+    let svc = TestService::start();
+    let dir = TempDir::new("collab-device-ui");
+    let (key, pw) = files(&dir);
+    let mut args = device_args(&svc.addr.to_string(), &key, "alice", &pw);
+    args.retain(|a| a != "--script");
+    let mut dev = DeviceProcess::spawn(BIN, &args);
+    dev.expect("signed in as alice");
+    assert_eq!(
+        dev.expect("[c7]"),
+        "[c7] Bob Jones <sip:bob@example.com>: hi there"
+    );
+    dev.send("/contacts");
+    let row = dev.expect("  Bob Jones");
+    assert!(row.ends_with("busy (In a meeting)"), "{row}");
+    dev.send("/to c7");
+    dev.send("plain line goes to c7");
+    assert_eq!(
+        dev.expect("[c7] sip:echo"),
+        "[c7] sip:echo@example.com: plain line goes to c7"
+    );
+    dev.send("/quit");
+    let (code, out, _) = dev.finish();
+    assert_eq!(code, 0);
+    assert!(!out.join("\n").contains("horse"));
+}

@@ -442,3 +442,61 @@ fn malformed_xml_in_a_genuine_frame_ends_the_channel() {
     let mut ch = accept_with_random(&mut stream, lookup, [0x22; 32]).unwrap();
     assert_eq!(ch.recv_device().unwrap(), DeviceMessage::Logout);
 }
+
+#[test]
+fn tls_stream_split_through_shared_stream() {
+    use collabd::wire::SharedStream;
+    let cert = support::tls::self_signed();
+    let acceptor = support::tls::acceptor(&cert);
+    let (listener, client_tcp) = pair();
+    let service = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(WAIT).unwrap();
+        let tls = acceptor.accept(s).unwrap();
+        let shared = SharedStream::new(tls);
+        let ch = accept(shared.clone(), lookup).unwrap();
+        // Short socket timeouts from now on, so a waiting reader releases
+        // the lock often enough for the writer thread.
+        shared
+            .with(|s| {
+                s.get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(20)))
+            })
+            .unwrap();
+        let (mut reader, mut writer) = ch.split(|s| Ok((s.clone(), s))).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let w = thread::spawn(move || {
+            for p in rx {
+                writer.send(&p).unwrap();
+            }
+        });
+        let mut timeouts = 0u64;
+        loop {
+            match reader.recv() {
+                Ok(p) => tx.send(p).unwrap(),
+                Err(WireError::Timeout) => timeouts += 1,
+                Err(WireError::Closed) | Err(WireError::Io(_)) => break,
+                Err(e) => panic!("service: {e}"),
+            }
+            assert!(timeouts < 100_000, "never finished");
+        }
+        drop(tx);
+        w.join().unwrap();
+    });
+    let mut builder = native_tls::TlsConnector::builder();
+    builder.add_root_certificate(native_tls::Certificate::from_pem(&cert.cert_pem).unwrap());
+    let tls = builder
+        .build()
+        .unwrap()
+        .connect("localhost", client_tcp)
+        .unwrap();
+    let mut ch = connect(tls, PIN, &KEY).unwrap();
+    for i in 0..50u32 {
+        let payload = format!("message {i} ").repeat(i as usize * 40).into_bytes();
+        ch.send(&payload).unwrap();
+        assert_eq!(ch.recv().unwrap(), payload);
+    }
+    ch.get_mut().shutdown().unwrap();
+    drop(ch);
+    service.join().unwrap();
+}

@@ -63,7 +63,8 @@ impl CliError {
 
     fn from_device(e: DeviceError, logged_in: bool) -> CliError {
         match e {
-            DeviceError::Connect(why) | DeviceError::Tls(why) => CliError::Connection(why),
+            DeviceError::Connect(why) => CliError::Connection(why),
+            DeviceError::Tls(why) => CliError::Connection(format!("TLS: {why}")),
             DeviceError::LoginRefused(s, t) => CliError::Refused(s, t),
             DeviceError::Unexpected(why) => CliError::Protocol(why),
             DeviceError::Wire(WireError::Refused(s, t)) if logged_in => CliError::Ended(s, t),

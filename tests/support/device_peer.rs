@@ -5,7 +5,7 @@
 //! to run the `collab-device` binary and read its output lines.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -44,14 +44,33 @@ pub struct TestService {
 impl TestService {
     /// Starts the service; it serves connections until the test ends.
     pub fn start() -> TestService {
+        TestService::start_with(None)
+    }
+
+    /// Starts the service behind TLS.
+    pub fn start_tls(acceptor: native_tls::TlsAcceptor) -> TestService {
+        TestService::start_with(Some(acceptor))
+    }
+
+    fn start_with(tls: Option<native_tls::TlsAcceptor>) -> TestService {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                stream.set_read_timeout(Some(WAIT)).unwrap();
                 let tx = tx.clone();
-                thread::spawn(move || serve(stream, tx));
+                let tls = tls.clone();
+                thread::spawn(move || match tls {
+                    None => serve(stream, tx),
+                    Some(acceptor) => match acceptor.accept(stream) {
+                        Ok(s) => serve(s, tx),
+                        Err(e) => {
+                            let _ = tx.send(Seen::End(format!("TLS: {e}")));
+                        }
+                    },
+                });
             }
         });
         TestService { addr, seen: rx }
@@ -90,8 +109,24 @@ fn lookup(pin: u32) -> Result<[u8; 32], Status> {
     }
 }
 
-fn serve(stream: TcpStream, seen: Sender<Seen>) {
-    stream.set_read_timeout(Some(WAIT)).unwrap();
+/// Streams the test service can half-close.
+pub trait CloseWrite {
+    fn close_write(&mut self);
+}
+
+impl CloseWrite for TcpStream {
+    fn close_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl CloseWrite for native_tls::TlsStream<TcpStream> {
+    fn close_write(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn serve<S: Read + Write + CloseWrite>(stream: S, seen: Sender<Seen>) {
     let mut ch = match accept(stream, lookup) {
         Ok(ch) => ch,
         Err(e) => {
@@ -113,9 +148,9 @@ fn serve(stream: TcpStream, seen: Sender<Seen>) {
     // unread device bytes do not turn our close into a reset that would
     // destroy what we sent last.
     let stream = ch.get_mut();
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    stream.close_write();
     let mut sink = [0u8; 4096];
-    while matches!(std::io::Read::read(stream, &mut sink), Ok(n) if n > 0) {}
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
     let _ = seen.send(Seen::End(why));
 }
 
@@ -150,9 +185,12 @@ pub fn welcome_events() -> Vec<DeviceEvent> {
     ]
 }
 
-fn session(ch: &mut SecureChannel<TcpStream>, seen: &Sender<Seen>) -> Result<String, WireError> {
+fn session<S: Read + Write>(
+    ch: &mut SecureChannel<S>,
+    seen: &Sender<Seen>,
+) -> Result<String, WireError> {
     let mut seq = 0u64;
-    let mut event = |ch: &mut SecureChannel<TcpStream>, e: DeviceEvent| {
+    let mut event = |ch: &mut SecureChannel<S>, e: DeviceEvent| {
         seq += 1;
         ch.send_service(&ServiceMessage::Event { seq, event: e })
     };

@@ -1,6 +1,6 @@
 //! `collab-device`: argument parsing, the key and password files, and the
 //! two front ends over [`DeviceClient`]: `--script` (records on standard
-//! input and output in the [`lineformat`](super::lineformat), for tests and
+//! input and output in the [`lineformat`], for tests and
 //! load) and an interactive line UI for a person. Exit codes are in
 //! [`CliError::exit_code`] and collab-device(1).
 

@@ -11,7 +11,7 @@
 //! cannot carry are replaced by U+FFFD when encoding, and XML's line-end
 //! normalisation turns CR LF and lone CR into LF. Otherwise every message
 //! round-trips exactly. Parsing refuses documents over
-//! [`MAX_MESSAGE_LEN`](super::MAX_MESSAGE_LEN), with a DTD, nested deeper than
+//! [`MAX_MESSAGE_LEN`], with a DTD, nested deeper than
 //! [`MAX_DEPTH`], with an unknown message, command or event element, or with
 //! a missing or malformed attribute; unknown extra attributes and child
 //! elements are ignored.

@@ -11,7 +11,12 @@
 //! - [`config`]: collabd's daemon configuration (file, flags, environment).
 //! - [`ops`]: running under systemd: notify, signals, logging.
 //! - [`service`]: collabd: the device listener and the session table.
+//! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
+//!   status codes, XML messages), specified in collab-protocol(7).
+//! - [`device`]: the device-side client library behind `collab-device`.
 pub mod config;
+pub mod device;
 pub mod ops;
 pub mod service;
+pub mod wire;
 pub mod xml;

@@ -2,3 +2,6 @@
 //! `mod support;` and uses what it needs.
 
 pub mod certs;
+pub mod device_peer;
+pub mod tls;
+pub mod wire_peer;

@@ -8,4 +8,7 @@
 //! - [`xml`]: small helpers over `xmltree` shared by the CWA client, the
 //!   simulator and the device protocol (bounded parsing, child text,
 //!   serialisation).
+//! - [`ntlm`]: both sides of NTLMv2 ([MS-NLMP]) for IIS-style HTTP
+//!   authentication, and the base64 of its headers.
+pub mod ntlm;
 pub mod xml;

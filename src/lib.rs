@@ -10,5 +10,8 @@
 //!   serialisation).
 //! - [`ntlm`]: both sides of NTLMv2 ([MS-NLMP]) for IIS-style HTTP
 //!   authentication, and the base64 of its headers.
+//! - [`sim`]: `cwa-sim`, the CWA 2007 + OCS simulator (HTTP server, NTLM and
+//!   forms sign-in, command/event channels, faults, admin endpoint).
 pub mod ntlm;
+pub mod sim;
 pub mod xml;

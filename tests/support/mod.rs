@@ -1,0 +1,4 @@
+//! Helpers shared by the integration tests; each test binary does `mod support;`.
+pub mod sim;
+pub mod tls;
+pub mod tmp;

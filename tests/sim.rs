@@ -1260,6 +1260,12 @@ fn bad_input_gets_precise_errors_and_never_wedges() {
         "<a>".repeat(1000)
     );
     assert_eq!(invalid_code(&deep).as_deref(), Some("18000"));
+    // "/>" as text must not fool the nesting bound (small stacks).
+    let sneaky = format!(
+        "<cwaRequests xmlns=\"{CWA_NS}\" sid=\"{sid}\">{}</cwaRequests>",
+        "<a x=\"/>\">/>".repeat(200)
+    );
+    assert_eq!(invalid_code(&sneaky).as_deref(), Some("18000"));
 
     // A wrong sid.
     let r = post(&a, &cmd_url, Some(&t), &format!("<cwaRequests xmlns=\"{CWA_NS}\" sid=\"999\"><queryPresence rid=\"5\"><uris><uri>sip:bob@contoso.com</uri></uris></queryPresence></cwaRequests>"));

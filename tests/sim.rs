@@ -1009,8 +1009,7 @@ fn long_poll_is_held_until_an_event_and_replays_after_a_lost_answer() {
         "event GET answered without an event (hold 60 s)"
     );
 
-    // An event releases it: bob subscribes to alice... no, alice subscribes to bob
-    // and bob's publication reaches her.
+    // An event releases it: alice's own subscription answers with bob's presence.
     alice.cmd("<subscribePresence rid=\"{rid}\"><uris><uri>sip:bob@contoso.com</uri></uris></subscribePresence>");
     let r = held.join().unwrap();
     assert_eq!(r.status, 200);

@@ -14,9 +14,15 @@
 //! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
 //!   status codes, XML messages), specified in collab-protocol(7).
 //! - [`device`]: the device-side client library behind `collab-device`.
+//! - [`ntlm`]: both sides of NTLMv2 ([MS-NLMP]) for IIS-style HTTP
+//!   authentication, and the base64 of its headers.
+//! - [`sim`]: `cwa-sim`, the CWA 2007 + OCS simulator (HTTP server, NTLM and
+//!   forms sign-in, command/event channels, faults, admin endpoint).
 pub mod config;
 pub mod device;
+pub mod ntlm;
 pub mod ops;
 pub mod service;
+pub mod sim;
 pub mod wire;
 pub mod xml;

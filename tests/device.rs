@@ -367,8 +367,8 @@ fn raw_key_files_are_accepted() {
 
 #[test]
 fn script_mode_over_tls_with_an_extra_ca() {
-    let cert = support::tls::self_signed();
-    let svc = TestService::start_tls(support::tls::acceptor(&cert));
+    let cert = support::certs::self_signed_localhost();
+    let svc = TestService::start_tls(support::certs::acceptor(&cert));
     let dir = TempDir::new("collab-device-tls");
     let (key, pw) = files(&dir);
     let ca = dir.file("ca.pem", &cert.cert_pem);

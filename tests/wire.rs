@@ -446,8 +446,8 @@ fn malformed_xml_in_a_genuine_frame_ends_the_channel() {
 #[test]
 fn tls_stream_split_through_shared_stream() {
     use collabd::wire::SharedStream;
-    let cert = support::tls::self_signed();
-    let acceptor = support::tls::acceptor(&cert);
+    let cert = support::certs::self_signed_localhost();
+    let acceptor = support::certs::acceptor(&cert);
     let (listener, client_tcp) = pair();
     let service = thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();

@@ -67,3 +67,9 @@ pub fn client_trusting(cert: &TestCert) -> native_tls::TlsConnector {
         .build()
         .unwrap()
 }
+
+/// A native-tls server acceptor for `cert`.
+pub fn acceptor(cert: &TestCert) -> native_tls::TlsAcceptor {
+    let id = native_tls::Identity::from_pkcs8(&cert.cert_pem, &cert.key_pem).unwrap();
+    native_tls::TlsAcceptor::new(id).unwrap()
+}

@@ -3,5 +3,7 @@
 
 pub mod certs;
 pub mod device_peer;
+pub mod sim;
 pub mod tls;
+pub mod tmp;
 pub mod wire_peer;

@@ -10,5 +10,8 @@
 //!   serialisation).
 //! - [`ntlm`]: both sides of NTLMv2 ([MS-NLMP]) for IIS-style HTTP
 //!   authentication, and the base64 of its headers.
+//! - [`cwa`]: the CWA client, one per user session: sign-in (NTLMv2 / forms),
+//!   the command channel, the event long-poll, typed commands and events.
+pub mod cwa;
 pub mod ntlm;
 pub mod xml;

@@ -12,6 +12,9 @@
 //!   authentication, and the base64 of its headers.
 //! - [`cwa`]: the CWA client, one per user session: sign-in (NTLMv2 / forms),
 //!   the command channel, the event long-poll, typed commands and events.
+//! - [`sim`]: `cwa-sim`, the CWA 2007 + OCS simulator (HTTP server, NTLM and
+//!   forms sign-in, command/event channels, faults, admin endpoint).
 pub mod cwa;
 pub mod ntlm;
+pub mod sim;
 pub mod xml;

@@ -713,3 +713,784 @@ fn evil_command_failures_are_classified() {
         r[6]
     );
 }
+
+// ---------------------------------------------------------------------
+// Against the real cwa-sim binary.
+
+use collabd::cwa::{ContactSpec, EventChannel, SearchQuery};
+use support::cwa_sim::{CuttingProxy, Sim, TestCa};
+
+const USERS: &str = "\
+CONTOSO\\alice pw-alice sip:alice@contoso.com name=Alice_Example contacts=sip:bob@contoso.com
+CONTOSO\\bob pw-bob sip:bob@contoso.com name=Bob_Builder contacts=sip:alice@contoso.com
+CONTOSO\\carol pw-carol sip:carol@contoso.com name=Carol_Forms iwa=no
+CONTOSO\\dave pw-dave sip:dave@contoso.com enabled=no
+";
+
+/// Fast polling so tests do not wait on pollWaitTime; a short hold so a
+/// pump notices sign-out quickly.
+const FAST: [&str; 4] = ["--poll-wait-ms", "0", "--hold-ms", "2000"];
+
+fn sim_config(base: &str, ca: Option<&TestCa>) -> ClientConfig {
+    ClientConfig {
+        ca_file: ca.map(|c| c.ca_pem.clone()),
+        connect_timeout: Duration::from_secs(10),
+        send_timeout: Duration::from_secs(10),
+        recv_timeout: Duration::from_secs(20),
+        poll_hold_margin: Duration::from_secs(10),
+        busy_backoff_cap: Duration::from_millis(400),
+        max_busy_retries: 4,
+        ..ClientConfig::new(base)
+    }
+}
+
+fn sign_in(config: &ClientConfig, login: &str, password: &str) -> CwaSession {
+    let (c, l, p) = (config.clone(), login.to_string(), password.to_string());
+    within("sign-in", move || CwaSession::sign_in(&c, &l, &p))
+        .unwrap_or_else(|e| panic!("sign-in of {login}: {e}"))
+}
+
+fn sign_in_error(config: &ClientConfig, login: &str, password: &str) -> SignInError {
+    let (c, l, p) = (config.clone(), login.to_string(), password.to_string());
+    within("sign-in", move || CwaSession::sign_in(&c, &l, &p).err())
+        .unwrap_or_else(|| panic!("sign-in of {login} should fail"))
+}
+
+/// Runs an event channel on its own thread, as collabd does: poll, hand
+/// every event over (here: a channel), then ack.
+struct Pump {
+    rx: mpsc::Receiver<Result<Event, SessionError>>,
+    /// Everything received so far, events and errors, with whether a
+    /// `wait` already returned it (events of different sources may arrive
+    /// in any order, so a wait may match an earlier one).
+    log: Vec<(Result<Event, SessionError>, bool)>,
+}
+
+impl Pump {
+    fn start(mut events: EventChannel) -> Pump {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || loop {
+            match events.poll() {
+                Ok(batch) => {
+                    for e in &batch.events {
+                        if tx.send(Ok(e.clone())).is_err() {
+                            return;
+                        }
+                    }
+                    events.ack(&batch);
+                }
+                Err(e) => {
+                    let last = e.is_final();
+                    if tx.send(Err(e)).is_err() || last {
+                        return;
+                    }
+                }
+            }
+        });
+        Pump {
+            rx,
+            log: Vec::new(),
+        }
+    }
+
+    fn take(
+        &mut self,
+        what: &str,
+        wait: Duration,
+        pred: impl Fn(&Result<Event, SessionError>) -> bool,
+    ) -> Result<Event, SessionError> {
+        if let Some((item, used)) = self.log.iter_mut().find(|(i, used)| !*used && pred(i)) {
+            *used = true;
+            return item.clone();
+        }
+        loop {
+            let item = self
+                .rx
+                .recv_timeout(wait)
+                .unwrap_or_else(|_| panic!("no {what}; got {:#?}", self.log));
+            let hit = pred(&item);
+            self.log.push((item.clone(), hit));
+            if hit {
+                return item;
+            }
+        }
+    }
+
+    /// The first event not yet returned that matches `pred`.
+    fn wait(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        self.take(what, Duration::from_secs(30), |i| {
+            i.as_ref().is_ok_and(&pred)
+        })
+        .unwrap()
+    }
+
+    /// The first error not yet returned that matches `pred`.
+    fn wait_error(&mut self, what: &str, pred: impl Fn(&SessionError) -> bool) -> SessionError {
+        self.take(what, Duration::from_secs(60), |i| {
+            i.as_ref().err().is_some_and(&pred)
+        })
+        .unwrap_err()
+    }
+
+    fn errors(&self) -> Vec<&SessionError> {
+        self.log
+            .iter()
+            .filter_map(|(r, _)| r.as_ref().err())
+            .collect()
+    }
+
+    fn events(&self) -> impl Iterator<Item = &Event> {
+        self.log.iter().filter_map(|(r, _)| r.as_ref().ok())
+    }
+}
+
+fn conf_item(e: &Event) -> Option<(&str, &ConferenceItem)> {
+    match e {
+        Event::Conference { conf_id, item } => Some((conf_id.as_str(), item)),
+        _ => None,
+    }
+}
+
+fn accepted(r: Result<collabd::cwa::CommandReply, SessionError>) -> u64 {
+    let r = r.expect("command");
+    assert_eq!(r.outcome, Outcome::Accepted, "{r:?}");
+    r.rid
+}
+
+fn succeeded(pump: &mut Pump, rid: u64, kind: CommandKind) {
+    let e = pump.wait("requestSucceeded", |e| {
+        matches!(e, Event::RequestSucceeded { rid: Some(r), .. } | Event::RequestFailed { rid: Some(r), .. } if *r == rid)
+    });
+    assert_eq!(
+        e,
+        Event::RequestSucceeded {
+            rid: Some(rid),
+            kind: Some(kind)
+        }
+    );
+}
+
+/// Every connection the simulator has open was used by at most one user,
+/// and no user holds more than two.
+fn assert_connections_unshared(sim: &Sim, users: &[&str]) {
+    let lines = sim.connections();
+    let mut per_user = std::collections::HashMap::<String, usize>::new();
+    for line in &lines {
+        let mut who = std::collections::BTreeSet::new();
+        for field in line.split_whitespace() {
+            for key in ["ntlm=", "forms=", "tickets="] {
+                if let Some(list) = field.strip_prefix(key) {
+                    who.extend(list.split(',').filter(|u| *u != "-").map(str::to_string));
+                }
+            }
+        }
+        assert!(who.len() <= 1, "a connection shared by users: {line}");
+        if let Some(u) = who.into_iter().next() {
+            *per_user.entry(u).or_default() += 1;
+        }
+    }
+    for user in users {
+        let n = per_user.get(*user).copied().unwrap_or(0);
+        assert!(
+            (1..=2).contains(&n),
+            "{user} holds {n} connections: {lines:#?}"
+        );
+    }
+}
+
+/// A two-user conversation through the client API, observing every event
+/// kind the device protocol needs.
+fn conversation(sim: &Sim, ca: Option<&TestCa>) {
+    let config = ClientConfig {
+        republish_interval: Duration::ZERO,
+        ..sim_config(&sim.base_url(), ca)
+    };
+    let alice = sign_in(&config, r"CONTOSO\alice", "pw-alice");
+    assert_eq!(alice.info().via, SignedInVia::Iwa);
+    assert_eq!(alice.info().own_uri, "sip:alice@contoso.com");
+    let bob = sign_in(&config, r"CONTOSO\bob", "pw-bob");
+    assert_eq!(bob.info().via, SignedInVia::Iwa);
+    let (mut a, a_events) = alice.split();
+    let (mut b, b_events) = bob.split();
+    let mut ap = Pump::start(a_events);
+    let mut bp = Pump::start(b_events);
+
+    // Sign-in events.
+    ap.wait("configuration", |e| matches!(e, Event::Configuration(_)));
+    let list = ap.wait("contact list", |e| {
+        matches!(
+            e,
+            Event::ContactGroup {
+                full_list: true,
+                ..
+            }
+        )
+    });
+    let Event::ContactGroup { contacts, .. } = list else {
+        unreachable!()
+    };
+    assert!(
+        contacts.iter().any(|c| c.uri == "sip:bob@contoso.com"),
+        "{contacts:?}"
+    );
+    ap.wait("selfPresence", |e| matches!(e, Event::SelfPresence { .. }));
+
+    // Presence with a note that needs escaping; bob subscribes and queries.
+    let note = "in a <meeting> & \"busy\"";
+    let rid = accepted(a.send(&Command::PublishPresence {
+        availability: 6500,
+        note: Some(note.into()),
+    }));
+    succeeded(&mut ap, rid, CommandKind::PublishPresence);
+    let rid = accepted(b.send(&Command::SubscribePresence {
+        uris: vec!["sip:alice@contoso.com".into()],
+    }));
+    let busy_alice = |e: &Event| {
+        matches!(e, Event::UserPresence { users } if users.iter().any(|u|
+            u.uri == "sip:alice@contoso.com" && u.availability() == Some(6500) && u.note() == Some(note)))
+    };
+    bp.wait("alice's presence", busy_alice);
+    succeeded(&mut bp, rid, CommandKind::SubscribePresence);
+    accepted(b.send(&Command::QueryPresence {
+        uris: vec!["sip:alice@contoso.com".into()],
+    }));
+    bp.wait("queried presence", busy_alice);
+    ap.wait("subscribers", |e| {
+        matches!(e, Event::Subscribers { subscribers } if subscribers.iter().any(|s| s.uri == "sip:bob@contoso.com"))
+    });
+    // The five-minute republish (interval 0 here, so it is due).
+    assert!(a.republish_due());
+    let rid = accepted(a.republish());
+    succeeded(&mut ap, rid, CommandKind::PublishPresence);
+
+    // Directory search.
+    let rid = accepted(a.send(&Command::Search(SearchQuery {
+        display_name: "Builder".into(),
+        ..SearchQuery::default()
+    })));
+    let found = ap.wait("search result", |e| matches!(e, Event::SearchResult { .. }));
+    assert!(
+        matches!(&found, Event::SearchResult { rid: Some(r), users, .. } if *r == rid && users.iter().any(|u| u.uri == "sip:bob@contoso.com")),
+        "{found:?}"
+    );
+
+    // Groups and contacts.
+    let rid = accepted(a.send(&Command::AddGroup {
+        name: "Team & Co".into(),
+        external_uri: None,
+    }));
+    let added = ap.wait("group added", |e| {
+        matches!(e, Event::ContactGroup { groups, .. } if groups.iter().any(|g| g.name == "Team & Co"))
+    });
+    succeeded(&mut ap, rid, CommandKind::AddGroup);
+    let Event::ContactGroup { groups, .. } = added else {
+        unreachable!()
+    };
+    let gid = groups
+        .iter()
+        .find(|g| g.name == "Team & Co")
+        .unwrap()
+        .id
+        .clone();
+    let rid = accepted(a.send(&Command::UpdateGroup {
+        id: gid.clone(),
+        name: "Team".into(),
+    }));
+    succeeded(&mut ap, rid, CommandKind::UpdateGroup);
+    let carol = ContactSpec {
+        uri: "sip:carol@contoso.com".into(),
+        name: "Carol".into(),
+        subscribed: true,
+        tag: false,
+        groups: vec![gid.clone()],
+    };
+    let rid = accepted(a.send(&Command::AddContact(carol.clone())));
+    ap.wait("contact added", |e| {
+        matches!(e, Event::ContactGroup { contacts, .. } if contacts.iter().any(|c| c.uri == "sip:carol@contoso.com" && c.groups.contains(&gid)))
+    });
+    succeeded(&mut ap, rid, CommandKind::AddContact);
+    let rid = accepted(a.send(&Command::UpdateContact(ContactSpec {
+        name: "Carol F.".into(),
+        ..carol
+    })));
+    succeeded(&mut ap, rid, CommandKind::UpdateContact);
+    let rid = accepted(a.send(&Command::DeleteContact {
+        uri: "sip:carol@contoso.com".into(),
+    }));
+    succeeded(&mut ap, rid, CommandKind::DeleteContact);
+    let rid = accepted(a.send(&Command::DeleteGroup { id: gid }));
+    succeeded(&mut ap, rid, CommandKind::DeleteGroup);
+
+    // A conversation: confId 0, then the one CWA assigned.
+    let started = a
+        .send(&Command::InitiateImSession {
+            uris: vec!["sip:bob@contoso.com".into()],
+            message: Some(ImMessage::plain("hello bob")),
+            subject: Some("lunch?".into()),
+        })
+        .unwrap();
+    let Outcome::ImSessionAccepted { conf_id } = started.outcome else {
+        panic!("{started:?}")
+    };
+    // Sends fail until the conversation is connected (§5.2).
+    let rid = accepted(a.send(&Command::SendMessage {
+        conf_id: conf_id.clone(),
+        message: ImMessage::plain("too early"),
+    }));
+    ap.wait("send failed", |e| {
+        matches!(
+            conf_item(e),
+            Some((_, ConferenceItem::MessageSendFailed { .. }))
+        )
+    });
+    let failed = ap.wait("requestFailed", |e| {
+        matches!(e, Event::RequestFailed { .. })
+    });
+    assert!(
+        matches!(&failed, Event::RequestFailed { rid: Some(r), kind: Some(CommandKind::SendMessage), .. } if *r == rid),
+        "{failed:?}"
+    );
+    let invite = bp.wait("invitation", |e| {
+        matches!(
+            conf_item(e),
+            Some((_, ConferenceItem::ImSessionReceived { .. }))
+        )
+    });
+    let Some((
+        b_conf,
+        ConferenceItem::ImSessionReceived {
+            inviter_uri,
+            message,
+            ..
+        },
+    )) = conf_item(&invite)
+    else {
+        unreachable!()
+    };
+    assert_eq!(b_conf, conf_id);
+    assert_eq!(inviter_uri, "sip:alice@contoso.com");
+    assert_eq!(
+        message.as_ref().map(|m| m.content.as_str()),
+        Some("hello bob")
+    );
+    let b_conf = b_conf.to_string();
+    accepted(b.send(&Command::AcceptImSession {
+        conf_id: b_conf.clone(),
+    }));
+    ap.wait("connected", |e| {
+        matches!(conf_item(e), Some((c, ConferenceItem::ImSessionState(s))) if c == conf_id && s == "connected")
+    });
+    ap.wait("participant bob", |e| {
+        matches!(conf_item(e), Some((_, ConferenceItem::Participant(p))) if p.uri == "sip:bob@contoso.com")
+    });
+    accepted(a.send(&Command::NotifyComposing {
+        conf_id: conf_id.clone(),
+        composing: true,
+    }));
+    bp.wait("typing", |e| {
+        matches!(
+            conf_item(e),
+            Some((
+                _,
+                ConferenceItem::ComposingState {
+                    composing: true,
+                    ..
+                }
+            ))
+        )
+    });
+    let text = "hi alice <3 & \"co\"";
+    accepted(b.send(&Command::SendMessage {
+        conf_id: b_conf.clone(),
+        message: ImMessage::plain(text),
+    }));
+    ap.wait("message", |e| {
+        matches!(conf_item(e), Some((_, ConferenceItem::MessageReceived { sender, message }))
+            if sender == "sip:bob@contoso.com" && message.content == text)
+    });
+    // carol has no session: the invitation fails.
+    accepted(a.send(&Command::InviteParticipants {
+        conf_id: conf_id.clone(),
+        uris: vec!["sip:carol@contoso.com".into()],
+    }));
+    ap.wait("invite failed", |e| {
+        matches!(conf_item(e), Some((_, ConferenceItem::InviteFailed { uri })) if uri == "sip:carol@contoso.com")
+    });
+    // bob leaves: the two-party conversation is over.
+    accepted(b.send(&Command::TerminateImSession { conf_id: b_conf }));
+    ap.wait("bob left", |e| {
+        matches!(conf_item(e), Some((_, ConferenceItem::ParticipantRemoved { uri })) if uri == "sip:bob@contoso.com")
+    });
+    ap.wait("terminated", |e| {
+        matches!(conf_item(e), Some((_, ConferenceItem::ImSessionState(s))) if s == "terminated")
+    });
+
+    // Each user's CWA connections are theirs alone.
+    assert_connections_unshared(sim, &["sip:alice@contoso.com", "sip:bob@contoso.com"]);
+
+    // No event was unknown and nothing failed on the event channels.
+    assert!(ap.errors().is_empty(), "{:?}", ap.errors());
+    assert!(bp.errors().is_empty(), "{:?}", bp.errors());
+    assert!(!ap.events().any(|e| matches!(e, Event::Unknown(_))));
+
+    // Sign-out ends both channels.
+    a.sign_out().expect("alice signs out");
+    b.sign_out().expect("bob signs out");
+    assert_eq!(
+        ap.wait_error("closed", |e| e.is_final()),
+        SessionError::Closed
+    );
+    assert_eq!(
+        bp.wait_error("closed", |e| e.is_final()),
+        SessionError::Closed
+    );
+    assert_eq!(
+        a.send(&Command::QueryPresence { uris: vec![] })
+            .unwrap_err(),
+        SessionError::Closed
+    );
+    let status = sim.admin("GET", "/admin/status", "");
+    assert!(status.contains("sessions=0"), "{status}");
+}
+
+#[test]
+fn sim_conversation_over_http() {
+    let sim = Sim::start(USERS, &FAST);
+    conversation(&sim, None);
+}
+
+#[test]
+fn sim_conversation_over_https_with_the_test_ca() {
+    let ca = TestCa::new();
+    let sim = Sim::start_tls(USERS, &FAST, &ca);
+    conversation(&sim, Some(&ca));
+}
+
+#[test]
+fn sim_forms_fallback_for_an_iwa_no_user() {
+    let sim = Sim::start(USERS, &FAST);
+    let config = sim_config(&sim.base_url(), None);
+    let carol = sign_in(&config, r"CONTOSO\carol", "pw-carol");
+    assert_eq!(carol.info().via, SignedInVia::Forms);
+    assert_eq!(carol.info().own_uri, "sip:carol@contoso.com");
+    let lines = sim.connections();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("forms=sip:carol@contoso.com")),
+        "{lines:#?}"
+    );
+    let (mut c, events) = carol.split();
+    let mut pump = Pump::start(events);
+    pump.wait("configuration", |e| matches!(e, Event::Configuration(_)));
+    c.sign_out().unwrap();
+    pump.wait_error("closed", |e| e.is_final());
+}
+
+#[test]
+fn sim_every_sign_in_failure_class() {
+    let sim = Sim::start(USERS, &FAST);
+    let base = sim.base_url();
+    let mode = |auth_mode| ClientConfig {
+        auth_mode,
+        ..sim_config(&base, None)
+    };
+    for auth in [AuthMode::IwaThenForms, AuthMode::Forms, AuthMode::Iwa] {
+        let e = sign_in_error(&mode(auth), r"CONTOSO\alice", "wrong");
+        assert_eq!(e, SignInError::BadCredentials, "{auth}");
+        assert_eq!(e.device_status(), 303);
+        let e = sign_in_error(&mode(auth), r"CONTOSO\nobody", "x");
+        assert_eq!(e, SignInError::BadCredentials, "{auth}");
+        let e = sign_in_error(&mode(auth), r"CONTOSO\dave", "pw-dave");
+        assert_eq!(e, SignInError::NotEnabled, "{auth}");
+        assert_eq!(e.device_status(), 305);
+    }
+    // iwa=no: refused on IWA alone, fine with forms.
+    let e = sign_in_error(&mode(AuthMode::Iwa), r"CONTOSO\carol", "pw-carol");
+    assert_eq!(e, SignInError::BadCredentials);
+    sign_in(&mode(AuthMode::Forms), r"CONTOSO\carol", "pw-carol");
+
+    // 18101: busy.
+    sim.faults("throttle=1");
+    let e = sign_in_error(&mode(AuthMode::IwaThenForms), r"CONTOSO\alice", "pw-alice");
+    assert_eq!(e, SignInError::ServerBusy);
+    assert_eq!(e.device_status(), 306);
+
+    // 503: over the connection limit.
+    sim.faults("max_connections=1");
+    let hog = std::net::TcpStream::connect(sim.addr).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let e = sign_in_error(&mode(AuthMode::Forms), r"CONTOSO\alice", "pw-alice");
+    assert_eq!(e, SignInError::ServerBusy);
+    drop(hog);
+    sim.faults("max_connections=0");
+
+    // Both forms of the initiateSession reply.
+    let elements = Sim::start(
+        USERS,
+        &["--session-reply", "elements", "--poll-wait-ms", "0"],
+    );
+    let s = sign_in(
+        &sim_config(&elements.base_url(), None),
+        r"CONTOSO\alice",
+        "pw-alice",
+    );
+    assert!(!s.info().sid.is_empty());
+    assert_eq!(s.info().own_uri, "sip:alice@contoso.com");
+}
+
+#[test]
+fn sim_certificate_that_does_not_verify() {
+    let ca = TestCa::new();
+    let sim = Sim::start_tls(USERS, &FAST, &ca);
+    // Platform roots do not know the test CA.
+    let e = sign_in_error(
+        &sim_config(&sim.base_url(), None),
+        r"CONTOSO\alice",
+        "pw-alice",
+    );
+    assert!(matches!(e, SignInError::Tls(_)), "{e:?}");
+    assert_eq!(e.device_status(), 306);
+    // Nor does another CA.
+    let other = TestCa::new();
+    let e = sign_in_error(
+        &sim_config(&sim.base_url(), Some(&other)),
+        r"CONTOSO\alice",
+        "pw-alice",
+    );
+    assert!(matches!(e, SignInError::Tls(_)), "{e:?}");
+    // The right CA works; plain HTTP to the TLS port does not.
+    sign_in(
+        &sim_config(&sim.base_url(), Some(&ca)),
+        r"CONTOSO\alice",
+        "pw-alice",
+    );
+    let e = sign_in_error(
+        &sim_config(&format!("http://{}", sim.addr), None),
+        r"CONTOSO\alice",
+        "pw-alice",
+    );
+    assert!(
+        matches!(e, SignInError::Unavailable(_) | SignInError::Protocol(_)),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn sim_ticket_rotation_is_followed() {
+    // A ticket is replaced every 500 ms and the old one dies 1.5 s later:
+    // a client that kept its first ticket would be refused within 2 s.
+    let sim = Sim::start(
+        USERS,
+        &[
+            "--poll-wait-ms",
+            "0",
+            "--hold-ms",
+            "300",
+            "--ticket-rotate-ms",
+            "500",
+            "--ticket-grace-ms",
+            "1500",
+        ],
+    );
+    let config = sim_config(&sim.base_url(), None);
+    let (mut a, events) = sign_in(&config, r"CONTOSO\alice", "pw-alice").split();
+    let mut pump = Pump::start(events);
+    for _ in 0..6 {
+        thread::sleep(Duration::from_millis(700));
+        let rid = accepted(a.send(&Command::QueryPresence {
+            uris: vec!["sip:bob@contoso.com".into()],
+        }));
+        succeeded(&mut pump, rid, CommandKind::QueryPresence);
+    }
+    assert!(a.ticket_rotations() >= 3, "{}", a.ticket_rotations());
+    assert!(pump.errors().is_empty(), "{:?}", pump.errors());
+    a.sign_out().unwrap();
+}
+
+#[test]
+fn sim_dropped_gets_lose_and_duplicate_nothing() {
+    let sim = Sim::start(USERS, &["--poll-wait-ms", "0", "--hold-ms", "20000"]);
+    let proxy = CuttingProxy::start(sim.addr);
+    // alice reaches CWA through the proxy; bob directly.
+    let (mut a, a_events) = sign_in(
+        &sim_config(&proxy.base_url(), None),
+        r"CONTOSO\alice",
+        "pw-alice",
+    )
+    .split();
+    let (mut b, b_events) =
+        sign_in(&sim_config(&sim.base_url(), None), r"CONTOSO\bob", "pw-bob").split();
+    let mut ap = Pump::start(a_events);
+    let mut bp = Pump::start(b_events);
+    let started = b
+        .send(&Command::InitiateImSession {
+            uris: vec!["sip:alice@contoso.com".into()],
+            message: Some(ImMessage::plain("m0")),
+            subject: None,
+        })
+        .unwrap();
+    let Outcome::ImSessionAccepted { conf_id } = started.outcome else {
+        panic!("{started:?}")
+    };
+    ap.wait("invitation", |e| {
+        matches!(
+            conf_item(e),
+            Some((_, ConferenceItem::ImSessionReceived { .. }))
+        )
+    });
+    accepted(a.send(&Command::AcceptImSession {
+        conf_id: conf_id.clone(),
+    }));
+    bp.wait("connected", |e| {
+        matches!(conf_item(e), Some((_, ConferenceItem::ImSessionState(s))) if s == "connected")
+    });
+    let sent: Vec<String> = (1..=6).map(|i| format!("m{i}")).collect();
+    for (i, text) in sent.iter().enumerate() {
+        if i % 2 == 0 {
+            // The response carrying this message never reaches alice.
+            proxy.swallow_next_response();
+        }
+        accepted(b.send(&Command::SendMessage {
+            conf_id: conf_id.clone(),
+            message: ImMessage::plain(text),
+        }));
+        ap.wait(text, |e| {
+            matches!(conf_item(e), Some((_, ConferenceItem::MessageReceived { message, .. })) if &message.content == text)
+        });
+    }
+    // A last message flushes anything still queued.
+    accepted(b.send(&Command::SendMessage {
+        conf_id,
+        message: ImMessage::plain("end"),
+    }));
+    ap.wait("end", |e| {
+        matches!(conf_item(e), Some((_, ConferenceItem::MessageReceived { message, .. })) if message.content == "end")
+    });
+    assert_eq!(
+        proxy.swallowed.load(Ordering::SeqCst),
+        3,
+        "three GETs were dropped"
+    );
+    let received: Vec<&str> = ap
+        .events()
+        .filter_map(|e| match conf_item(e) {
+            Some((_, ConferenceItem::MessageReceived { message, .. })) => {
+                Some(message.content.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(received, ["m1", "m2", "m3", "m4", "m5", "m6", "end"]);
+    assert!(
+        ap.errors().is_empty(),
+        "drops are retried inside poll: {:?}",
+        ap.errors()
+    );
+}
+
+#[test]
+fn sim_backs_off_on_18101_and_503() {
+    let sim = Sim::start(USERS, &["--poll-wait-ms", "0", "--hold-ms", "300"]);
+    let config = sim_config(&sim.base_url(), None);
+    let (mut a, a_events) = sign_in(&config, r"CONTOSO\alice", "pw-alice").split();
+    let (mut b, _b_events) = sign_in(&config, r"CONTOSO\bob", "pw-bob").split();
+    let mut ap = Pump::start(a_events);
+    ap.wait("configuration", |e| matches!(e, Event::Configuration(_)));
+
+    // Two throttled answers are absorbed by the event channel's back-off.
+    sim.faults("throttle=2");
+    let mut waited = 0;
+    while !sim
+        .admin("GET", "/admin/status", "")
+        .contains("throttle=off")
+    {
+        thread::sleep(Duration::from_millis(100));
+        waited += 1;
+        assert!(waited < 300, "the throttle was never consumed");
+    }
+    accepted(b.send(&Command::SubscribePresence {
+        uris: vec!["sip:alice@contoso.com".into()],
+    }));
+    ap.wait("subscribers after back-off", |e| {
+        matches!(e, Event::Subscribers { .. })
+    });
+    assert!(ap.errors().is_empty(), "{:?}", ap.errors());
+
+    // Throttled for good: commands say Busy at once, the event channel
+    // after its retries; then it recovers.
+    sim.faults("throttle=on");
+    assert_eq!(
+        a.send(&Command::QueryPresence {
+            uris: vec!["sip:bob@contoso.com".into()]
+        })
+        .unwrap_err(),
+        SessionError::Busy
+    );
+    let e = ap.wait_error("busy", |e| *e == SessionError::Busy);
+    assert_eq!(e.device_status(), 306);
+    sim.faults("throttle=off");
+    accepted(b.send(&Command::PublishPresence {
+        availability: 9500,
+        note: None,
+    }));
+    ap.wait("presence after recovery", |e| {
+        matches!(e, Event::UserPresence { users } if users.iter().any(|u| u.availability() == Some(9500)))
+    });
+
+    // 503 for new connections: alice's pooled connections are busy or
+    // idle; a new session cannot even sign in.
+    sim.faults("max_connections=1");
+    let e = sign_in_error(&config, r"CONTOSO\carol", "pw-carol");
+    assert_eq!(e, SignInError::ServerBusy);
+    sim.faults("max_connections=0");
+    a.sign_out().unwrap();
+}
+
+#[test]
+fn sim_expired_and_dropped_sessions_are_detected() {
+    let sim = Sim::start(
+        USERS,
+        &[
+            "--poll-wait-ms",
+            "0",
+            "--hold-ms",
+            "500",
+            "--session-timeout-s",
+            "1",
+        ],
+    );
+    let config = sim_config(&sim.base_url(), None);
+    // No activity (UA=false, no commands): the session expires.
+    let (mut a, events) = sign_in(&config, r"CONTOSO\alice", "pw-alice").split();
+    let mut pump = Pump::start(events);
+    let e = pump.wait_error("expiry", |e| e.is_final());
+    assert!(matches!(e, SessionError::SessionGone(_)), "{e:?}");
+    assert_eq!(e.device_status(), 310);
+    assert!(matches!(
+        a.send(&Command::QueryPresence {
+            uris: vec!["sip:bob@contoso.com".into()]
+        }),
+        Err(SessionError::SessionGone(_))
+    ));
+
+    // Dropped by the administrator while a command is about to be sent.
+    let sim = Sim::start(USERS, &FAST);
+    let config = sim_config(&sim.base_url(), None);
+    let session = sign_in(&config, r"CONTOSO\bob", "pw-bob");
+    let sid = session.info().sid.clone();
+    let (mut b, events) = session.split();
+    let mut pump = Pump::start(events);
+    pump.wait("configuration", |e| matches!(e, Event::Configuration(_)));
+    sim.faults(&format!("drop_session={sid}"));
+    let e = pump.wait_error("drop", |e| e.is_final());
+    assert!(matches!(e, SessionError::SessionGone(_)), "{e:?}");
+    assert!(matches!(
+        b.send(&Command::QueryPresence {
+            uris: vec!["sip:alice@contoso.com".into()]
+        }),
+        Err(SessionError::SessionGone(_))
+    ));
+    // Signing out of a session that is already gone is not an error.
+    b.sign_out().unwrap();
+}

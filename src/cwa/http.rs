@@ -123,7 +123,11 @@ impl Http {
                 "CWA URL {base:?} must start with https:// or http://"
             ));
         }
-        if !base.split("://").nth(1).is_some_and(|rest| !rest.is_empty()) {
+        if !base
+            .split("://")
+            .nth(1)
+            .is_some_and(|rest| !rest.is_empty())
+        {
             return Err(format!("CWA URL {base:?} has no host"));
         }
         let roots = match &config.ca_file {

@@ -64,6 +64,9 @@ struct Shared {
     http: Http,
     state: Mutex<State>,
     closed: AtomicBool,
+    /// Set just before `terminateSession` is sent: CWA may end the held
+    /// GET (18100) before the command thread has read the reply.
+    signing_out: AtomicBool,
     user_active: AtomicBool,
     ticket_rotations: AtomicU64,
 }
@@ -159,6 +162,7 @@ impl CwaSession {
                 embedded_eids: BTreeSet::new(),
             }),
             closed: AtomicBool::new(false),
+            signing_out: AtomicBool::new(false),
             user_active: AtomicBool::new(false),
             ticket_rotations: AtomicU64::new(0),
         });
@@ -249,10 +253,12 @@ impl CommandChannel {
             }
         }
         let result = self.exchange(rid, &ticket, &sid, command);
+        // Accepted requests complete on the event channel; so may an
+        // accepted initiateImSession, when the invitee answers.
         let keep_pending = matches!(
             result,
             Ok(CommandReply {
-                outcome: Outcome::Accepted,
+                outcome: Outcome::Accepted | Outcome::ImSessionAccepted { .. },
                 ..
             })
         );
@@ -345,6 +351,7 @@ impl CommandChannel {
     /// [`SessionError::Closed`] from then on). The event channel stops
     /// after its outstanding GET returns.
     pub fn sign_out(&mut self) -> Result<(), SessionError> {
+        self.shared.signing_out.store(true, Ordering::SeqCst);
         let result = self.send(&Command::TerminateSession);
         self.shared.close();
         log::info!("CWA session {} signed out", self.info.sid);
@@ -444,7 +451,7 @@ impl EventChannel {
             }
             if let Err(e) = check_status(&reply) {
                 self.next_poll_at = Instant::now() + self.poll_wait;
-                return Err(e);
+                return Err(self.ended_by_us(e));
             }
             let parsed = match self.parse_events_reply(&reply) {
                 Ok(parsed) => parsed,
@@ -455,7 +462,7 @@ impl EventChannel {
             };
             if let Some(e) = &parsed.error {
                 if e.is_session_gone() {
-                    return Err(SessionError::SessionGone(e.to_string()));
+                    return Err(self.ended_by_us(SessionError::SessionGone(e.to_string())));
                 }
                 if e.is_throttled() {
                     self.back_off(&sid, "error 18101")?;
@@ -563,6 +570,16 @@ impl EventChannel {
             ack_id,
             events,
             session_timeout: parsed.session_timeout,
+        }
+    }
+
+    /// `SessionGone` caused by our own sign-out is reported as `Closed`.
+    fn ended_by_us(&self, e: SessionError) -> SessionError {
+        match e {
+            SessionError::SessionGone(_) if self.shared.signing_out.load(Ordering::SeqCst) => {
+                SessionError::Closed
+            }
+            e => e,
         }
     }
 

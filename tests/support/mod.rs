@@ -1,2 +1,3 @@
 //! Helpers shared by the integration tests.
+pub mod cwa_sim;
 pub mod evil_http;

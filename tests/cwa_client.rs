@@ -1125,8 +1125,17 @@ fn conversation(sim: &Sim, ca: Option<&TestCa>) {
         matches!(conf_item(e), Some((_, ConferenceItem::ImSessionState(s))) if s == "terminated")
     });
 
-    // Each user's CWA connections are theirs alone.
+    // Each user's CWA connections are theirs alone; the IWA handshake
+    // authenticated one connection per user (NTLM is per connection).
     assert_connections_unshared(sim, &["sip:alice@contoso.com", "sip:bob@contoso.com"]);
+    let lines = sim.connections();
+    for user in ["sip:alice@contoso.com", "sip:bob@contoso.com"] {
+        let ntlm = lines
+            .iter()
+            .filter(|l| l.contains(&format!("ntlm={user}")))
+            .count();
+        assert_eq!(ntlm, 1, "{user}: {lines:#?}");
+    }
 
     // No event was unknown and nothing failed on the event channels.
     assert!(ap.errors().is_empty(), "{:?}", ap.errors());
@@ -1493,4 +1502,37 @@ fn sim_expired_and_dropped_sessions_are_detected() {
     ));
     // Signing out of a session that is already gone is not an error.
     b.sign_out().unwrap();
+}
+
+#[test]
+fn evil_event_get_that_stalls_mid_body_times_out_and_keeps_the_ack_id() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let server = fake_cwa(move |_| match c.fetch_add(1, Ordering::SeqCst) {
+        0 => Reply::SendThenStall(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n<cwaEvents ackId=\"9\">".to_vec(),
+            Duration::from_secs(30),
+        ),
+        _ => send(
+            200,
+            &[],
+            r#"<cwaEvents ackId="1" pollWaitTime="0"><selfPresence eid="1"/></cwaEvents>"#,
+        ),
+    });
+    let (_commands, events) = open(&server);
+    let (first, second) = within("stalled GET", move || {
+        let mut events = events;
+        let first = events.poll();
+        let second = events.poll();
+        (first, second)
+    });
+    assert!(matches!(first, Err(SessionError::Timeout(_))), "{first:?}");
+    assert_eq!(second.unwrap().ack_id, 1);
+    let acks: Vec<_> = server
+        .seen()
+        .iter()
+        .filter(|r| r.path() == "/cwa/AsyncDataChannel.ashx")
+        .map(|r| r.query("AckId").unwrap())
+        .collect();
+    assert_eq!(acks, ["0", "0"]);
 }

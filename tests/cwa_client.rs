@@ -718,7 +718,9 @@ fn evil_command_failures_are_classified() {
 // Against the real cwa-sim binary.
 
 use collabd::cwa::{ContactSpec, EventChannel, SearchQuery};
-use support::cwa_sim::{CuttingProxy, Sim, TestCa};
+use support::cutting_proxy::CuttingProxy;
+use support::sim::SimProcess as Sim;
+use support::tls::TestCa;
 
 const USERS: &str = "\
 CONTOSO\\alice pw-alice sip:alice@contoso.com name=Alice_Example contacts=sip:bob@contoso.com
@@ -733,7 +735,7 @@ const FAST: [&str; 4] = ["--poll-wait-ms", "0", "--hold-ms", "2000"];
 
 fn sim_config(base: &str, ca: Option<&TestCa>) -> ClientConfig {
     ClientConfig {
-        ca_file: ca.map(|c| c.ca_pem.clone()),
+        ca_file: ca.map(|c| c.ca_path.clone()),
         connect_timeout: Duration::from_secs(10),
         send_timeout: Duration::from_secs(10),
         recv_timeout: Duration::from_secs(20),
@@ -873,18 +875,11 @@ fn succeeded(pump: &mut Pump, rid: u64, kind: CommandKind) {
 /// Every connection the simulator has open was used by at most one user,
 /// and no user holds more than two.
 fn assert_connections_unshared(sim: &Sim, users: &[&str]) {
-    let lines = sim.connections();
+    let conns = sim.connections();
     let mut per_user = std::collections::HashMap::<String, usize>::new();
-    for line in &lines {
-        let mut who = std::collections::BTreeSet::new();
-        for field in line.split_whitespace() {
-            for key in ["ntlm=", "forms=", "tickets="] {
-                if let Some(list) = field.strip_prefix(key) {
-                    who.extend(list.split(',').filter(|u| *u != "-").map(str::to_string));
-                }
-            }
-        }
-        assert!(who.len() <= 1, "a connection shared by users: {line}");
+    for c in &conns {
+        let who = c.users();
+        assert!(who.len() <= 1, "a connection shared by users: {c:?}");
         if let Some(u) = who.into_iter().next() {
             *per_user.entry(u).or_default() += 1;
         }
@@ -893,7 +888,7 @@ fn assert_connections_unshared(sim: &Sim, users: &[&str]) {
         let n = per_user.get(*user).copied().unwrap_or(0);
         assert!(
             (1..=2).contains(&n),
-            "{user} holds {n} connections: {lines:#?}"
+            "{user} holds {n} connections: {conns:#?}"
         );
     }
 }
@@ -1128,13 +1123,10 @@ fn conversation(sim: &Sim, ca: Option<&TestCa>) {
     // Each user's CWA connections are theirs alone; the IWA handshake
     // authenticated one connection per user (NTLM is per connection).
     assert_connections_unshared(sim, &["sip:alice@contoso.com", "sip:bob@contoso.com"]);
-    let lines = sim.connections();
+    let conns = sim.connections();
     for user in ["sip:alice@contoso.com", "sip:bob@contoso.com"] {
-        let ntlm = lines
-            .iter()
-            .filter(|l| l.contains(&format!("ntlm={user}")))
-            .count();
-        assert_eq!(ntlm, 1, "{user}: {lines:#?}");
+        let ntlm = conns.iter().filter(|c| c.ntlm == [user]).count();
+        assert_eq!(ntlm, 1, "{user}: {conns:#?}");
     }
 
     // No event was unknown and nothing failed on the event channels.
@@ -1158,36 +1150,34 @@ fn conversation(sim: &Sim, ca: Option<&TestCa>) {
             .unwrap_err(),
         SessionError::Closed
     );
-    let status = sim.admin("GET", "/admin/status", "");
-    assert!(status.contains("sessions=0"), "{status}");
+    let status = sim.status();
+    assert_eq!(status["sessions"], "0", "{status:?}");
 }
 
 #[test]
 fn sim_conversation_over_http() {
-    let sim = Sim::start(USERS, &FAST);
+    let sim = Sim::start_with(USERS, &FAST);
     conversation(&sim, None);
 }
 
 #[test]
 fn sim_conversation_over_https_with_the_test_ca() {
     let ca = TestCa::new();
-    let sim = Sim::start_tls(USERS, &FAST, &ca);
+    let sim = Sim::start_tls(USERS, &ca, &FAST);
     conversation(&sim, Some(&ca));
 }
 
 #[test]
 fn sim_forms_fallback_for_an_iwa_no_user() {
-    let sim = Sim::start(USERS, &FAST);
+    let sim = Sim::start_with(USERS, &FAST);
     let config = sim_config(&sim.base_url(), None);
     let carol = sign_in(&config, r"CONTOSO\carol", "pw-carol");
     assert_eq!(carol.info().via, SignedInVia::Forms);
     assert_eq!(carol.info().own_uri, "sip:carol@contoso.com");
-    let lines = sim.connections();
+    let conns = sim.connections();
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("forms=sip:carol@contoso.com")),
-        "{lines:#?}"
+        conns.iter().any(|c| c.forms == ["sip:carol@contoso.com"]),
+        "{conns:#?}"
     );
     let (mut c, events) = carol.split();
     let mut pump = Pump::start(events);
@@ -1198,7 +1188,7 @@ fn sim_forms_fallback_for_an_iwa_no_user() {
 
 #[test]
 fn sim_every_sign_in_failure_class() {
-    let sim = Sim::start(USERS, &FAST);
+    let sim = Sim::start_with(USERS, &FAST);
     let base = sim.base_url();
     let mode = |auth_mode| ClientConfig {
         auth_mode,
@@ -1227,7 +1217,7 @@ fn sim_every_sign_in_failure_class() {
 
     // 503: over the connection limit.
     sim.faults("max_connections=1");
-    let hog = std::net::TcpStream::connect(sim.addr).unwrap();
+    let hog = std::net::TcpStream::connect(sim.addr()).unwrap();
     thread::sleep(Duration::from_millis(200));
     let e = sign_in_error(&mode(AuthMode::Forms), r"CONTOSO\alice", "pw-alice");
     assert_eq!(e, SignInError::ServerBusy);
@@ -1235,7 +1225,7 @@ fn sim_every_sign_in_failure_class() {
     sim.faults("max_connections=0");
 
     // Both forms of the initiateSession reply.
-    let elements = Sim::start(
+    let elements = Sim::start_with(
         USERS,
         &["--session-reply", "elements", "--poll-wait-ms", "0"],
     );
@@ -1251,7 +1241,7 @@ fn sim_every_sign_in_failure_class() {
 #[test]
 fn sim_certificate_that_does_not_verify() {
     let ca = TestCa::new();
-    let sim = Sim::start_tls(USERS, &FAST, &ca);
+    let sim = Sim::start_tls(USERS, &ca, &FAST);
     // Platform roots do not know the test CA.
     let e = sign_in_error(
         &sim_config(&sim.base_url(), None),
@@ -1275,7 +1265,7 @@ fn sim_certificate_that_does_not_verify() {
         "pw-alice",
     );
     let e = sign_in_error(
-        &sim_config(&format!("http://{}", sim.addr), None),
+        &sim_config(&format!("http://{}", sim.addr()), None),
         r"CONTOSO\alice",
         "pw-alice",
     );
@@ -1289,7 +1279,7 @@ fn sim_certificate_that_does_not_verify() {
 fn sim_ticket_rotation_is_followed() {
     // A ticket is replaced every 500 ms and the old one dies 1.5 s later:
     // a client that kept its first ticket would be refused within 2 s.
-    let sim = Sim::start(
+    let sim = Sim::start_with(
         USERS,
         &[
             "--poll-wait-ms",
@@ -1319,8 +1309,8 @@ fn sim_ticket_rotation_is_followed() {
 
 #[test]
 fn sim_dropped_gets_lose_and_duplicate_nothing() {
-    let sim = Sim::start(USERS, &["--poll-wait-ms", "0", "--hold-ms", "20000"]);
-    let proxy = CuttingProxy::start(sim.addr);
+    let sim = Sim::start_with(USERS, &["--poll-wait-ms", "0", "--hold-ms", "20000"]);
+    let proxy = CuttingProxy::start(sim.addr());
     // alice reaches CWA through the proxy; bob directly.
     let (mut a, a_events) = sign_in(
         &sim_config(&proxy.base_url(), None),
@@ -1400,7 +1390,7 @@ fn sim_dropped_gets_lose_and_duplicate_nothing() {
 
 #[test]
 fn sim_backs_off_on_18101_and_503() {
-    let sim = Sim::start(USERS, &["--poll-wait-ms", "0", "--hold-ms", "300"]);
+    let sim = Sim::start_with(USERS, &["--poll-wait-ms", "0", "--hold-ms", "300"]);
     let config = sim_config(&sim.base_url(), None);
     let (mut a, a_events) = sign_in(&config, r"CONTOSO\alice", "pw-alice").split();
     let (mut b, _b_events) = sign_in(&config, r"CONTOSO\bob", "pw-bob").split();
@@ -1410,10 +1400,7 @@ fn sim_backs_off_on_18101_and_503() {
     // Two throttled answers are absorbed by the event channel's back-off.
     sim.faults("throttle=2");
     let mut waited = 0;
-    while !sim
-        .admin("GET", "/admin/status", "")
-        .contains("throttle=off")
-    {
+    while sim.status()["throttle"] != "off" {
         thread::sleep(Duration::from_millis(100));
         waited += 1;
         assert!(waited < 300, "the throttle was never consumed");
@@ -1458,7 +1445,7 @@ fn sim_backs_off_on_18101_and_503() {
 
 #[test]
 fn sim_expired_and_dropped_sessions_are_detected() {
-    let sim = Sim::start(
+    let sim = Sim::start_with(
         USERS,
         &[
             "--poll-wait-ms",
@@ -1484,7 +1471,7 @@ fn sim_expired_and_dropped_sessions_are_detected() {
     ));
 
     // Dropped by the administrator while a command is about to be sent.
-    let sim = Sim::start(USERS, &FAST);
+    let sim = Sim::start_with(USERS, &FAST);
     let config = sim_config(&sim.base_url(), None);
     let session = sign_in(&config, r"CONTOSO\bob", "pw-bob");
     let sid = session.info().sid.clone();

@@ -665,7 +665,20 @@ impl Ocs {
             } else {
                 match self.session_of(&st, ticket, sid_attr) {
                     Err(why) => failed(&rid, err_elem(18100, why)),
-                    Ok(sid) => self.dispatch(&mut st, sid, &rid, method),
+                    Ok(sid) => {
+                        let reply = self.dispatch(&mut st, sid, &rid, method);
+                        // OCS refusals (18201 with a SIP code) arrive
+                        // asynchronously, like the OCS answer they model.
+                        let from_ocs = reply.name == "requestFailed"
+                            && reply.get_child("error").and_then(|e| attr(e, "code"))
+                                == Some("18201");
+                        if from_ocs {
+                            self.emit(&st, sid, reply);
+                            accepted(&rid)
+                        } else {
+                            reply
+                        }
+                    }
                 }
             };
             if reply.name == "requestInvalid" {

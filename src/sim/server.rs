@@ -114,7 +114,7 @@ pub struct Server {
     next_conn: AtomicU64,
     refusing: AtomicUsize,
     refused_total: AtomicU64,
-    /// Whether the event log is noisy about each request.
+    held_polls: AtomicUsize,
     started: Instant,
 }
 
@@ -203,6 +203,7 @@ impl Server {
             next_conn: AtomicU64::new(1),
             refusing: AtomicUsize::new(0),
             refused_total: AtomicU64::new(0),
+            held_polls: AtomicUsize::new(0),
             started: Instant::now(),
         }
     }
@@ -755,7 +756,9 @@ impl Server {
             }
         };
         let hold = Duration::from_millis(self.faults.hold_ms.load(Ordering::Relaxed));
+        self.held_polls.fetch_add(1, Ordering::Relaxed);
         let outcome = queue.poll(ack, hold, MAX_EVENTS_PER_BATCH);
+        self.held_polls.fetch_sub(1, Ordering::Relaxed);
         let newest = self
             .ocs
             .newest_token(ticket.ticket)
@@ -804,6 +807,11 @@ impl Server {
             out,
             "refused_connections={}",
             self.refused_total.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "held_polls={}",
+            self.held_polls.load(Ordering::Relaxed)
         );
         let _ = writeln!(out, "tickets={}", s.tickets);
         let _ = writeln!(out, "sessions={}", s.sessions);

@@ -1009,8 +1009,7 @@ fn long_poll_is_held_until_an_event_and_replays_after_a_lost_answer() {
         "event GET answered without an event (hold 60 s)"
     );
 
-    // An event releases it: bob subscribes to alice... no, alice subscribes to bob
-    // and bob's publication reaches her.
+    // An event releases it: alice's own subscription answers with bob's presence.
     alice.cmd("<subscribePresence rid=\"{rid}\"><uris><uri>sip:bob@contoso.com</uri></uris></subscribePresence>");
     let r = held.join().unwrap();
     assert_eq!(r.status, 200);
@@ -1260,6 +1259,12 @@ fn bad_input_gets_precise_errors_and_never_wedges() {
         "<a>".repeat(1000)
     );
     assert_eq!(invalid_code(&deep).as_deref(), Some("18000"));
+    // "/>" as text must not fool the nesting bound (small stacks).
+    let sneaky = format!(
+        "<cwaRequests xmlns=\"{CWA_NS}\" sid=\"{sid}\">{}</cwaRequests>",
+        "<a x=\"/>\">/>".repeat(200)
+    );
+    assert_eq!(invalid_code(&sneaky).as_deref(), Some("18000"));
 
     // A wrong sid.
     let r = post(&a, &cmd_url, Some(&t), &format!("<cwaRequests xmlns=\"{CWA_NS}\" sid=\"999\"><queryPresence rid=\"5\"><uris><uri>sip:bob@contoso.com</uri></uris></queryPresence></cwaRequests>"));

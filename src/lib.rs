@@ -14,11 +14,14 @@
 //! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
 //!   status codes, XML messages), specified in collab-protocol(7).
 //! - [`device`]: the device-side client library behind `collab-device`.
+//! - [`cwa`]: the CWA client, one per user session: sign-in (NTLMv2 / forms),
+//!   the command channel, the event long-poll, typed commands and events.
 //! - [`ntlm`]: both sides of NTLMv2 ([MS-NLMP]) for IIS-style HTTP
 //!   authentication, and the base64 of its headers.
 //! - [`sim`]: `cwa-sim`, the CWA 2007 + OCS simulator (HTTP server, NTLM and
 //!   forms sign-in, command/event channels, faults, admin endpoint).
 pub mod config;
+pub mod cwa;
 pub mod device;
 pub mod ntlm;
 pub mod ops;

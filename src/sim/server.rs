@@ -262,16 +262,25 @@ impl Server {
                     continue;
                 }
             }
-            self.open_conns.fetch_add(1, Ordering::Relaxed);
+            // Only CWA connections count against the limit: the operator's
+            // admin requests must not take a client's place.
+            let counted = !admin_only;
+            if counted {
+                self.open_conns.fetch_add(1, Ordering::Relaxed);
+            }
             let server = Arc::clone(self);
             let spawned = std::thread::Builder::new()
                 .stack_size(self.settings.stack_size)
                 .spawn(move || {
                     server.serve(tcp, peer, admin_only);
-                    server.open_conns.fetch_sub(1, Ordering::Relaxed);
+                    if counted {
+                        server.open_conns.fetch_sub(1, Ordering::Relaxed);
+                    }
                 });
             if let Err(e) = spawned {
-                self.open_conns.fetch_sub(1, Ordering::Relaxed);
+                if counted {
+                    self.open_conns.fetch_sub(1, Ordering::Relaxed);
+                }
                 log::error!("{peer}: cannot start a connection thread: {e}");
             }
         }

@@ -2,7 +2,9 @@
 //! `mod support;` and uses what it needs.
 
 pub mod certs;
+pub mod cutting_proxy;
 pub mod device_peer;
+pub mod evil_http;
 pub mod sim;
 pub mod tls;
 pub mod tmp;

@@ -1,0 +1,226 @@
+/*!
+The CWA client: collabd's side of the Communicator Web Access 2007 "AJAX
+service" protocol (`/work/shared/reference/cwa-protocol.md`), one client per
+user session.
+
+This module owns everything between a signed-in user and one CWA server:
+the per-session HTTP agent (ureq 3 over native-tls, verification always
+on), sign-in (NTLMv2 on `/iwa/logon.html`, forms on `/forms/logon.html`),
+`initiateSession`, the command channel (POST
+`/cwa/MainCommandHandler.ashx`), the event channel (GET
+`/cwa/AsyncDataChannel.ashx`), typed commands and events, ticket rotation,
+back-off and sign-out. It never imports the service, the device protocol
+or the Config DB.
+
+# Use
+
+```no_run
+# fn demo() -> Result<(), Box<dyn std::error::Error>> {
+use collabd::cwa::{ClientConfig, Command, CwaSession};
+let config = ClientConfig::new("https://cwa.example.com");
+let session = CwaSession::sign_in(&config, r"EXAMPLE\alice", "secret")?;
+let (mut commands, mut events) = session.split();
+std::thread::spawn(move || loop {
+    match events.poll() {
+        Ok(batch) => {
+            for event in &batch.events {
+                // hand the event to the device ...
+                let _ = event;
+            }
+            events.ack(&batch); // only now does AckId advance
+        }
+        Err(e) if e.is_final() => break,
+        Err(_) => continue, // transient: the next poll resends the same AckId
+    }
+});
+commands.send(&Command::PublishPresence { availability: 3500, note: None })?;
+if commands.republish_due() {
+    commands.republish()?;
+}
+commands.sign_out()?;
+# Ok(()) }
+```
+
+# Threads
+
+A [`CwaSession`] is split into a [`CommandChannel`] and an
+[`EventChannel`]; each is `Send` and may live on its own thread. They share
+the ticket, the sid and the rid bookkeeping behind one mutex that is never
+held across a request, and one ureq agent whose pool holds at most two
+connections (one GET, one POST). A CWA connection is never shared between
+users: each session has its own agent, hence its own pool.
+
+# Errors and device statuses
+
+[`SignInError`] classifies a failed sign-in; [`SignInError::device_status`]
+gives the device-facing code of the team brief (303 bad credentials, 305 not
+enabled, 306 busy / unavailable / TLS / configuration, 308 protocol).
+[`SessionError`] classifies failures of a live session; see its variants
+for what the caller should do.
+*/
+
+mod command;
+mod error;
+mod event;
+mod http;
+mod response;
+mod session;
+mod signin;
+mod xmlguard;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use command::{Command, CommandKind, ContactSpec, ImMessage, SearchQuery};
+pub use error::{CwaError, SessionError, SignInError};
+pub use event::{
+    Category, ConferenceItem, Configuration, ContactItem, Event, EventBatch, GroupItem,
+    Participant, SearchUser, Subscriber, UserPresence,
+};
+pub use response::{CommandReply, Outcome};
+pub use session::{CommandChannel, CwaSession, EventChannel, SessionInfo};
+
+/// How collabd signs a user in to CWA (the Config DB's `instance.auth_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// NTLMv2 on `/iwa/logon.html` first, then forms on `/forms/logon.html`
+    /// if that fails (what BES does; the default).
+    #[default]
+    IwaThenForms,
+    /// Forms only.
+    Forms,
+    /// Integrated Windows authentication (NTLMv2) only.
+    Iwa,
+}
+
+impl AuthMode {
+    /// The configuration spelling: `iwa-then-forms`, `forms` or `iwa`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::IwaThenForms => "iwa-then-forms",
+            AuthMode::Forms => "forms",
+            AuthMode::Iwa => "iwa",
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An auth mode spelled other than `iwa-then-forms`, `forms` or `iwa`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownAuthMode(pub String);
+
+impl fmt::Display for UnknownAuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown CWA auth mode {:?} (expected iwa-then-forms, forms or iwa)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownAuthMode {}
+
+impl FromStr for AuthMode {
+    type Err = UnknownAuthMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "iwa-then-forms" => Ok(AuthMode::IwaThenForms),
+            "forms" => Ok(AuthMode::Forms),
+            "iwa" => Ok(AuthMode::Iwa),
+            _ => Err(UnknownAuthMode(s.to_string())),
+        }
+    }
+}
+
+/// Which sign-in method succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedInVia {
+    /// NTLMv2 on `/iwa/logon.html`.
+    Iwa,
+    /// Forms on `/forms/logon.html`.
+    Forms,
+}
+
+/// Everything a session needs to know about the CWA server it talks to.
+///
+/// Timeouts are per phase (ureq's): connecting (TCP + TLS), sending a
+/// request, and receiving a response. The event GET may be held by the
+/// server (long poll), so its receive timeout is `recv_timeout +
+/// poll_hold_margin`; with the defaults that is the 90 s of the protocol
+/// notes (§5.1).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://host[:port][/prefix]` (or `http://` when the instance says
+    /// so). The handler paths are appended to it.
+    pub base_url: String,
+    /// Which sign-in methods to try.
+    pub auth_mode: AuthMode,
+    /// A PEM file of CA certificates to trust instead of the platform's
+    /// roots (for a private CA). Verification is never turned off.
+    pub ca_file: Option<PathBuf>,
+    /// TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// Sending the request head and body.
+    pub send_timeout: Duration,
+    /// Receiving a response head, and separately its body, for commands
+    /// and sign-in.
+    pub recv_timeout: Duration,
+    /// Added to `recv_timeout` for the event GET, which the server may hold.
+    pub poll_hold_margin: Duration,
+    /// The largest response body accepted, in bytes.
+    pub max_body: usize,
+    /// The workstation name sent in the NTLM AUTHENTICATE message.
+    pub workstation: String,
+    /// The availability sent in `initiateSession` (3500 = online).
+    pub initial_availability: u32,
+    /// How often presence must be republished (5 minutes per §3.1).
+    pub republish_interval: Duration,
+    /// The longest back-off between event GETs while CWA is busy.
+    pub busy_backoff_cap: Duration,
+    /// How many busy answers (503 / 18101) in a row the event channel
+    /// absorbs before `poll` returns [`SessionError::Busy`].
+    pub max_busy_retries: u32,
+    /// How many times `poll` resends a GET (same AckId) whose connection
+    /// dropped before it returns [`SessionError::Unavailable`].
+    pub max_drop_retries: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            base_url: "https://localhost".to_string(),
+            auth_mode: AuthMode::IwaThenForms,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(10),
+            recv_timeout: Duration::from_secs(30),
+            poll_hold_margin: Duration::from_secs(60),
+            max_body: 1024 * 1024,
+            workstation: "COLLABD".to_string(),
+            initial_availability: 3500,
+            republish_interval: Duration::from_secs(300),
+            busy_backoff_cap: Duration::from_secs(60),
+            max_busy_retries: 8,
+            max_drop_retries: 2,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The defaults with `base_url` set.
+    pub fn new(base_url: &str) -> Self {
+        ClientConfig {
+            base_url: base_url.to_string(),
+            ..ClientConfig::default()
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! A byte-forwarding TCP proxy for the CWA client's tests that can swallow
+//! one response and cut its connection: a GET dropped for real, after the
+//! server answered it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+/// A TCP proxy in front of `target`. When armed with
+/// [`swallow_next_response`](Self::swallow_next_response), the next bytes
+/// the server sends on any connection are discarded and that connection
+/// is cut on both sides: the client sees its request dropped although
+/// the server answered it.
+pub struct CuttingProxy {
+    pub addr: SocketAddr,
+    armed: Arc<AtomicBool>,
+    pub swallowed: Arc<AtomicUsize>,
+}
+
+impl CuttingProxy {
+    pub fn start(target: SocketAddr) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let swallowed = Arc::new(AtomicUsize::new(0));
+        {
+            let armed = armed.clone();
+            let swallowed = swallowed.clone();
+            thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let Ok(server) = TcpStream::connect(target) else {
+                        continue;
+                    };
+                    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    thread::spawn(move || pump(c2, s2, None));
+                    let armed = armed.clone();
+                    let swallowed = swallowed.clone();
+                    thread::spawn(move || pump(server, client, Some((armed, swallowed))));
+                }
+            });
+        }
+        CuttingProxy {
+            addr,
+            armed,
+            swallowed,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn swallow_next_response(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+}
+
+type Trap = (Arc<AtomicBool>, Arc<AtomicUsize>);
+
+fn pump(mut from: TcpStream, mut to: TcpStream, trap: Option<Trap>) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some((armed, swallowed)) = &trap {
+            if armed.swap(false, Ordering::SeqCst) {
+                swallowed.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}

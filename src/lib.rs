@@ -8,4 +8,10 @@
 //! - [`xml`]: small helpers over `xmltree` shared by the CWA client, the
 //!   simulator and the device protocol (bounded parsing, child text,
 //!   serialisation).
+//! - [`configdb`]: the Config DB in PostgreSQL (migrations, instances,
+//!   users, devices, session registry, heartbeats, audit) and `collabctl`.
+//! - [`ops`]: operational helpers (a throwaway PostgreSQL for tests and the
+//!   demo).
+pub mod configdb;
+pub mod ops;
 pub mod xml;

@@ -1,0 +1,4 @@
+//! Helpers shared by the integration tests. Each test file does
+//! `mod support;`; each submodule owns one kind of helper.
+
+pub mod pg;

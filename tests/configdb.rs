@@ -447,7 +447,8 @@ fn admin_changes_are_audited_without_secrets() {
             "user_revoked",
             "device_added",
             "user_added",
-            "instance_added"
+            "instance_added",
+            "schema_migrated"
         ]
     );
     let latest = db.list_audit(1).unwrap();

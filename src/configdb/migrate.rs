@@ -8,7 +8,8 @@ and a migration is never recorded without its effects. A session-level
 advisory lock serialises concurrent migrators; applying twice is a no-op.
 */
 
-use super::{classify, epoch_ms, ConfigDb, DbError};
+use super::registry::audit_in;
+use super::{classify, epoch_ms, AuditEvent, ConfigDb, DbError};
 
 /// One numbered migration.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +105,16 @@ impl ConfigDb {
                 &[&migration.version, &migration.name],
             )
             .map_err(|e| classify(e, &context))?;
+            // Audited like every other change, once the audit table exists.
+            let audit_exists: bool = tx
+                .query_one("SELECT to_regclass('audit_event') IS NOT NULL", &[])
+                .map_err(|e| classify(e, &context))?
+                .get(0);
+            if audit_exists {
+                let mut event = AuditEvent::new("schema_migrated");
+                event.reason = Some(format!("{:04}_{}", migration.version, migration.name));
+                audit_in(&mut tx, &event)?;
+            }
             tx.commit().map_err(|e| classify(e, &context))?;
             applied.push(AppliedMigration {
                 version: migration.version,

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 
+pub mod cli;
 mod instances;
 mod migrate;
 mod registry;
@@ -136,7 +137,17 @@ pub(crate) fn classify(err: postgres::Error, context: &str) -> DbError {
         return DbError::Query(format!("{context}: {message}"));
     }
     // No server error: the connection itself failed (I/O, closed, timeout).
-    DbError::Unreachable(format!("{context}: {err}"))
+    DbError::Unreachable(format!("{context}: {}", with_cause(&err)))
+}
+
+/// The driver's error followed by its cause ("error connecting to server:
+/// Connection refused"), which its `Display` leaves out.
+fn with_cause(err: &postgres::Error) -> String {
+    use std::error::Error as _;
+    match err.source() {
+        Some(cause) => format!("{err}: {cause}"),
+        None => err.to_string(),
+    }
 }
 
 /// A connection to the Config DB. Not shared between threads: each thread
@@ -183,7 +194,7 @@ impl ConfigDb {
                 // authentication, too many clients): for a caller this is
                 // the database being unavailable.
                 Some(db) => DbError::Unreachable(db.message().to_string()),
-                None => DbError::Unreachable(e.to_string()),
+                None => DbError::Unreachable(with_cause(&e)),
             })?;
         Ok(ConfigDb { client })
     }

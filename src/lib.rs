@@ -9,7 +9,10 @@
 //!   simulator and the device protocol (bounded parsing, child text,
 //!   serialisation).
 //! - [`config`]: collabd's daemon configuration (file, flags, environment).
-//! - [`ops`]: running under systemd: notify, signals, logging.
+//! - [`configdb`]: the Config DB in PostgreSQL (migrations, instances,
+//!   users, devices, session registry, heartbeats, audit) and `collabctl`.
+//! - [`ops`]: running under systemd (notify, signals, logging) and a
+//!   throwaway PostgreSQL for tests and the demo.
 //! - [`service`]: collabd: the device listener and the session table.
 //! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
 //!   status codes, XML messages), specified in collab-protocol(7).
@@ -21,6 +24,7 @@
 //! - [`sim`]: `cwa-sim`, the CWA 2007 + OCS simulator (HTTP server, NTLM and
 //!   forms sign-in, command/event channels, faults, admin endpoint).
 pub mod config;
+pub mod configdb;
 pub mod cwa;
 pub mod device;
 pub mod ntlm;

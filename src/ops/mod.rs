@@ -1,7 +1,9 @@
-//! Running under systemd: readiness and watchdog notifications
-//! ([`notify`]), signals and the shutdown flag ([`signals`]), and logging to
-//! stderr or the journal ([`logging`]).
+//! Running the programs on a real system: readiness and watchdog
+//! notifications ([`notify`]), signals and the shutdown flag ([`signals`]),
+//! logging to stderr or the journal ([`logging`]), and a throwaway
+//! PostgreSQL cluster for tests and the demo ([`scratch_pg`]).
 
 pub mod logging;
 pub mod notify;
+pub mod scratch_pg;
 pub mod signals;

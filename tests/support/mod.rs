@@ -5,6 +5,7 @@ pub mod certs;
 pub mod cutting_proxy;
 pub mod device_peer;
 pub mod evil_http;
+pub mod pg;
 pub mod sim;
 pub mod tls;
 pub mod tmp;

@@ -8,4 +8,7 @@
 //! - [`xml`]: small helpers over `xmltree` shared by the CWA client, the
 //!   simulator and the device protocol (bounded parsing, child text,
 //!   serialisation).
+//! - [`dispatcher`]: collab-dispatcher, routing device connections to live
+//!   collabd instances and relaying their bytes without decrypting them.
+pub mod dispatcher;
 pub mod xml;

@@ -11,4 +11,7 @@
 //! - [`dispatcher`]: collab-dispatcher, routing device connections to live
 //!   collabd instances and relaying their bytes without decrypting them.
 pub mod dispatcher;
+//! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
+//!   status codes, XML messages), specified in collab-protocol(7).
+pub mod wire;
 pub mod xml;

@@ -1,0 +1,342 @@
+//! The protocol's cryptography and compression, as pure functions over
+//! bytes so that an independent implementation (and the worked example in
+//! collab-protocol(7)) can be checked step by step: HKDF-SHA256 key
+//! schedule, key confirmation, AES-256-GCM sealing with the clear header as
+//! associated data, and raw deflate with a hard inflate cap. All primitives
+//! are the system OpenSSL's, except deflate (flate2).
+
+use std::io::{Read, Write};
+
+use flate2::bufread::DeflateDecoder;
+use flate2::write::DeflateEncoder;
+use flate2::Compression;
+use openssl::hash::MessageDigest;
+use openssl::md::Md;
+use openssl::pkey::PKey;
+use openssl::pkey_ctx::PkeyCtx;
+use openssl::sign::Signer;
+use openssl::symm::{self, Cipher};
+
+use super::frame::{CONFIRM_LEN, HEADER_LEN, RANDOM_LEN, TAG_LEN};
+use super::WireError;
+
+/// Size of the device transport key and of every derived key.
+pub const KEY_LEN: usize = 32;
+
+/// HKDF `info` label (followed by the PIN, 4 bytes BE) of the key that
+/// encrypts device-to-service frames.
+pub const LABEL_DEVICE_TO_SERVICE: &[u8] = b"collab-protocol 1 device-to-service";
+/// HKDF `info` label of the key that encrypts service-to-device frames.
+pub const LABEL_SERVICE_TO_DEVICE: &[u8] = b"collab-protocol 1 service-to-device";
+/// HKDF `info` label of the key-confirmation key.
+pub const LABEL_CONFIRM: &[u8] = b"collab-protocol 1 key confirmation";
+/// HMAC input of the service's key confirmation.
+pub const CONFIRM_SERVICE: &[u8] = b"service confirms";
+/// HMAC input of the device's key confirmation.
+pub const CONFIRM_DEVICE: &[u8] = b"device confirms";
+
+/// The direction value in the first four bytes of every GCM nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Frames the device sends (nonce prefix 00000001).
+    DeviceToService,
+    /// Frames the service sends (nonce prefix 00000002).
+    ServiceToDevice,
+}
+
+impl Direction {
+    /// The 32-bit value that starts the nonce.
+    pub fn code(self) -> u32 {
+        match self {
+            Direction::DeviceToService => 1,
+            Direction::ServiceToDevice => 2,
+        }
+    }
+}
+
+/// The keys of one connection, derived from the transport key and both
+/// randoms. Not `Debug`, so they cannot end up in a log by accident.
+#[derive(Clone)]
+pub struct SessionKeys {
+    /// Encrypts frames from the device.
+    pub device_to_service: [u8; KEY_LEN],
+    /// Encrypts frames from the service.
+    pub service_to_device: [u8; KEY_LEN],
+    /// Keys the two confirmation HMACs.
+    pub confirm: [u8; KEY_LEN],
+}
+
+impl SessionKeys {
+    /// The key for frames travelling in `dir`.
+    pub fn for_direction(&self, dir: Direction) -> &[u8; KEY_LEN] {
+        match dir {
+            Direction::DeviceToService => &self.device_to_service,
+            Direction::ServiceToDevice => &self.service_to_device,
+        }
+    }
+
+    /// HMAC-SHA256(confirm key, "service confirms").
+    pub fn service_confirmation(&self) -> Result<[u8; CONFIRM_LEN], WireError> {
+        hmac_sha256(&self.confirm, CONFIRM_SERVICE)
+    }
+
+    /// HMAC-SHA256(confirm key, "device confirms").
+    pub fn device_confirmation(&self) -> Result<[u8; CONFIRM_LEN], WireError> {
+        hmac_sha256(&self.confirm, CONFIRM_DEVICE)
+    }
+}
+
+/// HKDF-SHA256 (RFC 5869): extract with `salt` from `ikm`, expand with
+/// `info` to `out.len()` bytes.
+pub fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) -> Result<(), WireError> {
+    let mut ctx = PkeyCtx::new_id(openssl::pkey::Id::HKDF)?;
+    ctx.derive_init()?;
+    ctx.set_hkdf_md(Md::sha256())?;
+    ctx.set_hkdf_salt(salt)?;
+    ctx.set_hkdf_key(ikm)?;
+    ctx.add_hkdf_info(info)?;
+    let n = ctx.derive(Some(out))?;
+    if n != out.len() {
+        return Err(WireError::Crypto(format!(
+            "HKDF gave {n} bytes, wanted {}",
+            out.len()
+        )));
+    }
+    Ok(())
+}
+
+/// HMAC-SHA256 of `data` under `key`.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<[u8; 32], WireError> {
+    let pkey = PKey::hmac(key)?;
+    let mut signer = Signer::new(MessageDigest::sha256(), &pkey)?;
+    signer.update(data)?;
+    let mac = signer.sign_to_vec()?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&mac);
+    Ok(out)
+}
+
+/// Derives a connection's keys: salt = device random || service random,
+/// IKM = transport key, info = label || PIN (u32 BE), 32 bytes each.
+pub fn derive_keys(
+    transport_key: &[u8; KEY_LEN],
+    pin: u32,
+    device_random: &[u8; RANDOM_LEN],
+    service_random: &[u8; RANDOM_LEN],
+) -> Result<SessionKeys, WireError> {
+    let mut salt = [0u8; 2 * RANDOM_LEN];
+    salt[..RANDOM_LEN].copy_from_slice(device_random);
+    salt[RANDOM_LEN..].copy_from_slice(service_random);
+    let derive = |label: &[u8]| -> Result<[u8; KEY_LEN], WireError> {
+        let mut info = label.to_vec();
+        info.extend_from_slice(&pin.to_be_bytes());
+        let mut out = [0u8; KEY_LEN];
+        hkdf_sha256(&salt, transport_key, &info, &mut out)?;
+        Ok(out)
+    };
+    Ok(SessionKeys {
+        device_to_service: derive(LABEL_DEVICE_TO_SERVICE)?,
+        service_to_device: derive(LABEL_SERVICE_TO_DEVICE)?,
+        confirm: derive(LABEL_CONFIRM)?,
+    })
+}
+
+/// The 12-byte GCM nonce: direction (u32 BE) || sequence (u64 BE).
+pub fn nonce(dir: Direction, seq: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(&dir.code().to_be_bytes());
+    n[4..].copy_from_slice(&seq.to_be_bytes());
+    n
+}
+
+/// AES-256-GCM: encrypts `plaintext` with the header as associated data;
+/// returns ciphertext || 16-byte tag (the `Data` frame body).
+pub fn seal(
+    key: &[u8; KEY_LEN],
+    dir: Direction,
+    header: &[u8; HEADER_LEN],
+    seq: u64,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    let mut tag = [0u8; TAG_LEN];
+    let mut out = symm::encrypt_aead(
+        Cipher::aes_256_gcm(),
+        key,
+        Some(&nonce(dir, seq)),
+        header,
+        plaintext,
+        &mut tag,
+    )?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Opens a `Data` body sealed by [`seal`]; any change to header, body or
+/// tag, or the wrong key, direction or sequence, gives [`WireError::Decrypt`].
+pub fn open(
+    key: &[u8; KEY_LEN],
+    dir: Direction,
+    header: &[u8; HEADER_LEN],
+    seq: u64,
+    body: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    if body.len() < TAG_LEN {
+        return Err(WireError::Decrypt);
+    }
+    let (ciphertext, tag) = body.split_at(body.len() - TAG_LEN);
+    symm::decrypt_aead(
+        Cipher::aes_256_gcm(),
+        key,
+        Some(&nonce(dir, seq)),
+        header,
+        ciphertext,
+        tag,
+    )
+    .map_err(|_| WireError::Decrypt)
+}
+
+/// Raw deflate (RFC 1951, no zlib or gzip wrapper) at the default level.
+pub fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut enc = DeflateEncoder::new(
+        Vec::with_capacity(data.len() / 2 + 16),
+        Compression::default(),
+    );
+    // Writing into a Vec cannot fail.
+    enc.write_all(data).expect("deflate into memory");
+    enc.finish().expect("deflate into memory")
+}
+
+/// Inflates a raw deflate stream of at most `cap` output bytes. A stream
+/// that is corrupt, unfinished, followed by extra bytes, or that would
+/// inflate past `cap` is refused; no more than `cap + 1` bytes are ever
+/// allocated for the output.
+pub fn inflate(data: &[u8], cap: usize) -> Result<Vec<u8>, WireError> {
+    let mut dec = DeflateDecoder::new(data);
+    let mut out = Vec::new();
+    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+    (&mut dec)
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| WireError::Decompress(e.to_string()))?;
+    if out.len() > cap {
+        return Err(WireError::Decompress(format!("inflates past {cap} bytes")));
+    }
+    if dec.total_in() != data.len() as u64 {
+        return Err(WireError::Decompress(format!(
+            "{} bytes after the end of the deflate stream",
+            data.len() as u64 - dec.total_in()
+        )));
+    }
+    Ok(out)
+}
+
+/// `n` bytes from OpenSSL's random generator.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], WireError> {
+    let mut out = [0u8; N];
+    openssl::rand::rand_bytes(&mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn hkdf_matches_rfc5869_case_1() {
+        let ikm = [0x0b; 22];
+        let salt = hex("000102030405060708090a0b0c");
+        let info = hex("f0f1f2f3f4f5f6f7f8f9");
+        let mut okm = [0u8; 42];
+        hkdf_sha256(&salt, &ikm, &info, &mut okm).unwrap();
+        assert_eq!(
+            okm.to_vec(),
+            hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
+        );
+    }
+
+    #[test]
+    fn hmac_matches_rfc4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?").unwrap();
+        assert_eq!(
+            mac.to_vec(),
+            hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        );
+    }
+
+    #[test]
+    fn keys_differ_per_direction_pin_and_random() {
+        let k = [7u8; 32];
+        let a = derive_keys(&k, 1, &[1; 32], &[2; 32]).unwrap();
+        assert_ne!(a.device_to_service, a.service_to_device);
+        assert_ne!(a.confirm, a.device_to_service);
+        let b = derive_keys(&k, 2, &[1; 32], &[2; 32]).unwrap();
+        assert_ne!(a.device_to_service, b.device_to_service);
+        let c = derive_keys(&k, 1, &[1; 32], &[3; 32]).unwrap();
+        assert_ne!(a.device_to_service, c.device_to_service);
+        assert_ne!(
+            a.service_confirmation().unwrap(),
+            a.device_confirmation().unwrap()
+        );
+    }
+
+    #[test]
+    fn seal_open_and_tamper() {
+        let key = [9u8; 32];
+        let header = [1u8; 16];
+        let body = seal(&key, Direction::DeviceToService, &header, 5, b"hello").unwrap();
+        assert_eq!(body.len(), 5 + TAG_LEN);
+        assert_eq!(
+            open(&key, Direction::DeviceToService, &header, 5, &body).unwrap(),
+            b"hello"
+        );
+        assert!(open(&key, Direction::ServiceToDevice, &header, 5, &body).is_err());
+        assert!(open(&key, Direction::DeviceToService, &header, 6, &body).is_err());
+        let mut h2 = header;
+        h2[3] ^= 1;
+        assert!(open(&key, Direction::DeviceToService, &h2, 5, &body).is_err());
+        for i in 0..body.len() {
+            let mut b = body.clone();
+            b[i] ^= 0x40;
+            assert!(matches!(
+                open(&key, Direction::DeviceToService, &header, 5, &b),
+                Err(WireError::Decrypt)
+            ));
+        }
+    }
+
+    #[test]
+    fn inflate_is_capped_and_strict() {
+        let text = b"hello hello hello hello".repeat(50);
+        let z = deflate(&text);
+        assert_eq!(inflate(&z, text.len()).unwrap(), text);
+        assert!(matches!(
+            inflate(&z, text.len() - 1),
+            Err(WireError::Decompress(_))
+        ));
+        let mut trailing = z.clone();
+        trailing.push(0);
+        assert!(matches!(
+            inflate(&trailing, 1 << 20),
+            Err(WireError::Decompress(_))
+        ));
+        assert!(matches!(
+            inflate(&z[..z.len() - 1], 1 << 20),
+            Err(WireError::Decompress(_))
+        ));
+        // A bomb: 8 MiB of zeros deflates to about 8 KiB; the cap stops it.
+        let bomb = deflate(&vec![0u8; 8 << 20]);
+        assert!(bomb.len() < 16 << 10);
+        assert!(matches!(
+            inflate(&bomb, 1 << 20),
+            Err(WireError::Decompress(_))
+        ));
+        assert_eq!(inflate(&deflate(b""), 10).unwrap(), b"");
+    }
+}

@@ -1,0 +1,2 @@
+//! Helpers shared by the integration tests; each area adds its own module.
+pub mod wire_peer;

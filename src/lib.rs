@@ -10,8 +10,8 @@
 //!   serialisation).
 //! - [`dispatcher`]: collab-dispatcher, routing device connections to live
 //!   collabd instances and relaying their bytes without decrypting them.
-pub mod dispatcher;
 //! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
 //!   status codes, XML messages), specified in collab-protocol(7).
+pub mod dispatcher;
 pub mod wire;
 pub mod xml;

@@ -424,3 +424,21 @@ fn mutated_service_streams_are_rejected_by_the_device() {
         );
     }
 }
+
+#[test]
+fn malformed_xml_in_a_genuine_frame_ends_the_channel() {
+    use collabd::wire::DeviceMessage;
+    let payloads = [
+        b"<login user=\"a\"><password>x</pass></login>".to_vec(),
+        b"<logout/>".to_vec(),
+    ];
+    let mut stream = Duplex::new(genuine_device_bytes(&payloads));
+    let mut ch = accept_with_random(&mut stream, lookup, [0x22; 32]).unwrap();
+    assert!(matches!(ch.recv_device(), Err(WireError::Protocol(_))));
+    // The well-formed frame behind it is not read: the channel is finished.
+    assert!(matches!(ch.recv_device(), Err(WireError::Protocol(_))));
+    drop(ch);
+    let mut stream = Duplex::new(genuine_device_bytes(&payloads[1..]));
+    let mut ch = accept_with_random(&mut stream, lookup, [0x22; 32]).unwrap();
+    assert_eq!(ch.recv_device().unwrap(), DeviceMessage::Logout);
+}

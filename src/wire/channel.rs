@@ -219,6 +219,19 @@ impl RxState {
         result
     }
 
+    fn recv_with<T>(
+        &mut self,
+        r: &mut impl Read,
+        decode: impl FnOnce(&[u8]) -> Result<T, WireError>,
+    ) -> Result<T, WireError> {
+        let payload = self.recv(r)?;
+        let result = decode(&payload);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
     fn recv_inner(&mut self, r: &mut impl Read) -> Result<Vec<u8>, WireError> {
         let frame = self.frames.read(r)?;
         let h = frame.header;
@@ -389,6 +402,15 @@ impl<S: Read + Write> SecureChannel<S> {
         self.rx.recv(&mut self.stream)
     }
 
+    /// Receives the next payload and decodes it with `decode`; a decoding
+    /// error ends the channel like any other protocol violation.
+    pub fn recv_with<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<T, WireError>,
+    ) -> Result<T, WireError> {
+        self.rx.recv_with(&mut self.stream, decode)
+    }
+
     /// Sends a clear `Refused` frame (unauthenticated; it ends the
     /// connection) and stops sending.
     pub fn refuse(&mut self, status: Status, text: &str) -> Result<(), WireError> {
@@ -419,6 +441,15 @@ impl<R: Read> SecureReader<R> {
     /// Receives the next payload; see [`SecureChannel::recv`].
     pub fn recv(&mut self) -> Result<Vec<u8>, WireError> {
         self.rx.recv(&mut self.stream)
+    }
+
+    /// Receives the next payload and decodes it with `decode`; a decoding
+    /// error ends the channel like any other protocol violation.
+    pub fn recv_with<T>(
+        &mut self,
+        decode: impl FnOnce(&[u8]) -> Result<T, WireError>,
+    ) -> Result<T, WireError> {
+        self.rx.recv_with(&mut self.stream, decode)
     }
 
     /// The device PIN of the connection.

@@ -21,6 +21,7 @@ pub mod channel;
 pub mod crypto;
 mod error;
 pub mod frame;
+pub mod message;
 
 pub mod status;
 
@@ -29,6 +30,10 @@ pub use channel::{
 };
 pub use error::WireError;
 pub use frame::{read_frame, write_frame, Frame, FrameReader, FrameType, Header, MAX_FRAME_LEN};
+pub use message::{
+    Availability, Contact, ContactList, ConversationState, Coverage, DeviceCommand, DeviceEvent,
+    DeviceMessage, Group, Presence, Resume, SearchEntry, Secret, ServiceMessage,
+};
 pub use status::Status;
 
 /// Formats a PIN the way people and logs see it: 8 lower-case hex digits.

@@ -97,3 +97,294 @@ pub fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
     }
     out
 }
+
+use collabd::wire::{
+    Availability, Contact, ContactList, ConversationState, Coverage, DeviceCommand, DeviceEvent,
+    DeviceMessage, Group, Presence, Resume, SearchEntry, Secret, ServiceMessage, Status,
+};
+
+/// One of every device message and command, with text that needs escaping.
+pub fn sample_device_messages(t: &str) -> Vec<DeviceMessage> {
+    let s = |x: &str| x.to_string();
+    let cmds = vec![
+        DeviceCommand::SetPresence {
+            availability: Availability::Busy,
+            note: Some(t.into()),
+        },
+        DeviceCommand::SetPresence {
+            availability: Availability::Code(4500),
+            note: None,
+        },
+        DeviceCommand::AddContact {
+            uri: s("sip:bob@example.com"),
+            name: Some(t.into()),
+            group: Some(s("2")),
+        },
+        DeviceCommand::AddContact {
+            uri: s("sip:carol@example.com"),
+            name: None,
+            group: None,
+        },
+        DeviceCommand::RemoveContact {
+            uri: s("sip:bob@example.com"),
+        },
+        DeviceCommand::AddGroup { name: t.into() },
+        DeviceCommand::RenameGroup {
+            group: s("2"),
+            name: t.into(),
+        },
+        DeviceCommand::RemoveGroup { group: s("2") },
+        DeviceCommand::Search { query: t.into() },
+        DeviceCommand::StartConversation {
+            to: vec![s("sip:bob@example.com"), s("sip:carol@example.com")],
+            subject: Some(t.into()),
+            text: Some(t.into()),
+        },
+        DeviceCommand::StartConversation {
+            to: vec![s("sip:bob@example.com")],
+            subject: None,
+            text: None,
+        },
+        DeviceCommand::Send {
+            conversation: s("c1"),
+            text: t.into(),
+        },
+        DeviceCommand::Typing {
+            conversation: s("c1"),
+            composing: true,
+        },
+        DeviceCommand::Typing {
+            conversation: s("c1"),
+            composing: false,
+        },
+        DeviceCommand::Accept {
+            conversation: s("c2"),
+        },
+        DeviceCommand::Leave {
+            conversation: s("c2"),
+        },
+        DeviceCommand::Invite {
+            conversation: s("c1"),
+            uris: vec![s("sip:dave@example.com")],
+        },
+        DeviceCommand::SubscribePresence {
+            uris: vec![s("sip:erin@example.com"), s("sip:frank@example.com")],
+        },
+    ];
+    let mut out = vec![
+        DeviceMessage::Login {
+            user: s("CONTOSO\\alice"),
+            password: Secret::new(t),
+            resume: None,
+        },
+        DeviceMessage::Login {
+            user: s("alice@contoso.com"),
+            password: Secret::new("pw"),
+            resume: Some(Resume {
+                session_id: s("s-17"),
+                last_acked_seq: u64::MAX,
+            }),
+        },
+        DeviceMessage::Status {
+            coverage: Coverage::InCoverage,
+        },
+        DeviceMessage::Status {
+            coverage: Coverage::Dormant,
+        },
+        DeviceMessage::Status {
+            coverage: Coverage::Active,
+        },
+        DeviceMessage::Ack { seq: 0 },
+        DeviceMessage::Ack { seq: 42 },
+        DeviceMessage::Logout,
+    ];
+    out.extend(
+        cmds.into_iter()
+            .enumerate()
+            .map(|(i, command)| DeviceMessage::Command {
+                id: i as u64 + 1,
+                command,
+            }),
+    );
+    out
+}
+
+/// One of every service message and event, with text that needs escaping.
+pub fn sample_service_messages(t: &str) -> Vec<ServiceMessage> {
+    let s = |x: &str| x.to_string();
+    let events = vec![
+        DeviceEvent::ContactList(ContactList {
+            complete: true,
+            groups: vec![
+                Group {
+                    id: s("~"),
+                    name: s("Other Contacts"),
+                },
+                Group {
+                    id: s("2"),
+                    name: t.into(),
+                },
+            ],
+            contacts: vec![
+                Contact {
+                    uri: s("sip:bob@example.com"),
+                    name: Some(t.into()),
+                    groups: vec![s("~"), s("2")],
+                },
+                Contact {
+                    uri: s("sip:carol@example.com"),
+                    name: None,
+                    groups: vec![],
+                },
+            ],
+            removed_groups: vec![],
+            removed_contacts: vec![],
+        }),
+        DeviceEvent::ContactList(ContactList {
+            complete: false,
+            groups: vec![],
+            contacts: vec![],
+            removed_groups: vec![s("3")],
+            removed_contacts: vec![s("sip:old@example.com")],
+        }),
+        DeviceEvent::Presence(Presence {
+            uri: s("sip:bob@example.com"),
+            availability: Availability::Away,
+            note: Some(t.into()),
+            display_name: Some(t.into()),
+        }),
+        DeviceEvent::Presence(Presence {
+            uri: s("sip:carol@example.com"),
+            availability: Availability::Code(7500),
+            note: None,
+            display_name: None,
+        }),
+        DeviceEvent::SelfPresence {
+            availability: Availability::DoNotDisturb,
+            note: Some(t.into()),
+        },
+        DeviceEvent::SelfPresence {
+            availability: Availability::Online,
+            note: None,
+        },
+        DeviceEvent::Invitation {
+            conversation: s("c2"),
+            from: s("sip:bob@example.com"),
+            subject: Some(t.into()),
+            text: Some(t.into()),
+        },
+        DeviceEvent::Invitation {
+            conversation: s("c3"),
+            from: s("sip:bob@example.com"),
+            subject: None,
+            text: None,
+        },
+        DeviceEvent::Message {
+            conversation: s("c1"),
+            from: s("sip:bob@example.com"),
+            text: t.into(),
+        },
+        DeviceEvent::Typing {
+            conversation: s("c1"),
+            from: s("sip:bob@example.com"),
+            composing: true,
+        },
+        DeviceEvent::ConversationState {
+            conversation: s("c1"),
+            state: ConversationState::Connecting,
+        },
+        DeviceEvent::ConversationState {
+            conversation: s("c1"),
+            state: ConversationState::Incoming,
+        },
+        DeviceEvent::ConversationState {
+            conversation: s("c1"),
+            state: ConversationState::Connected,
+        },
+        DeviceEvent::ConversationState {
+            conversation: s("c1"),
+            state: ConversationState::Terminated,
+        },
+        DeviceEvent::Participants {
+            conversation: s("c1"),
+            joined: vec![s("sip:dave@example.com")],
+            left: vec![s("sip:bob@example.com"), s("sip:erin@example.com")],
+        },
+        DeviceEvent::DeliveryFailed {
+            conversation: s("c1"),
+            uri: Some(s("sip:bob@example.com")),
+            reason: t.into(),
+        },
+        DeviceEvent::DeliveryFailed {
+            conversation: s("c1"),
+            uri: None,
+            reason: s(""),
+        },
+        DeviceEvent::SearchResult {
+            command: 9,
+            entries: vec![
+                SearchEntry {
+                    uri: s("sip:bob@example.com"),
+                    name: Some(t.into()),
+                    title: Some(s("Engineer")),
+                    office: Some(s("B2")),
+                    phone: Some(s("+1 555 0100")),
+                    email: Some(s("bob@example.com")),
+                },
+                SearchEntry {
+                    uri: s("sip:bobby@example.com"),
+                    name: None,
+                    title: None,
+                    office: None,
+                    phone: None,
+                    email: None,
+                },
+            ],
+        },
+        DeviceEvent::SearchResult {
+            command: 10,
+            entries: vec![],
+        },
+    ];
+    let mut out = vec![
+        ServiceMessage::LoginResult {
+            status: Status::Ok,
+            text: s("OK"),
+            session_id: Some(s("s-17")),
+            sip_uri: Some(s("sip:alice@example.com")),
+        },
+        ServiceMessage::LoginResult {
+            status: Status::ServerBusy,
+            text: t.into(),
+            session_id: None,
+            sip_uri: None,
+        },
+        ServiceMessage::CommandResult {
+            id: 4,
+            status: Status::Ok,
+            text: s(""),
+            conversation: Some(s("c9")),
+        },
+        ServiceMessage::CommandResult {
+            id: 5,
+            status: Status::CwaUnavailable,
+            text: t.into(),
+            conversation: None,
+        },
+        ServiceMessage::SessionEnded {
+            status: Status::SessionEnded,
+            reason: t.into(),
+        },
+        ServiceMessage::ServiceStopping,
+    ];
+    out.extend(
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| ServiceMessage::Event {
+                seq: i as u64 + 1,
+                event,
+            }),
+    );
+    out
+}

@@ -1,0 +1,233 @@
+//! The XML messages: every message round-trips with hostile text, malformed
+//! or hostile documents are refused with a protocol error (thousands of
+//! mutated documents, never a panic), and passwords never reach `Debug`.
+
+mod support;
+
+use collabd::wire::{DeviceMessage, Secret, ServiceMessage, WireError};
+use support::wire_peer::{sample_device_messages, sample_service_messages, XorShift};
+
+const TRICKY: &[&str] = &[
+    "hello",
+    "",
+    "   ",
+    " lead and trail ",
+    "<b>&amp; \"quotes\" 'apos' ]]> </text>",
+    "line one\nline two\n\ttabbed",
+    "héllo wörld ☃ 𝄞 ١٢٣",
+    "&lt;already escaped&gt;",
+    "a=b c=d \\s \\n",
+];
+
+fn random_text(rng: &mut XorShift) -> String {
+    const ALPHABET: &[char] = &[
+        'a', 'Z', '0', ' ', ' ', '\t', '\n', '<', '>', '&', '"', '\'', ';', '=', ']', '\\', '/',
+        'é', '☃', '𝄞', '\u{85}', '\u{2028}', '\u{fffd}',
+    ];
+    let n = rng.below(40);
+    (0..n)
+        .map(|_| ALPHABET[rng.below(ALPHABET.len())])
+        .collect()
+}
+
+#[test]
+fn every_message_round_trips() {
+    let mut texts: Vec<String> = TRICKY.iter().map(|s| s.to_string()).collect();
+    let mut rng = XorShift::new(99);
+    texts.extend((0..200).map(|_| random_text(&mut rng)));
+    let mut seen = 0;
+    for t in &texts {
+        for m in sample_device_messages(t) {
+            let bytes = m.encode();
+            assert_eq!(
+                DeviceMessage::decode(&bytes).unwrap(),
+                m,
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            seen += 1;
+        }
+        for m in sample_service_messages(t) {
+            let bytes = m.encode();
+            assert_eq!(
+                ServiceMessage::decode(&bytes).unwrap(),
+                m,
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 10_000);
+}
+
+#[test]
+fn xml_line_ends_and_forbidden_characters_are_normalised() {
+    let m = |t: &str| ServiceMessage::SessionEnded {
+        status: collabd::wire::Status::SessionEnded,
+        reason: t.to_string(),
+    };
+    let back = ServiceMessage::decode(&m("a\r\nb\rc\u{1}d\u{ffff}").encode()).unwrap();
+    assert_eq!(back, m("a\nb\nc\u{fffd}d\u{fffd}"));
+}
+
+#[test]
+fn exact_xml_of_a_few_messages() {
+    let login = DeviceMessage::Login {
+        user: "CONTOSO\\alice".into(),
+        password: Secret::new("s3cret"),
+        resume: None,
+    };
+    assert_eq!(
+        String::from_utf8(login.encode()).unwrap(),
+        "<login user=\"CONTOSO\\alice\"><password>s3cret</password></login>"
+    );
+    // (Elements with one attribute only: xmltree keeps attributes in a
+    // HashMap, so their order varies between processes.)
+    let ended = ServiceMessage::SessionEnded {
+        status: collabd::wire::Status::SessionEnded,
+        reason: "bye <you> & \"me\"".into(),
+    };
+    assert_eq!(
+        String::from_utf8(ended.encode()).unwrap(),
+        "<session-ended code=\"310\"><reason>bye &lt;you&gt; &amp; \"me\"</reason></session-ended>"
+    );
+}
+
+#[test]
+fn passwords_never_reach_debug_output() {
+    let login = DeviceMessage::Login {
+        user: "alice".into(),
+        password: Secret::new("hunter2-very-secret"),
+        resume: None,
+    };
+    let dbg = format!("{login:?} {:#?}", login);
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+    assert!(dbg.contains("alice"));
+}
+
+#[test]
+fn malformed_and_hostile_documents_are_protocol_errors() {
+    let deep = "<a>".repeat(100_000) + &"</a>".repeat(100_000);
+    let bad: Vec<String> = vec![
+        "".into(),
+        "   ".into(),
+        "not xml".into(),
+        "<login".into(),
+        "<login user=\"a\"><password>x</password>".into(),
+        "<login><password>x</password></login>".into(),
+        "<login user=\"a\"/>".into(),
+        "<login user=\"a\"><password><b/></password></login>".into(),
+        "<status coverage=\"sideways\"/>".into(),
+        "<status/>".into(),
+        "<ack seq=\"-1\"/>".into(),
+        "<ack seq=\"18446744073709551616\"/>".into(),
+        "<ack seq=\" 1\"/>".into(),
+        "<command id=\"1\"/>".into(),
+        "<command id=\"1\"><send conversation=\"c\"><text>x</text></send><leave conversation=\"c\"/></command>".into(),
+        "<command id=\"1\"><fly/></command>".into(),
+        "<command id=\"x\"><logout/></command>".into(),
+        "<command id=\"1\"><start-conversation/></command>".into(),
+        "<command id=\"1\"><typing conversation=\"c\" composing=\"yes\"/></command>".into(),
+        "<command id=\"1\"><set-presence availability=\"sleepy\"/></command>".into(),
+        "<command id=\"1\"><set-presence availability=\"99999999999\"/></command>".into(),
+        "<x:logout xmlns:x=\"urn:x\"/>".into(),
+        "<!DOCTYPE logout [<!ENTITY a \"aaaa\">]><logout/>".into(),
+        "<?xml version=\"1.0\"?><!DOCTYPE x SYSTEM \"file:///etc/passwd\"><logout/>".into(),
+        "<logout>&undefined;</logout>".into(),
+        "<logout/><logout/>trailing".into(),
+        "<shutdown/>".into(),
+        deep,
+        "\u{feff}\u{0}<logout/>".into(),
+    ];
+    for doc in &bad {
+        match DeviceMessage::decode(doc.as_bytes()) {
+            Err(WireError::Protocol(_)) => {}
+            other => panic!("{:?} -> {other:?}", &doc[..doc.len().min(80)]),
+        }
+    }
+    let bad_service = [
+        "<login-result/>",
+        "<login-result code=\"299\"/>",
+        "<login-result code=\"70000\"/>",
+        "<event seq=\"1\"/>",
+        "<event seq=\"1\"><teleport/></event>",
+        "<event seq=\"1\"><conversation-state conversation=\"c\" state=\"melted\"/></event>",
+        "<event seq=\"1\"><contact-list complete=\"true\"><group id=\"1\"/></contact-list></event>",
+        "<event seq=\"1\"><participants conversation=\"c\"><joined/></participants></event>",
+        "<command-result id=\"1\"/>",
+        "<session-ended/>",
+    ];
+    for doc in bad_service {
+        assert!(
+            matches!(
+                ServiceMessage::decode(doc.as_bytes()),
+                Err(WireError::Protocol(_))
+            ),
+            "{doc}"
+        );
+    }
+    // Over the size bound.
+    let huge = format!("<logout>{}</logout>", "x".repeat(2 << 20));
+    assert!(matches!(
+        DeviceMessage::decode(huge.as_bytes()),
+        Err(WireError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn thousands_of_mutated_documents_never_panic() {
+    let mut docs: Vec<Vec<u8>> = sample_device_messages("text <&> here")
+        .iter()
+        .map(|m| m.encode())
+        .collect();
+    docs.extend(
+        sample_service_messages("text <&> here")
+            .iter()
+            .map(|m| m.encode()),
+    );
+    let mut rng = XorShift::new(0xfeed);
+    let mut refused = 0;
+    let splices: &[&[u8]] = &[
+        b"<",
+        b">",
+        b"</",
+        b"/>",
+        b"\"",
+        b"&",
+        b"<!--",
+        b"<![CDATA[",
+        b"]]>",
+        b"<a>",
+        b"=",
+        b"\0",
+    ];
+    for _ in 0..6000 {
+        let mut d = docs[rng.below(docs.len())].clone();
+        for _ in 0..1 + rng.below(4) {
+            match rng.below(4) {
+                0 if !d.is_empty() => {
+                    let i = rng.below(d.len());
+                    d[i] = rng.next() as u8;
+                }
+                1 if !d.is_empty() => {
+                    let i = rng.below(d.len());
+                    d.remove(i);
+                }
+                2 => {
+                    let i = rng.below(d.len() + 1);
+                    let s = splices[rng.below(splices.len())];
+                    d.splice(i..i, s.iter().copied());
+                }
+                _ => d.truncate(rng.below(d.len() + 1)),
+            }
+        }
+        let a = DeviceMessage::decode(&d);
+        let b = ServiceMessage::decode(&d);
+        for e in [a.err(), b.err()].into_iter().flatten() {
+            assert!(matches!(e, WireError::Protocol(_)), "{e}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 6000);
+}

@@ -231,7 +231,12 @@ impl std::fmt::Display for GreetError {
             GreetError::Reply(WireError::Timeout) => f.write_str("no answer in time"),
             GreetError::Reply(e) => write!(f, "first reply: {e}"),
             GreetError::Refused(status, text) => {
-                write!(f, "refused with {} {}: {text}", status.code(), status.name())
+                write!(
+                    f,
+                    "refused with {} {}: {text}",
+                    status.code(),
+                    status.name()
+                )
             }
         }
     }

@@ -114,8 +114,15 @@ pub struct Directory {
 }
 
 struct Pool {
-    idle: Vec<ConfigDb>,
+    idle: Vec<Pooled>,
     in_use: usize,
+}
+
+/// A lookup connection with its statement prepared once, so each device
+/// costs one round trip.
+struct Pooled {
+    db: ConfigDb,
+    device_query: postgres::Statement,
 }
 
 impl fmt::Debug for Directory {
@@ -145,33 +152,33 @@ impl Directory {
     /// Whether `pin` is provisioned and where its live session is. Waits
     /// for a pooled connection until `deadline` at most.
     pub fn lookup(&self, pin: u32, deadline: Instant) -> Result<DeviceRoute, DirectoryError> {
-        let mut db = self.take(deadline)?;
-        let result = db
-            .as_mut()
-            .map_err(|e| e.clone())
-            .and_then(|db| query_device(db, pin));
+        let mut conn = self.take(deadline)?;
+        let result = match &mut conn {
+            Ok(conn) => query_device(conn, pin),
+            Err(e) => Err(e.clone()),
+        };
         // A connection that failed a query may be broken: drop it rather
         // than hand it to the next device.
-        let keep = match (&result, db) {
-            (Ok(_), Ok(db)) => Some(db),
+        let keep = match (&result, conn) {
+            (Ok(_), Ok(conn)) => Some(conn),
             _ => None,
         };
         self.give_back(keep);
         result
     }
 
-    fn take(&self, deadline: Instant) -> Result<Result<ConfigDb, DirectoryError>, DirectoryError> {
+    fn take(&self, deadline: Instant) -> Result<Result<Pooled, DirectoryError>, DirectoryError> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(db) = pool.idle.pop() {
+            if let Some(conn) = pool.idle.pop() {
                 pool.in_use += 1;
-                return Ok(Ok(db));
+                return Ok(Ok(conn));
             }
             if pool.in_use < LOOKUP_POOL {
                 pool.in_use += 1;
                 drop(pool);
                 // Connect outside the lock: it may take CONNECT_TIMEOUT.
-                return Ok(self.connect());
+                return Ok(self.connect_pooled());
             }
             let left = deadline
                 .checked_duration_since(Instant::now())
@@ -185,19 +192,28 @@ impl Directory {
         }
     }
 
-    fn give_back(&self, db: Option<ConfigDb>) {
+    fn connect_pooled(&self) -> Result<Pooled, DirectoryError> {
+        let mut db = self.connect()?;
+        let device_query = db.client().prepare(DEVICE_SQL)?;
+        Ok(Pooled { db, device_query })
+    }
+
+    fn give_back(&self, conn: Option<Pooled>) {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         pool.in_use -= 1;
-        if let Some(db) = db {
-            pool.idle.push(db);
+        if let Some(conn) = conn {
+            pool.idle.push(conn);
         }
         drop(pool);
         self.freed.notify_one();
     }
 }
 
-fn query_device(db: &mut ConfigDb, pin: u32) -> Result<DeviceRoute, DirectoryError> {
-    let row = db.client().query_one(DEVICE_SQL, &[&i64::from(pin)])?;
+fn query_device(conn: &mut Pooled, pin: u32) -> Result<DeviceRoute, DirectoryError> {
+    let row = conn
+        .db
+        .client()
+        .query_one(&conn.device_query, &[&i64::from(pin)])?;
     let known: bool = row.try_get(0)?;
     if !known {
         return Ok(DeviceRoute::Unknown);

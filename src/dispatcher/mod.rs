@@ -13,7 +13,7 @@ cache; one signal thread; one thread per device connection
 ([`CONNECTION_STACK`] bytes of stack), which routes and then relays both
 directions itself (see [`relay`]). Concurrent connections are capped by
 `--max-connections` with RAII permits; a device over the cap is told 301
-ServerBusy and closed.
+ServerBusy by one refuser thread (bounded queue) and closed.
 
 Submodules: [`config`] (flags), [`route`] (instance choice), [`directory`]
 (Config DB reads), [`relay`] (byte copy and the recording hook), and the
@@ -24,6 +24,7 @@ use std::fmt;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -55,8 +56,9 @@ pub const EXIT_USAGE: u8 = 64;
 /// Exit status when the listener cannot be bound or a thread cannot start
 /// (sysexits EX_OSERR).
 pub const EXIT_OSERR: u8 = 71;
-/// Exit status for unusable settings, such as an unreadable CA file
-/// (sysexits EX_CONFIG; systemd should not restart on it).
+/// Exit status for unusable settings, such as an unreadable CA file or a
+/// database URL that does not parse (sysexits EX_CONFIG; systemd should not
+/// restart on it).
 pub const EXIT_CONFIG: u8 = 78;
 
 /// Why the dispatcher could not start or stopped with an error.
@@ -66,6 +68,8 @@ pub enum DispatchError {
     Config(ConfigError),
     /// The upstream TLS settings are unusable (CA file, TLS library).
     Tls(String),
+    /// The Config DB URL does not parse.
+    DatabaseUrl(String),
     /// Binding the listener failed.
     Bind {
         /// The address asked for.
@@ -82,6 +86,7 @@ impl fmt::Display for DispatchError {
         match self {
             DispatchError::Config(e) => write!(f, "{e}"),
             DispatchError::Tls(why) => write!(f, "upstream TLS: {why}"),
+            DispatchError::DatabaseUrl(why) => write!(f, "Config DB URL: {why}"),
             DispatchError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             DispatchError::Os(why) => write!(f, "{why}"),
         }
@@ -95,7 +100,7 @@ impl DispatchError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DispatchError::Config(_) => EXIT_USAGE,
-            DispatchError::Tls(_) => EXIT_CONFIG,
+            DispatchError::Tls(_) | DispatchError::DatabaseUrl(_) => EXIT_CONFIG,
             DispatchError::Bind { .. } | DispatchError::Os(_) => EXIT_OSERR,
         }
     }
@@ -204,6 +209,7 @@ pub fn run(config: DispatcherConfig) -> Result<(), DispatchError> {
         let shared = shared.clone();
         move || refresher(&shared)
     })?;
+    let refuser = spawn_refuser()?;
     spawn_named("signals", SERVICE_STACK, {
         let shared = shared.clone();
         move || signal_loop(&shared, signals)
@@ -221,11 +227,15 @@ pub fn run(config: DispatcherConfig) -> Result<(), DispatchError> {
     );
     println!("listening on {local}");
     let _ = std::io::stdout().flush();
-    accept_loop(&shared, listener, local);
+    accept_loop(&shared, listener, local, refuser);
     Ok(())
 }
 
 fn build_shared(config: DispatcherConfig) -> Result<Shared, DispatchError> {
+    // A URL that cannot parse would only ever fail; say so now. (The
+    // parser's message names the problem, not the password.)
+    postgres::Config::from_str(&config.database_url)
+        .map_err(|e| DispatchError::DatabaseUrl(e.to_string()))?;
     let tls = match &config.upstream_tls {
         None => None,
         Some(settings) => {
@@ -235,9 +245,8 @@ fn build_shared(config: DispatcherConfig) -> Result<Shared, DispatchError> {
                 let pem = std::fs::read(path).map_err(|e| {
                     DispatchError::Tls(format!("reading CA file {}: {e}", path.display()))
                 })?;
-                let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
-                    DispatchError::Tls(format!("CA file {}: {e}", path.display()))
-                })?;
+                let cert = native_tls::Certificate::from_pem(&pem)
+                    .map_err(|e| DispatchError::Tls(format!("CA file {}: {e}", path.display())))?;
                 builder.add_root_certificate(cert);
             }
             Some(
@@ -270,7 +279,12 @@ fn build_shared(config: DispatcherConfig) -> Result<Shared, DispatchError> {
     })
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, local: SocketAddr) {
+fn accept_loop(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    local: SocketAddr,
+    refuser: std::sync::mpsc::SyncSender<TcpStream>,
+) {
     let permits = Arc::new(Permits {
         open: AtomicUsize::new(0),
         max: shared.config.max_connections,
@@ -287,7 +301,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, local: SocketAddr) {
             }
         };
         let Some(permit) = permits.try_acquire() else {
-            over_capacity(device, shared.config.max_connections);
+            over_capacity(device, shared.config.max_connections, &refuser);
             continue;
         };
         let connection = next_id.fetch_add(1, Ordering::Relaxed);
@@ -311,17 +325,63 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, local: SocketAddr) {
     }
 }
 
-/// Tells a device over the cap why it is dropped, without blocking the
-/// accept thread (a fresh socket's send buffer takes a small frame).
-fn over_capacity(mut device: TcpStream, max: usize) {
-    log::warn!("connection cap of {max} reached; refusing a device");
-    let frame = Frame::refused(
-        0,
-        Status::ServerBusy,
-        "the dispatcher is at its connection limit",
-    );
-    let _ = device.set_nonblocking(true);
-    let _ = device.write_all(&frame.to_bytes());
+/// Sockets over the cap waiting for their refusal; more are closed
+/// without a word.
+const REFUSAL_QUEUE: usize = 64;
+/// How long the refuser waits for a refused device to close.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
+/// Starts the one thread that tells devices over the cap why they are
+/// dropped. It writes the refusal, closes its sending half and reads what
+/// the device still sends until the device closes (or a short linger
+/// passes): closing a socket with unread input would send a reset that can
+/// destroy the refusal before the device reads it. One thread and a bounded
+/// queue, so a flood over the cap costs no more threads.
+fn spawn_refuser() -> Result<std::sync::mpsc::SyncSender<TcpStream>, DispatchError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<TcpStream>(REFUSAL_QUEUE);
+    spawn_named("refuser", SERVICE_STACK, move || {
+        let frame = Frame::refused(
+            0,
+            Status::ServerBusy,
+            "the dispatcher is at its connection limit",
+        )
+        .to_bytes();
+        for mut device in rx {
+            let _ = device.set_write_timeout(Some(REFUSAL_LINGER));
+            let _ = device.set_read_timeout(Some(REFUSAL_LINGER));
+            if device.write_all(&frame).is_err() {
+                continue;
+            }
+            let _ = device.shutdown(std::net::Shutdown::Write);
+            let deadline = std::time::Instant::now() + REFUSAL_LINGER;
+            let mut sink = [0u8; 1024];
+            while std::time::Instant::now() < deadline {
+                match std::io::Read::read(&mut device, &mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+    })?;
+    Ok(tx)
+}
+
+/// Hands a device over the cap to the refuser, never blocking the accept
+/// thread.
+fn over_capacity(device: TcpStream, max: usize, refuser: &std::sync::mpsc::SyncSender<TcpStream>) {
+    // At most one line a second: a flood over the cap must not become a
+    // flood in the journal.
+    static LAST_WARNED_SECS: AtomicU64 = AtomicU64::new(0);
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_WARNED_SECS.swap(now_secs, Ordering::Relaxed) != now_secs {
+        log::warn!("connection cap of {max} reached; {refused} devices refused so far");
+    }
+    // A full queue drops the socket: the device sees the link close.
+    let _ = refuser.try_send(device);
 }
 
 fn refresher(shared: &Shared) {

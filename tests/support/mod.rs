@@ -1,3 +1,6 @@
-//! Helpers shared by the integration tests; each area adds its own module.
+//! Helpers shared by the integration tests. Each test file does
+//! `mod support;`; each submodule owns one kind of helper.
+
 pub mod dispatch;
+pub mod pg;
 pub mod wire_peer;

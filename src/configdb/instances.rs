@@ -1,0 +1,360 @@
+/*!
+collabd instances: their settings (CWA URL, authentication mode, session
+limits and timeouts, password caching), as written by `collabctl` and read
+by `collabd` at start-up and on reload.
+*/
+
+use std::fmt;
+use std::str::FromStr;
+
+use postgres::Row;
+
+use super::registry::audit_in;
+use super::validate::{parse_cwa_url, parse_instance_name};
+use super::{classify, epoch_ms, AuditEvent, ConfigDb, DbError};
+
+/// Default for `http_max_connections` when `instance add` does not give
+/// one: what the HTTP persistent connections to CWA can carry when no
+/// `max_sessions` is set. One connection per session; chosen to stay well
+/// inside systemd's default TasksMax.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 1000;
+
+/// How collabd signs in to CWA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// Integrated Windows Authentication (NTLM), falling back to forms.
+    #[default]
+    IwaThenForms,
+    /// Forms login only.
+    Forms,
+    /// Integrated Windows Authentication only.
+    Iwa,
+}
+
+impl AuthMode {
+    /// The spelling in the database and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::IwaThenForms => "iwa-then-forms",
+            AuthMode::Forms => "forms",
+            AuthMode::Iwa => "iwa",
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuthMode {
+    type Err = DbError;
+
+    fn from_str(text: &str) -> Result<AuthMode, DbError> {
+        match text {
+            "iwa-then-forms" => Ok(AuthMode::IwaThenForms),
+            "forms" => Ok(AuthMode::Forms),
+            "iwa" => Ok(AuthMode::Iwa),
+            _ => Err(DbError::bad(format!(
+                "auth mode {text:?} is not one of iwa-then-forms, forms, iwa"
+            ))),
+        }
+    }
+}
+
+/// An instance row: settings and the last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub name: String,
+    /// As given to `instance add`; parse with [`super::parse_cwa_url`].
+    pub cwa_url: String,
+    pub auth_mode: AuthMode,
+    /// `None`: no configured maximum (admission stops at
+    /// `http_max_connections` with status Failed).
+    pub max_sessions: Option<u32>,
+    /// `None`: at the maximum, never sign out idle sessions.
+    pub idle_timeout_ms: Option<u64>,
+    /// `None`: no inactivity limit.
+    pub inactivity_timeout_ms: Option<u64>,
+    pub http_max_connections: u32,
+    pub password_caching: bool,
+    /// Where the instance listens for the dispatcher (host:port).
+    pub listen_addr: Option<String>,
+    /// Time of the last heartbeat, epoch ms.
+    pub heartbeat_at_ms: Option<i64>,
+    pub sessions_in_use: u32,
+    pub session_limit: Option<u32>,
+    pub healthy: bool,
+}
+
+/// The settings `instance add` takes. `Default` gives the documented
+/// defaults with an empty CWA URL (which `add_instance` refuses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSettings {
+    pub cwa_url: String,
+    pub auth_mode: AuthMode,
+    pub max_sessions: Option<u32>,
+    pub idle_timeout_ms: Option<u64>,
+    pub inactivity_timeout_ms: Option<u64>,
+    pub http_max_connections: u32,
+    pub password_caching: bool,
+}
+
+impl Default for InstanceSettings {
+    fn default() -> InstanceSettings {
+        InstanceSettings {
+            cwa_url: String::new(),
+            auth_mode: AuthMode::IwaThenForms,
+            max_sessions: None,
+            idle_timeout_ms: None,
+            inactivity_timeout_ms: None,
+            http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
+            password_caching: false,
+        }
+    }
+}
+
+/// A change to an instance's settings: `None` leaves a field alone; for the
+/// nullable settings `Some(None)` unsets it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceChange {
+    pub cwa_url: Option<String>,
+    pub auth_mode: Option<AuthMode>,
+    pub max_sessions: Option<Option<u32>>,
+    pub idle_timeout_ms: Option<Option<u64>>,
+    pub inactivity_timeout_ms: Option<Option<u64>>,
+    pub http_max_connections: Option<u32>,
+    pub password_caching: Option<bool>,
+}
+
+impl InstanceChange {
+    /// Whether the change changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == InstanceChange::default()
+    }
+}
+
+fn check_limits(
+    max_sessions: Option<u32>,
+    idle: Option<u64>,
+    inactivity: Option<u64>,
+    http_max: u32,
+) -> Result<(), DbError> {
+    // The database columns are signed; keep values inside them.
+    if let Some(n) = max_sessions {
+        if n == 0 || n > i32::MAX as u32 {
+            return Err(DbError::bad(format!(
+                "max sessions {n} must be 1 to {}",
+                i32::MAX
+            )));
+        }
+    }
+    for (what, value) in [("idle timeout", idle), ("inactivity timeout", inactivity)] {
+        if let Some(ms) = value {
+            if ms == 0 || ms > i64::MAX as u64 {
+                return Err(DbError::bad(format!("{what} {ms} ms must be above 0")));
+            }
+        }
+    }
+    if http_max == 0 || http_max > i32::MAX as u32 {
+        return Err(DbError::bad(format!(
+            "HTTP max connections {http_max} must be 1 to {}",
+            i32::MAX
+        )));
+    }
+    Ok(())
+}
+
+fn describe(settings: &InstanceSettings) -> String {
+    let opt = |v: Option<u64>| v.map_or("none".to_string(), |n| n.to_string());
+    format!(
+        "cwa-url={} auth={} max-sessions={} idle-timeout-ms={} inactivity-timeout-ms={} http-max-connections={} password-caching={}",
+        settings.cwa_url,
+        settings.auth_mode,
+        opt(settings.max_sessions.map(u64::from)),
+        opt(settings.idle_timeout_ms),
+        opt(settings.inactivity_timeout_ms),
+        settings.http_max_connections,
+        if settings.password_caching { "on" } else { "off" },
+    )
+}
+
+fn instance_columns() -> String {
+    format!(
+        "name, cwa_url, auth_mode, max_sessions, idle_timeout_ms, inactivity_timeout_ms, \
+         http_max_connections, password_caching, listen_addr, {}, sessions_in_use, \
+         session_limit, healthy",
+        epoch_ms("heartbeat_at")
+    )
+}
+
+fn instance_from_row(row: &Row) -> Result<Instance, DbError> {
+    let auth: String = row.get(2);
+    let nonneg = |v: Option<i64>, what: &str| -> Result<Option<u64>, DbError> {
+        v.map(|n| u64::try_from(n).map_err(|_| DbError::bad(format!("stored {what} {n}"))))
+            .transpose()
+    };
+    let to_u32 = |v: i32, what: &str| -> Result<u32, DbError> {
+        u32::try_from(v).map_err(|_| DbError::bad(format!("stored {what} {v}")))
+    };
+    Ok(Instance {
+        name: row.get(0),
+        cwa_url: row.get(1),
+        auth_mode: auth.parse()?,
+        max_sessions: row
+            .get::<_, Option<i32>>(3)
+            .map(|n| to_u32(n, "max_sessions"))
+            .transpose()?,
+        idle_timeout_ms: nonneg(row.get(4), "idle_timeout_ms")?,
+        inactivity_timeout_ms: nonneg(row.get(5), "inactivity_timeout_ms")?,
+        http_max_connections: to_u32(row.get(6), "http_max_connections")?,
+        password_caching: row.get(7),
+        listen_addr: row.get(8),
+        heartbeat_at_ms: row.get(9),
+        sessions_in_use: to_u32(row.get(10), "sessions_in_use")?,
+        session_limit: row
+            .get::<_, Option<i32>>(11)
+            .map(|n| to_u32(n, "session_limit"))
+            .transpose()?,
+        healthy: row.get(12),
+    })
+}
+
+impl ConfigDb {
+    /// Adds an instance. Refuses a malformed name or URL, a zero limit, and
+    /// a name that exists ([`DbError::Duplicate`]). Audited as
+    /// `instance_added`.
+    pub fn add_instance(&mut self, name: &str, settings: &InstanceSettings) -> Result<(), DbError> {
+        parse_instance_name(name)?;
+        parse_cwa_url(&settings.cwa_url)?;
+        check_limits(
+            settings.max_sessions,
+            settings.idle_timeout_ms,
+            settings.inactivity_timeout_ms,
+            settings.http_max_connections,
+        )?;
+        let context = format!("instance {name}");
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(|e| classify(e, &context))?;
+        tx.execute(
+            "INSERT INTO instance (name, cwa_url, auth_mode, max_sessions, idle_timeout_ms, \
+             inactivity_timeout_ms, http_max_connections, password_caching) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &name,
+                &settings.cwa_url,
+                &settings.auth_mode.as_str(),
+                &settings.max_sessions.map(|n| n as i32),
+                &settings.idle_timeout_ms.map(|n| n as i64),
+                &settings.inactivity_timeout_ms.map(|n| n as i64),
+                &(settings.http_max_connections as i32),
+                &settings.password_caching,
+            ],
+        )
+        .map_err(|e| classify(e, &context))?;
+        let mut event = AuditEvent::new("instance_added");
+        event.instance = Some(name.to_string());
+        event.reason = Some(describe(settings));
+        audit_in(&mut tx, &event)?;
+        tx.commit().map_err(|e| classify(e, &context))
+    }
+
+    /// Changes an instance's settings; returns the instance as it now is.
+    /// Unknown name: [`DbError::NotFound`]. Audited as `instance_changed`
+    /// with the settings after the change.
+    pub fn set_instance(
+        &mut self,
+        name: &str,
+        change: &InstanceChange,
+    ) -> Result<Instance, DbError> {
+        if let Some(url) = &change.cwa_url {
+            parse_cwa_url(url)?;
+        }
+        let context = format!("instance {name}");
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(|e| classify(e, &context))?;
+        let sql = format!(
+            "SELECT {} FROM instance WHERE name = $1 FOR UPDATE",
+            instance_columns()
+        );
+        let row = tx
+            .query_opt(sql.as_str(), &[&name])
+            .map_err(|e| classify(e, &context))?
+            .ok_or_else(|| DbError::not_found(format!("instance {name}")))?;
+        let current = instance_from_row(&row)?;
+        let new = InstanceSettings {
+            cwa_url: change.cwa_url.clone().unwrap_or(current.cwa_url),
+            auth_mode: change.auth_mode.unwrap_or(current.auth_mode),
+            max_sessions: change.max_sessions.unwrap_or(current.max_sessions),
+            idle_timeout_ms: change.idle_timeout_ms.unwrap_or(current.idle_timeout_ms),
+            inactivity_timeout_ms: change
+                .inactivity_timeout_ms
+                .unwrap_or(current.inactivity_timeout_ms),
+            http_max_connections: change
+                .http_max_connections
+                .unwrap_or(current.http_max_connections),
+            password_caching: change.password_caching.unwrap_or(current.password_caching),
+        };
+        check_limits(
+            new.max_sessions,
+            new.idle_timeout_ms,
+            new.inactivity_timeout_ms,
+            new.http_max_connections,
+        )?;
+        tx.execute(
+            "UPDATE instance SET cwa_url = $2, auth_mode = $3, max_sessions = $4, \
+             idle_timeout_ms = $5, inactivity_timeout_ms = $6, http_max_connections = $7, \
+             password_caching = $8, updated_at = now() WHERE name = $1",
+            &[
+                &name,
+                &new.cwa_url,
+                &new.auth_mode.as_str(),
+                &new.max_sessions.map(|n| n as i32),
+                &new.idle_timeout_ms.map(|n| n as i64),
+                &new.inactivity_timeout_ms.map(|n| n as i64),
+                &(new.http_max_connections as i32),
+                &new.password_caching,
+            ],
+        )
+        .map_err(|e| classify(e, &context))?;
+        let mut event = AuditEvent::new("instance_changed");
+        event.instance = Some(name.to_string());
+        event.reason = Some(describe(&new));
+        audit_in(&mut tx, &event)?;
+        let row = tx
+            .query_one(sql.as_str(), &[&name])
+            .map_err(|e| classify(e, &context))?;
+        let updated = instance_from_row(&row)?;
+        tx.commit().map_err(|e| classify(e, &context))?;
+        Ok(updated)
+    }
+
+    /// One instance by name.
+    pub fn instance(&mut self, name: &str) -> Result<Instance, DbError> {
+        let sql = format!(
+            "SELECT {} FROM instance WHERE name = $1",
+            instance_columns()
+        );
+        let row = self
+            .client
+            .query_opt(sql.as_str(), &[&name])
+            .map_err(|e| classify(e, "reading instance"))?
+            .ok_or_else(|| DbError::not_found(format!("instance {name}")))?;
+        instance_from_row(&row)
+    }
+
+    /// Every instance, by name.
+    pub fn list_instances(&mut self) -> Result<Vec<Instance>, DbError> {
+        let sql = format!("SELECT {} FROM instance ORDER BY name", instance_columns());
+        let rows = self
+            .client
+            .query(sql.as_str(), &[])
+            .map_err(|e| classify(e, "listing instances"))?;
+        rows.iter().map(instance_from_row).collect()
+    }
+}

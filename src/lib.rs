@@ -11,6 +11,8 @@
 //! - [`config`]: collabd's daemon configuration (file, flags, environment).
 //! - [`configdb`]: the Config DB in PostgreSQL (migrations, instances,
 //!   users, devices, session registry, heartbeats, audit) and `collabctl`.
+//! - [`dispatcher`]: collab-dispatcher, routing device connections to live
+//!   collabd instances and relaying their bytes without decrypting them.
 //! - [`ops`]: running under systemd (notify, signals, logging) and a
 //!   throwaway PostgreSQL for tests and the demo.
 //! - [`service`]: collabd: the device listener and the session table.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod configdb;
 pub mod cwa;
 pub mod device;
+pub mod dispatcher;
 pub mod ntlm;
 pub mod ops;
 pub mod service;

@@ -4,6 +4,7 @@
 pub mod certs;
 pub mod cutting_proxy;
 pub mod device_peer;
+pub mod dispatch;
 pub mod evil_http;
 pub mod pg;
 pub mod sim;

@@ -1,0 +1,224 @@
+//! The dispatcher's reads of the Config DB: the instance table with each
+//! heartbeat's age (measured by the database's clock, so the clocks of the
+//! dispatcher and instance hosts never matter), and, per device connection,
+//! whether the PIN is provisioned and which instance holds its live session
+//! (one round trip). The dispatcher only reads; instances write their own
+//! rows.
+//!
+//! Connections come from a small bounded pool: a lookup waits for a free
+//! slot at most the given deadline, so a slow database turns into a precise
+//! 307 ConfigUnavailable for the device, never into a pile of threads.
+
+use std::fmt;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::configdb::{ConfigDb, DbError};
+
+use super::route::InstanceHealth;
+
+/// Concurrent Config DB connections used for per-device lookups.
+pub const LOOKUP_POOL: usize = 8;
+
+/// What the Config DB says about a PIN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceRoute {
+    /// No `device` row: the PIN is not provisioned.
+    Unknown,
+    /// Provisioned; `session_holder` is the instance of its active session.
+    Known {
+        /// The instance holding the PIN's active session, if any.
+        session_holder: Option<String>,
+    },
+}
+
+/// A Config DB read that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryError {
+    /// The database is unreachable or failed the query.
+    Db(String),
+    /// Every pooled connection stayed busy until the deadline.
+    PoolBusy,
+}
+
+impl fmt::Display for DirectoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirectoryError::Db(why) => write!(f, "Config DB: {why}"),
+            DirectoryError::PoolBusy => write!(
+                f,
+                "Config DB: all {LOOKUP_POOL} lookup connections busy until the deadline"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DirectoryError {}
+
+impl From<DbError> for DirectoryError {
+    fn from(e: DbError) -> DirectoryError {
+        DirectoryError::Db(e.to_string())
+    }
+}
+
+impl From<postgres::Error> for DirectoryError {
+    fn from(e: postgres::Error) -> DirectoryError {
+        // The driver's text names the failing operation, never a password.
+        DirectoryError::Db(match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => e.to_string(),
+        })
+    }
+}
+
+const INSTANCES_SQL: &str = "\
+SELECT name, listen_addr, sessions_in_use::bigint, session_limit::bigint, healthy,
+       (extract(epoch from (now() - heartbeat_at)) * 1000)::bigint
+  FROM instance
+ ORDER BY name";
+
+const DEVICE_SQL: &str = "\
+SELECT EXISTS (SELECT 1 FROM device WHERE pin = $1),
+       (SELECT instance FROM session
+         WHERE pin = $1 AND state = 'active'
+         ORDER BY started_at DESC, id DESC LIMIT 1)";
+
+/// Reads the instance table (for the refresher thread, which keeps its own
+/// connection).
+pub fn read_instances(db: &mut ConfigDb) -> Result<Vec<InstanceHealth>, DirectoryError> {
+    let rows = db.client().query(INSTANCES_SQL, &[])?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let limit: Option<i64> = row.try_get(3)?;
+        let age_ms: Option<i64> = row.try_get(5)?;
+        out.push(InstanceHealth {
+            name: row.try_get(0)?,
+            listen_addr: row.try_get(1)?,
+            sessions_in_use: row.try_get(2)?,
+            // No limit written: rank by load alone.
+            session_limit: limit.unwrap_or(i64::MAX),
+            healthy: row.try_get(4)?,
+            // A heartbeat "from the future" (clock step on the DB host) is
+            // fresh, not negative.
+            heartbeat_age: age_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+        });
+    }
+    Ok(out)
+}
+
+/// The PIN lookups, over a bounded pool of connections.
+pub struct Directory {
+    url: String,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+}
+
+struct Pool {
+    idle: Vec<Pooled>,
+    in_use: usize,
+}
+
+/// A lookup connection with its statement prepared once, so each device
+/// costs one round trip.
+struct Pooled {
+    db: ConfigDb,
+    device_query: postgres::Statement,
+}
+
+impl fmt::Debug for Directory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Directory").finish_non_exhaustive()
+    }
+}
+
+impl Directory {
+    /// A directory over the Config DB at `url` (connections open lazily).
+    pub fn new(url: String) -> Directory {
+        Directory {
+            url,
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                in_use: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Opens a connection of its own (the refresher's).
+    pub fn connect(&self) -> Result<ConfigDb, DirectoryError> {
+        Ok(ConfigDb::connect(&self.url)?)
+    }
+
+    /// Whether `pin` is provisioned and where its live session is. Waits
+    /// for a pooled connection until `deadline` at most.
+    pub fn lookup(&self, pin: u32, deadline: Instant) -> Result<DeviceRoute, DirectoryError> {
+        let mut conn = self.take(deadline)?;
+        let result = match &mut conn {
+            Ok(conn) => query_device(conn, pin),
+            Err(e) => Err(e.clone()),
+        };
+        // A connection that failed a query may be broken: drop it rather
+        // than hand it to the next device.
+        let keep = match (&result, conn) {
+            (Ok(_), Ok(conn)) => Some(conn),
+            _ => None,
+        };
+        self.give_back(keep);
+        result
+    }
+
+    fn take(&self, deadline: Instant) -> Result<Result<Pooled, DirectoryError>, DirectoryError> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = pool.idle.pop() {
+                pool.in_use += 1;
+                return Ok(Ok(conn));
+            }
+            if pool.in_use < LOOKUP_POOL {
+                pool.in_use += 1;
+                drop(pool);
+                // Connect outside the lock: it may take CONNECT_TIMEOUT.
+                return Ok(self.connect_pooled());
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or(DirectoryError::PoolBusy)?;
+            pool = self
+                .freed
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn connect_pooled(&self) -> Result<Pooled, DirectoryError> {
+        let mut db = self.connect()?;
+        let device_query = db.client().prepare(DEVICE_SQL)?;
+        Ok(Pooled { db, device_query })
+    }
+
+    fn give_back(&self, conn: Option<Pooled>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.in_use -= 1;
+        if let Some(conn) = conn {
+            pool.idle.push(conn);
+        }
+        drop(pool);
+        self.freed.notify_one();
+    }
+}
+
+fn query_device(conn: &mut Pooled, pin: u32) -> Result<DeviceRoute, DirectoryError> {
+    let row = conn
+        .db
+        .client()
+        .query_one(&conn.device_query, &[&i64::from(pin)])?;
+    let known: bool = row.try_get(0)?;
+    if !known {
+        return Ok(DeviceRoute::Unknown);
+    }
+    Ok(DeviceRoute::Known {
+        session_holder: row.try_get(1)?,
+    })
+}

@@ -1,0 +1,441 @@
+//! collab-dispatcher end to end: the built binary between devices speaking
+//! the real device protocol and two or more stand-in collabd instances (real
+//! protocol peers on 127.0.0.1, see `support::dispatch`), with the instance
+//! rows, heartbeats, devices and sessions in a real PostgreSQL.
+//!
+//! Which instance a device reached is read from the `session` table, as it
+//! will be with real collabd processes.
+
+mod support;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+
+use collabd::wire::{self, Frame, FrameType, Header, Status, WireError};
+use support::dispatch::{
+    active_sessions_on, connect_device, contains, login, provision, read_until_closed, say,
+    session_instance, tls_identity_for_localhost, wait_until, Behaviour, Dispatcher, ScratchDir,
+    TestInstance,
+};
+use support::pg::{migrated_database, with_dbname};
+
+/// The status of the clear `Refused` frame that ends `bytes`' first frame.
+fn refusal_in(bytes: &[u8]) -> (u32, Status) {
+    let frame = wire::read_frame(&mut &bytes[..], wire::MAX_FRAME_LEN)
+        .unwrap_or_else(|e| panic!("expected a Refused frame, got {bytes:?}: {e}"));
+    assert_eq!(frame.header.frame_type, FrameType::Refused);
+    (frame.header.pin, frame.refusal().unwrap().0)
+}
+
+fn expect_refused(result: Result<support::dispatch::DeviceLink, WireError>, want: Status) {
+    match result {
+        Err(WireError::Refused(status, _)) => assert_eq!(status, want),
+        Err(e) => panic!("expected Refused {want:?}, got {e}"),
+        Ok(_) => panic!("expected Refused {want:?}, got a channel"),
+    }
+}
+
+#[test]
+fn devices_spread_across_both_instances() {
+    let (url, _db) = migrated_database();
+    let a = TestInstance::start(&url, "alpha", Behaviour::Serve, 0, 100);
+    let b = TestInstance::start(&url, "beta", Behaviour::Serve, 0, 100);
+    let dispatcher = Dispatcher::start(&url, &[]);
+    let devices = provision(&url, 0x1000, 6);
+
+    let mut links = Vec::new();
+    for (pin, key, user) in &devices {
+        let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+        login(&mut link, &url, user, "secret").unwrap();
+        links.push(link); // stay connected: open relays count as load
+    }
+    let on_a = active_sessions_on(&url, &a.name);
+    let on_b = active_sessions_on(&url, &b.name);
+    assert_eq!(on_a + on_b, 6);
+    assert_eq!((on_a, on_b), (3, 3), "six devices over two equal instances");
+}
+
+#[test]
+fn the_emptier_instance_wins_and_a_reconnect_returns_to_its_session() {
+    let (url, _db) = migrated_database();
+    let a = TestInstance::start(&url, "alpha", Behaviour::Serve, 10, 100);
+    let b = TestInstance::start(&url, "beta", Behaviour::Serve, 80, 100);
+    let dispatcher = Dispatcher::start(&url, &[]);
+    let devices = provision(&url, 0x2000, 40);
+    let (pin, key, user) = &devices[0];
+
+    // No session yet: the instance with more free slots.
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    assert_eq!(login(&mut link, &url, user, "secret").unwrap(), "alpha");
+    drop(link);
+
+    // alpha now looks much fuller than beta, but holds the session. Fresh
+    // PINs (no session) show when the running dispatcher has re-read the
+    // heartbeats: they land on beta from then on.
+    a.heartbeat(95, 100, true);
+    b.heartbeat(0, 100, true);
+    let mut probes = devices[1..].iter();
+    wait_until("the dispatcher to see the new heartbeats", || {
+        let (probe_pin, probe_key, probe_user) = probes.next().expect("enough probe devices");
+        let mut probe = connect_device(dispatcher.addr, *probe_pin, probe_key).unwrap();
+        let landed = login(&mut probe, &url, probe_user, "secret").unwrap();
+        // Leave the refresher time between probes, so the probe devices
+        // last through many re-reads.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        landed == "beta"
+    });
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    assert_eq!(login(&mut link, &url, user, "secret").unwrap(), "alpha");
+    assert_eq!(session_instance(&url, *pin).as_deref(), Some("alpha"));
+    assert_eq!(a.payloads_from(*pin).len(), 2);
+    assert!(b.payloads_from(*pin).is_empty());
+}
+
+#[test]
+fn stale_and_unhealthy_instances_are_skipped() {
+    let (url, _db) = migrated_database();
+    // Both listen and would be preferred (empty), but one heartbeat is an
+    // hour old and the other instance reports itself unhealthy.
+    let stale = TestInstance::start(&url, "stale", Behaviour::Serve, 0, 100);
+    stale.age_heartbeat();
+    let sick = TestInstance::start(&url, "sick", Behaviour::Serve, 0, 100);
+    sick.heartbeat(0, 100, false);
+    let busy = TestInstance::start(&url, "busy", Behaviour::Serve, 90, 100);
+    let dispatcher = Dispatcher::start(&url, &[]);
+    for (pin, key, user) in provision(&url, 0x3000, 3) {
+        let mut link = connect_device(dispatcher.addr, pin, &key).unwrap();
+        assert_eq!(login(&mut link, &url, &user, "secret").unwrap(), busy.name);
+    }
+    assert!(stale.seen.lock().unwrap().is_empty());
+    assert!(sick.seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn refusing_dropping_and_stopping_instances_make_it_try_the_next() {
+    let (url, _db) = migrated_database();
+    // Three broken instances, all looking emptier than the working one.
+    let mut refusing = TestInstance::start(&url, "refusing", Behaviour::Serve, 0, 100);
+    refusing.kill(); // the port is closed, the row still says "alive"
+    refusing.heartbeat(0, 100, true);
+    let _dropping = TestInstance::start(&url, "dropping", Behaviour::DropAtOnce, 1, 100);
+    let _stopping = TestInstance::start(&url, "stopping", Behaviour::Stopping, 2, 100);
+    let working = TestInstance::start(&url, "working", Behaviour::Serve, 50, 100);
+    let dispatcher = Dispatcher::start(&url, &[]);
+    for (pin, key, user) in provision(&url, 0x4000, 3) {
+        let mut link = connect_device(dispatcher.addr, pin, &key).unwrap();
+        assert_eq!(
+            login(&mut link, &url, &user, "secret").unwrap(),
+            working.name
+        );
+    }
+    let log = dispatcher.log();
+    assert!(log.contains("instance refusing"), "{log}");
+    assert!(log.contains("instance dropping"), "{log}");
+    assert!(log.contains("instance stopping"), "{log}");
+}
+
+#[test]
+fn after_an_instance_dies_its_devices_and_new_logins_go_to_the_other() {
+    let (url, _db) = migrated_database();
+    let mut a = TestInstance::start(&url, "alpha", Behaviour::Serve, 0, 100);
+    let _b = TestInstance::start(&url, "beta", Behaviour::Serve, 0, 100);
+    let dispatcher = Dispatcher::start(&url, &[]);
+    let devices = provision(&url, 0x5000, 6);
+    let mut on_alpha = Vec::new();
+    let mut links = Vec::new();
+    for (i, (pin, key, user)) in devices[..4].iter().enumerate() {
+        let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+        if login(&mut link, &url, user, "secret").unwrap() == "alpha" {
+            on_alpha.push(i);
+        }
+        links.push(link);
+    }
+    assert!(!on_alpha.is_empty());
+
+    a.kill();
+    // alpha's devices see their link end ...
+    for &i in &on_alpha {
+        assert!(links[i].recv().is_err(), "the relay must end with alpha");
+    }
+    // ... reconnect and sign in again on beta, although alpha's session
+    // rows still say "active" (as after a crash) and its heartbeat is fresh.
+    for &i in &on_alpha {
+        let (pin, key, user) = &devices[i];
+        let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+        assert_eq!(login(&mut link, &url, user, "secret").unwrap(), "beta");
+    }
+    // New devices too, also once alpha's heartbeat has gone stale.
+    let (pin, key, user) = &devices[4];
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    assert_eq!(login(&mut link, &url, user, "secret").unwrap(), "beta");
+    a.age_heartbeat();
+    let (pin, key, user) = &devices[5];
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    assert_eq!(login(&mut link, &url, user, "secret").unwrap(), "beta");
+}
+
+#[test]
+fn no_live_instance_gives_309_and_an_unknown_pin_312() {
+    let (url, _db) = migrated_database();
+    let dead = TestInstance::start(&url, "dead", Behaviour::Serve, 0, 100);
+    dead.age_heartbeat();
+    let dispatcher = Dispatcher::start(&url, &[]);
+    let devices = provision(&url, 0x6000, 1);
+    let (pin, key, _) = &devices[0];
+    expect_refused(
+        connect_device(dispatcher.addr, *pin, key),
+        Status::NoInstance,
+    );
+    expect_refused(
+        connect_device(dispatcher.addr, 0x0bad_0bad, &[9; 32]),
+        Status::UnknownDevice,
+    );
+    assert!(dead.seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn garbage_is_refused_and_silence_dropped_at_the_header_timeout() {
+    let (url, _db) = migrated_database();
+    let instance = TestInstance::start(&url, "alpha", Behaviour::Serve, 0, 100);
+    let dispatcher = Dispatcher::start(&url, &["--header-timeout-ms", "300"]);
+
+    // An HTTP request is not a frame: its "length" is far over the limit.
+    let mut http = TcpStream::connect(dispatcher.addr).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (_, status) = refusal_in(&read_until_closed(&mut http));
+    assert_eq!(status, Status::ProtocolError);
+
+    // A well-sized frame with a bad version.
+    let mut bad = Frame::new(Header::new(FrameType::Hello, 0x7000, 0), vec![0; 32]).to_bytes();
+    bad[4] = 9;
+    let mut conn = TcpStream::connect(dispatcher.addr).unwrap();
+    conn.write_all(&bad).unwrap();
+    assert_eq!(
+        refusal_in(&read_until_closed(&mut conn)).1,
+        Status::ProtocolError
+    );
+
+    // A valid frame that is not a Hello.
+    let data = Frame::new(Header::new(FrameType::Data, 0x7000, 1), vec![0; 40]).to_bytes();
+    let mut conn = TcpStream::connect(dispatcher.addr).unwrap();
+    conn.write_all(&data).unwrap();
+    assert_eq!(
+        refusal_in(&read_until_closed(&mut conn)),
+        (0x7000, Status::ProtocolError)
+    );
+
+    // Nothing at all, and half a header: closed without a word.
+    let mut silent = TcpStream::connect(dispatcher.addr).unwrap();
+    assert!(read_until_closed(&mut silent).is_empty());
+    let mut partial = TcpStream::connect(dispatcher.addr).unwrap();
+    partial.write_all(&[0, 0, 0, 48, 1, 1]).unwrap();
+    assert!(read_until_closed(&mut partial).is_empty());
+
+    // None of it reached the instance, and the dispatcher still serves.
+    let (pin, key, user) = &provision(&url, 0x7000, 1)[0];
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    assert_eq!(login(&mut link, &url, user, "secret").unwrap(), "alpha");
+    assert_eq!(instance.seen.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn the_dispatcher_relays_no_plaintext() {
+    let (url, _db) = migrated_database();
+    let a = TestInstance::start(&url, "alpha", Behaviour::Serve, 0, 100);
+    let b = TestInstance::start(&url, "beta", Behaviour::Serve, 0, 100);
+    let dispatcher = Dispatcher::start(&url, &[]);
+    let mut secrets: Vec<String> = Vec::new();
+    for (n, (pin, key, user)) in provision(&url, 0x8000, 4).into_iter().enumerate() {
+        let password = format!("Correct-Horse-{n}-Battery-Staple");
+        let mut link = connect_device(dispatcher.addr, pin, &key).unwrap();
+        login(&mut link, &url, &user, &password).unwrap();
+        secrets.push(password);
+        for m in 0..3 {
+            let text = format!("meet me at the fountain {n}.{m} after lunch");
+            say(&mut link, &text).unwrap();
+            secrets.push(text);
+        }
+    }
+    // The plaintext really existed: the instances decrypted all of it.
+    let seen: Vec<u8> = a
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(b.seen.lock().unwrap().iter())
+        .flat_map(|s| s.payload.clone())
+        .collect();
+    for secret in &secrets {
+        assert!(
+            contains(&seen, secret.as_bytes()),
+            "instance missed {secret:?}"
+        );
+    }
+    // The dispatcher relayed every byte of it, and none of it in the clear.
+    let recorded = dispatcher.recorded();
+    assert!(
+        recorded.len() > 4 * (20 + 48 + 36),
+        "recording is too short"
+    );
+    assert!(
+        contains(&recorded, &0x8000u32.to_be_bytes()),
+        "clear PIN header missing"
+    );
+    for secret in &secrets {
+        assert!(
+            !contains(&recorded, secret.as_bytes()),
+            "{secret:?} relayed in the clear"
+        );
+        assert!(!contains(&recorded, &secret.as_bytes()[..12]));
+    }
+    assert!(!contains(&recorded, b"<login"));
+    assert!(!contains(dispatcher.log().as_bytes(), b"Correct-Horse"));
+}
+
+#[test]
+fn upstream_tls_verifies_the_instance_certificate() {
+    let (url, _db) = migrated_database();
+    let scratch = ScratchDir::new("dispatch-tls");
+    let (acceptor, ca_pem) = tls_identity_for_localhost();
+    let ca_file = scratch.0.join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let secure = TestInstance::start_with(&url, "secure", Behaviour::Serve, 0, 100, Some(acceptor));
+    let (pin, key, user) = &provision(&url, 0x9000, 1)[0];
+
+    let trusting = Dispatcher::start(
+        &url,
+        &["--upstream-tls", "--upstream-ca", ca_file.to_str().unwrap()],
+    );
+    let mut link = connect_device(trusting.addr, *pin, key).unwrap();
+    assert_eq!(
+        login(&mut link, &url, user, "tls-secret-password").unwrap(),
+        "secure"
+    );
+    say(&mut link, "over TLS to collabd").unwrap();
+    assert!(!contains(&trusting.recorded(), b"tls-secret-password"));
+
+    // Without the CA the certificate does not verify: no instance accepted.
+    let untrusting = Dispatcher::start(&url, &["--upstream-tls"]);
+    expect_refused(
+        connect_device(untrusting.addr, *pin, key),
+        Status::NoInstance,
+    );
+    assert!(untrusting.log().contains("TLS"), "{}", untrusting.log());
+    assert_eq!(secure.payloads_from(*pin).len(), 2);
+}
+
+#[test]
+fn over_the_connection_cap_a_device_is_told_server_busy() {
+    let (url, _db) = migrated_database();
+    let _a = TestInstance::start(&url, "alpha", Behaviour::Serve, 0, 100);
+    let dispatcher = Dispatcher::start(&url, &["--max-connections", "2"]);
+    let devices = provision(&url, 0xa000, 2);
+    let mut held = Vec::new();
+    for (pin, key, user) in &devices {
+        let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+        login(&mut link, &url, user, "secret").unwrap();
+        held.push(link);
+    }
+    let mut third = TcpStream::connect(dispatcher.addr).unwrap();
+    assert_eq!(
+        refusal_in(&read_until_closed(&mut third)),
+        (0, Status::ServerBusy)
+    );
+    // A permit comes back when a relay ends.
+    drop(held.pop());
+    let (pin, key, user) = &devices[1];
+    wait_until("a free connection slot", || {
+        match connect_device(dispatcher.addr, *pin, key) {
+            Ok(mut link) => login(&mut link, &url, user, "secret").is_ok(),
+            Err(WireError::Refused(Status::ServerBusy, _)) => false,
+            Err(e) => panic!("over the cap a device must be told 301, not {e}"),
+        }
+    });
+}
+
+#[test]
+fn sigterm_exits_zero_and_bad_settings_have_their_exit_codes() {
+    let (url, _db) = migrated_database();
+    let dispatcher = Dispatcher::start(&url, &[]);
+    let status = dispatcher.signal_and_wait(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collab-dispatcher"))
+        .args(["--max-connections", "lots"])
+        .env("COLLABD_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collab-dispatcher"))
+        .args(["--listen", "127.0.0.1:0", "--database", "not a url"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collab-dispatcher"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-tls",
+            "--upstream-ca",
+            "/nonexistent/ca.pem",
+        ])
+        .env("COLLABD_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_collab-dispatcher"))
+        .args(["--listen", &busy.local_addr().unwrap().to_string()])
+        .env("COLLABD_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(71));
+}
+
+#[test]
+fn a_config_db_outage_gives_307_and_the_dispatcher_recovers() {
+    let (url, _db) = migrated_database();
+    let _a = TestInstance::start(&url, "alpha", Behaviour::Serve, 0, 100);
+    let dispatcher = Dispatcher::start(&url, &[]);
+    let (pin, key, user) = &provision(&url, 0xb000, 1)[0];
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    login(&mut link, &url, user, "secret").unwrap();
+
+    // The database goes away for the dispatcher: new connections refused,
+    // existing ones cut.
+    let db_name = url.rsplit('/').next().unwrap().to_string();
+    let mut admin =
+        postgres::Client::connect(&with_dbname(&url, "postgres"), postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{db_name}' AND pid <> pg_backend_pid();"
+        ))
+        .unwrap();
+    expect_refused(
+        connect_device(dispatcher.addr, *pin, key),
+        Status::ConfigUnavailable,
+    );
+    // The relay that was already open does not depend on the database.
+    support::dispatch::say(&mut link, "still here").unwrap();
+
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS true"
+        ))
+        .unwrap();
+    wait_until(
+        "the dispatcher to reach the database again",
+        || match connect_device(dispatcher.addr, *pin, key) {
+            Ok(mut link) => login(&mut link, &url, user, "secret").is_ok(),
+            Err(WireError::Refused(Status::ConfigUnavailable, _)) => false,
+            Err(e) => panic!("{e}"),
+        },
+    );
+}

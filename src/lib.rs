@@ -25,9 +25,12 @@
 //!   authentication, and the base64 of its headers.
 //! - [`sim`]: `cwa-sim`, the CWA 2007 + OCS simulator (HTTP server, NTLM and
 //!   forms sign-in, command/event channels, faults, admin endpoint).
+//! - [`demo`]: `collabctl demo`, the whole system on one machine with
+//!   throwaway state, started and stopped with one command.
 pub mod config;
 pub mod configdb;
 pub mod cwa;
+pub mod demo;
 pub mod device;
 pub mod dispatcher;
 pub mod ntlm;

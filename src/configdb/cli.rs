@@ -49,6 +49,8 @@ pub enum CliError {
     KeyOutput { path: PathBuf, error: io::Error },
     /// Standard output cannot be written (exit 74).
     Output(io::Error),
+    /// `collabctl demo` failed (its own exit codes).
+    Demo(crate::demo::DemoError),
 }
 
 impl fmt::Display for CliError {
@@ -63,6 +65,7 @@ impl fmt::Display for CliError {
                 write!(f, "cannot write key file {}: {error}", path.display())
             }
             CliError::Output(e) => write!(f, "cannot write output: {e}"),
+            CliError::Demo(e) => write!(f, "{e}"),
         }
     }
 }
@@ -94,6 +97,7 @@ impl CliError {
             CliError::KeyInput { .. } => 66,
             CliError::KeyOutput { .. } => 73,
             CliError::Output(_) => 74,
+            CliError::Demo(e) => e.exit_code(),
         }
     }
 }
@@ -127,6 +131,9 @@ commands:
   device remove PIN
   sessions [--instance NAME]
   audit [--limit N]
+  demo [--dir DIR] [--listen-dispatcher ADDR] [--listen-collabd ADDR] [--keep]
+       (a throwaway database, cwa-sim, collabd and collab-dispatcher on this
+       machine; see collabctl demo --help)
 
 exit status: 0 ok, 64 usage, 65 bad data, 66 key file unreadable,
 69 database unreachable, 70 other database failure, 73 key file unwritable.
@@ -166,6 +173,9 @@ pub fn run(
     }
     if rest.is_empty() {
         return Err(usage("no command given"));
+    }
+    if rest[0] == "demo" && database.is_none() {
+        return crate::demo::run(&rest[1..], out).map_err(CliError::Demo);
     }
     if rest.iter().any(|w| w == "--help" || w == "-h") || rest[0] == "help" {
         out.write_all(HELP.as_bytes())?;
@@ -369,6 +379,10 @@ impl Command {
                 .ok_or_else(|| usage(format!("{} needs a subcommand: {what}", words[0])))
         };
         match words[0].as_str() {
+            // Handled before the database is chosen (see `run`).
+            "demo" => Err(usage(
+                "demo starts a database of its own: leave out --database",
+            )),
             "migrate" => {
                 Options::parse(&words[1..], &[])?.positionals(&[])?;
                 Ok(Command::Migrate)

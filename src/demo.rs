@@ -1,0 +1,1199 @@
+/*!
+`collabctl demo`: the whole system on one machine with one command, for a
+first look and for rehearsals. This module owns the demo's life cycle: a
+state directory, a throwaway PostgreSQL ([`ScratchPostgres`]) with the
+schema, one instance, three users (alice, bob, carol) and one device each,
+then `cwa-sim`, `collabd` and `collab-dispatcher` as child processes; it
+prints the exact `collab-device` commands that sign each user in through
+the dispatcher, and on SIGINT, SIGTERM or SIGHUP stops everything and
+removes the state.
+
+Signals are blocked before anything else and taken by a `sigwait` thread
+(see [`crate::ops::signals`]), so Ctrl-C is an ordinary request to shut
+down, never a death that leaves children behind. The children run in
+process groups of their own, so the terminal's Ctrl-C reaches only the
+demo, which then stops them in order (dispatcher, collabd, simulator: the
+service signs its sessions out of CWA while the simulator still runs). If
+the demo itself is killed, each child gets SIGTERM from the kernel
+(`PR_SET_PDEATHSIG`) and the database's reaper process removes the
+cluster; only the state directory is left then.
+
+The programs are the ones built next to the running `collabctl`
+(`target/release` or `target/debug`). Passwords are random, written only
+to mode-0600 files in the state directory and to the simulator's users
+file there, and never printed.
+*/
+
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::configdb::{format_pin, generate_transport_key, ConfigDb, DbError, InstanceSettings};
+use crate::ops::scratch_pg::{ScratchError, ScratchPostgres};
+use crate::ops::signals::{self, AfterSignal, Shutdown};
+
+/// Where devices connect by default (the dispatcher's real port).
+pub const DEFAULT_DISPATCHER_LISTEN: &str = "127.0.0.1:3101";
+/// Where collabd listens by default (its real port).
+pub const DEFAULT_COLLABD_LISTEN: &str = "127.0.0.1:3200";
+/// The instance the demo creates.
+pub const INSTANCE: &str = "demo";
+/// The last line of the banner: the demo is ready once it is printed.
+pub const READY_LINE: &str = "Press Ctrl-C to stop the demo and remove its state.";
+/// The last line printed after a clean stop.
+pub const STOPPED_LINE: &str = "demo stopped";
+
+/// How long a child may take to print its `listening on` line, and collabd
+/// to write its first heartbeat (debug builds on a busy machine are slow).
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a child has after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the demo looks at its children while it runs.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// collabd's heartbeat period in the demo: short, so that the dispatcher
+/// sees the instance soon after it starts.
+const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+/// How long collabd may take to say goodbye to its devices at shutdown.
+const SHUTDOWN_GRACE_MS: u64 = 2000;
+/// How often the dispatcher re-reads the instance table.
+const DISPATCHER_REFRESH_MS: u64 = 500;
+/// Heartbeats older than this do not count (the dispatcher's default).
+const STALE_AFTER_MS: u64 = 15_000;
+/// Log lines shown when a child fails.
+const LOG_TAIL_LINES: usize = 30;
+/// Stack of the threads that copy a child's stdout into its log.
+const COPY_THREAD_STACK: usize = 64 * 1024;
+
+/// The message when a program is not built next to collabctl.
+pub const BUILD_HINT: &str = "build all programs first: cargo build --release";
+
+/// A demo user: the sim's account, the Config DB user and its device.
+struct DemoUser {
+    /// Short name, also the file-name stem of its key and password files.
+    name: &'static str,
+    display_name: &'static str,
+    pin: u32,
+}
+
+const DOMAIN: &str = "CONTOSO";
+const SIP_DOMAIN: &str = "contoso.com";
+
+const USERS: [DemoUser; 3] = [
+    DemoUser {
+        name: "alice",
+        display_name: "Alice Smith",
+        pin: 0x2100_000a,
+    },
+    DemoUser {
+        name: "bob",
+        display_name: "Bob Jones",
+        pin: 0x2100_000b,
+    },
+    DemoUser {
+        name: "carol",
+        display_name: "Carol Diaz",
+        pin: 0x2100_000c,
+    },
+];
+
+impl DemoUser {
+    fn login(&self) -> String {
+        format!("{DOMAIN}\\{}", self.name)
+    }
+
+    fn sip_uri(&self) -> String {
+        format!("sip:{}@{SIP_DOMAIN}", self.name)
+    }
+}
+
+/// Why the demo could not start or had to stop. Its `Display` is the line
+/// collabctl prints.
+#[derive(Debug)]
+pub enum DemoError {
+    /// Bad `collabctl demo` arguments (exit 64).
+    Usage(String),
+    /// A program is not built next to collabctl (exit 69).
+    MissingProgram { program: PathBuf },
+    /// A listen address is taken (exit 69).
+    PortInUse {
+        what: &'static str,
+        addr: SocketAddr,
+    },
+    /// A listen address cannot be used for another reason (exit 69).
+    CannotListen {
+        what: &'static str,
+        addr: SocketAddr,
+        error: io::Error,
+    },
+    /// The state directory or a file in it cannot be made (exit 73).
+    State { what: String, error: io::Error },
+    /// The throwaway PostgreSQL could not be started (exit 69).
+    Postgres(ScratchError),
+    /// Setting up the Config DB failed (exit 70).
+    Db(DbError),
+    /// A child could not be started or did not come up (exit 70).
+    Start {
+        program: &'static str,
+        why: String,
+        log: PathBuf,
+        tail: String,
+    },
+    /// A child ended while the demo ran (exit 70).
+    Died {
+        program: &'static str,
+        status: ExitStatus,
+        log: PathBuf,
+        tail: String,
+    },
+    /// Signals could not be set up (exit 71).
+    Signals(io::Error),
+    /// Standard output cannot be written (exit 74).
+    Output(io::Error),
+}
+
+impl fmt::Display for DemoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DemoError::Usage(why) => write!(f, "demo: {why}"),
+            DemoError::MissingProgram { program } => {
+                write!(f, "demo: {} not found; {BUILD_HINT}", program.display())
+            }
+            DemoError::PortInUse { what, addr } => write!(
+                f,
+                "demo: {addr} ({what}) is already in use, perhaps by a running {what} or \
+                 another demo; choose free addresses, for example \
+                 collabctl demo --listen-dispatcher 127.0.0.1:0 --listen-collabd 127.0.0.1:0"
+            ),
+            DemoError::CannotListen { what, addr, error } => {
+                write!(f, "demo: cannot listen on {addr} ({what}): {error}")
+            }
+            DemoError::State { what, error } => write!(f, "demo: {what}: {error}"),
+            DemoError::Postgres(e) => write!(f, "demo: {e}"),
+            DemoError::Db(e) => write!(f, "demo: setting up the Config DB: {e}"),
+            DemoError::Start {
+                program,
+                why,
+                log,
+                tail,
+            } => write!(
+                f,
+                "demo: {program} {why}; last lines of its log {}:\n{tail}",
+                log.display()
+            ),
+            DemoError::Died {
+                program,
+                status,
+                log,
+                tail,
+            } => write!(
+                f,
+                "demo: {program} stopped unexpectedly ({status}); everything was stopped; \
+                 last lines of its log {}:\n{tail}",
+                log.display()
+            ),
+            DemoError::Signals(e) => write!(f, "demo: cannot set up signal handling: {e}"),
+            DemoError::Output(e) => write!(f, "demo: cannot write output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DemoError {}
+
+impl DemoError {
+    /// The process exit code (sysexits.h).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DemoError::Usage(_) => 64,
+            DemoError::MissingProgram { .. }
+            | DemoError::PortInUse { .. }
+            | DemoError::CannotListen { .. }
+            | DemoError::Postgres(_) => 69,
+            DemoError::Db(_) | DemoError::Start { .. } | DemoError::Died { .. } => 70,
+            DemoError::Signals(_) => 71,
+            DemoError::State { .. } => 73,
+            DemoError::Output(_) => 74,
+        }
+    }
+}
+
+impl From<DbError> for DemoError {
+    fn from(e: DbError) -> DemoError {
+        DemoError::Db(e)
+    }
+}
+
+fn output(e: io::Error) -> DemoError {
+    DemoError::Output(e)
+}
+
+fn state_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DemoError {
+    let what = what.into();
+    move |error| DemoError::State { what, error }
+}
+
+/// The text of `collabctl demo --help`.
+pub const HELP: &str = "\
+usage: collabctl demo [--dir DIR] [--listen-dispatcher ADDR] [--listen-collabd ADDR] [--keep]
+
+Starts a throwaway PostgreSQL, cwa-sim with the users alice, bob and carol,
+collabd and collab-dispatcher, provisions a device for each user, and prints
+the collab-device commands that sign them in. Ctrl-C stops everything and
+removes the state directory.
+
+  --dir DIR                 state directory, new or empty (default: a new
+                            directory under $TMPDIR)
+  --listen-dispatcher ADDR  where devices connect (default 127.0.0.1:3101)
+  --listen-collabd ADDR     where collabd listens (default 127.0.0.1:3200)
+  --keep                    keep the state directory (logs, keys, settings)
+ADDR is IP:PORT, :PORT or PORT (on 127.0.0.1); port 0 picks a free port.
+Needs the PostgreSQL server binaries and every program built next to
+collabctl (cargo build --release).
+";
+
+/// The demo's command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DemoOptions {
+    /// The state directory, or `None` for a new one under `$TMPDIR`.
+    pub dir: Option<PathBuf>,
+    /// Where collab-dispatcher listens.
+    pub dispatcher_listen: SocketAddr,
+    /// Where collabd listens.
+    pub collabd_listen: SocketAddr,
+    /// Keep the state directory at the end.
+    pub keep: bool,
+    /// `--help` was asked for.
+    pub help: bool,
+}
+
+impl DemoOptions {
+    /// Parses the words after `demo`.
+    pub fn parse(words: &[String]) -> Result<DemoOptions, DemoError> {
+        let mut options = DemoOptions {
+            dir: None,
+            dispatcher_listen: parse_listen("--listen-dispatcher", DEFAULT_DISPATCHER_LISTEN)?,
+            collabd_listen: parse_listen("--listen-collabd", DEFAULT_COLLABD_LISTEN)?,
+            keep: false,
+            help: false,
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        let mut i = 0;
+        while i < words.len() {
+            let word = words[i].as_str();
+            let (name, inline) = match word.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+                _ => (word, None),
+            };
+            let known = [
+                "--dir",
+                "--listen-dispatcher",
+                "--listen-collabd",
+                "--keep",
+                "--help",
+                "-h",
+            ]
+            .into_iter()
+            .find(|k| *k == name)
+            .ok_or_else(|| DemoError::Usage(format!("unknown argument {word:?}")))?;
+            if seen.contains(&known) {
+                return Err(DemoError::Usage(format!("{known} given twice")));
+            }
+            seen.push(known);
+            let mut value = || -> Result<String, DemoError> {
+                if let Some(v) = &inline {
+                    return Ok(v.clone());
+                }
+                i += 1;
+                words
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| DemoError::Usage(format!("{known} needs a value")))
+            };
+            match known {
+                "--dir" => {
+                    let dir = value()?;
+                    if dir.is_empty() {
+                        return Err(DemoError::Usage("--dir needs a directory".into()));
+                    }
+                    options.dir = Some(PathBuf::from(dir));
+                }
+                "--listen-dispatcher" => {
+                    options.dispatcher_listen = parse_listen(known, &value()?)?;
+                }
+                "--listen-collabd" => options.collabd_listen = parse_listen(known, &value()?)?,
+                "--keep" | "--help" | "-h" => {
+                    if inline.is_some() {
+                        return Err(DemoError::Usage(format!("{known} takes no value")));
+                    }
+                    if known == "--keep" {
+                        options.keep = true;
+                    } else {
+                        options.help = true;
+                    }
+                }
+                _ => unreachable!("every known argument is handled"),
+            }
+            i += 1;
+        }
+        if options.collabd_listen.ip().is_unspecified() {
+            return Err(DemoError::Usage(format!(
+                "--listen-collabd {}: collabd must listen on an address the dispatcher can \
+                 reach, such as 127.0.0.1, not on every address",
+                options.collabd_listen
+            )));
+        }
+        if options.collabd_listen.port() != 0
+            && options.collabd_listen.port() == options.dispatcher_listen.port()
+            && (options.collabd_listen.ip() == options.dispatcher_listen.ip()
+                || options.dispatcher_listen.ip().is_unspecified())
+        {
+            return Err(DemoError::Usage(
+                "--listen-dispatcher and --listen-collabd name the same address".into(),
+            ));
+        }
+        Ok(options)
+    }
+}
+
+/// `IP:PORT`, `:PORT` or `PORT` (the last two on 127.0.0.1).
+fn parse_listen(flag: &str, text: &str) -> Result<SocketAddr, DemoError> {
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse().map_err(|_| {
+        DemoError::Usage(format!(
+            "{flag} {text:?} is not IP:PORT, :PORT or PORT (e.g. 127.0.0.1:3101 or :0)"
+        ))
+    })
+}
+
+/// Runs `collabctl demo` with the words after `demo`, printing to `out`,
+/// until a signal stops it. Call it before any thread of the process has
+/// started: it blocks SIGINT, SIGTERM and SIGHUP first thing.
+pub fn run(words: &[String], out: &mut dyn Write) -> Result<(), DemoError> {
+    // First thing, before any thread exists (the PostgreSQL client starts
+    // some): every thread inherits the mask, so Ctrl-C goes only to the
+    // sigwait thread below.
+    let blocked = signals::block_signals().map_err(DemoError::Signals)?;
+    let options = DemoOptions::parse(words)?;
+    if options.help {
+        out.write_all(HELP.as_bytes()).map_err(output)?;
+        return Ok(());
+    }
+    let shutdown = Shutdown::new();
+    let raised = shutdown.clone();
+    // Every signal, SIGHUP too (the terminal went away), means stop; the
+    // thread lives until the process ends, so a second Ctrl-C is absorbed.
+    signals::spawn_signal_thread(blocked, move |_| {
+        raised.request();
+        AfterSignal::Continue
+    })
+    .map_err(DemoError::Signals)?;
+
+    let programs = Programs::find()?;
+    check_free("collab-dispatcher", options.dispatcher_listen)?;
+    check_free("collabd", options.collabd_listen)?;
+    let state_dir = make_state_dir(options.dir.as_deref())?;
+
+    let mut demo = Demo {
+        state_dir,
+        postgres: None,
+        children: Vec::new(),
+    };
+    let started = demo.start(&programs, &options, &shutdown, out);
+    let result = match started {
+        Ok(true) => demo.watch(&shutdown),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if result.is_ok() {
+        // Best effort: the user may have closed the terminal.
+        let _ = writeln!(out, "stopping...");
+        let _ = out.flush();
+    }
+    demo.stop();
+    if options.keep {
+        if result.is_ok() {
+            let _ = writeln!(out, "state kept in {}", demo.state_dir.display());
+        }
+    } else if let Err(error) = fs::remove_dir_all(&demo.state_dir) {
+        if error.kind() != io::ErrorKind::NotFound {
+            let _ = writeln!(
+                io::stderr(),
+                "collabctl: demo: cannot remove {}: {error}",
+                demo.state_dir.display()
+            );
+        }
+    }
+    result?;
+    writeln!(out, "{STOPPED_LINE}").map_err(output)?;
+    out.flush().map_err(output)
+}
+
+/// Paths of the programs the demo runs.
+struct Programs {
+    cwa_sim: PathBuf,
+    collabd: PathBuf,
+    dispatcher: PathBuf,
+    device: PathBuf,
+    collabctl: PathBuf,
+}
+
+impl Programs {
+    /// The programs built next to this executable.
+    fn find() -> Result<Programs, DemoError> {
+        let collabctl = std::env::current_exe().map_err(|error| DemoError::State {
+            what: "finding the running program".into(),
+            error,
+        })?;
+        let dir = collabctl
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let find = |name: &str| -> Result<PathBuf, DemoError> {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(DemoError::MissingProgram { program: path })
+            }
+        };
+        Ok(Programs {
+            cwa_sim: find("cwa-sim")?,
+            collabd: find("collabd")?,
+            dispatcher: find("collab-dispatcher")?,
+            device: find("collab-device")?,
+            collabctl,
+        })
+    }
+}
+
+/// Fails early, with a hint, when a fixed port is taken. (Port 0 is always
+/// free; a race with another program is still reported by the child.)
+fn check_free(what: &'static str, addr: SocketAddr) -> Result<(), DemoError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AddrInUse => {
+            Err(DemoError::PortInUse { what, addr })
+        }
+        Err(error) => Err(DemoError::CannotListen { what, addr, error }),
+    }
+}
+
+/// Creates the state directory: `dir` (new, or existing and empty), or a
+/// new `collabd-demo-XXXXXXXX` under the temporary directory. Mode 0711:
+/// the PostgreSQL cluster lives inside, and when the demo runs as root the
+/// server runs as the `postgres` user, which must be able to pass through;
+/// the secrets in it are files of mode 0600.
+fn make_state_dir(dir: Option<&Path>) -> Result<PathBuf, DemoError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.mode(0o711);
+    match dir {
+        Some(dir) => {
+            match fs::read_dir(dir) {
+                Ok(mut entries) => {
+                    if entries.next().is_some() {
+                        return Err(DemoError::Usage(format!(
+                            "--dir {} is not empty (the demo removes it when it stops)",
+                            dir.display()
+                        )));
+                    }
+                    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                        .map_err(state_err(format!("setting the mode of {}", dir.display())))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    builder
+                        .recursive(true)
+                        .create(dir)
+                        .map_err(state_err(format!("creating {}", dir.display())))?;
+                }
+                Err(e) => return Err(state_err(format!("reading {}", dir.display()))(e)),
+            }
+            // Absolute, so the printed commands work from any directory.
+            fs::canonicalize(dir).map_err(state_err(format!("resolving {}", dir.display())))
+        }
+        None => {
+            let tmp = fs::canonicalize(std::env::temp_dir())
+                .map_err(state_err("resolving the temporary directory"))?;
+            // Short, so the cluster's socket path inside stays under the
+            // 108-byte limit.
+            let path = tmp.join(format!("collabd-demo-{}", random_hex(4)?));
+            builder
+                .create(&path)
+                .map_err(state_err(format!("creating {}", path.display())))?;
+            Ok(path)
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String, DemoError> {
+    let mut buf = vec![0u8; bytes];
+    openssl::rand::rand_bytes(&mut buf).map_err(|e| DemoError::State {
+        what: "getting random numbers".into(),
+        error: io::Error::other(e.to_string()),
+    })?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a new file readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(state_err(format!("creating {}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(state_err(format!("writing {}", path.display())))
+}
+
+/// A running child program.
+struct Component {
+    program: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+/// What the demo has started so far, stopped by [`Demo::stop`].
+struct Demo {
+    state_dir: PathBuf,
+    postgres: Option<ScratchPostgres>,
+    /// In start order; stopped in reverse.
+    children: Vec<Component>,
+}
+
+/// The addresses and files the banner shows.
+struct Started {
+    database_url: String,
+    postgres_pid: Option<u32>,
+    sim_url: String,
+    collabd_addr: SocketAddr,
+    dispatcher_addr: SocketAddr,
+}
+
+impl Demo {
+    /// Starts everything and prints the banner. `Ok(false)`: a signal came
+    /// during start-up.
+    fn start(
+        &mut self,
+        programs: &Programs,
+        options: &DemoOptions,
+        shutdown: &Shutdown,
+        out: &mut dyn Write,
+    ) -> Result<bool, DemoError> {
+        let dir = self.state_dir.clone();
+        writeln!(out, "collabd demo: starting in {}", dir.display()).map_err(output)?;
+        out.flush().map_err(output)?;
+
+        let postgres = ScratchPostgres::start(&dir).map_err(DemoError::Postgres)?;
+        let database_url = postgres
+            .create_database("collabd")
+            .map_err(DemoError::Postgres)?;
+        let postgres_pid = postmaster_pid(postgres.dir());
+        self.postgres = Some(postgres);
+        if shutdown.is_requested() {
+            return Ok(false);
+        }
+
+        // The simulator's users and the device files.
+        let mut users_file = String::from(
+            "# cwa-sim users for the collabd demo: DOMAIN\\user PASSWORD SIP-URI options\n",
+        );
+        for user in &USERS {
+            let password = random_hex(9)?;
+            let contacts: Vec<String> = USERS
+                .iter()
+                .filter(|u| u.name != user.name)
+                .map(DemoUser::sip_uri)
+                .collect();
+            users_file.push_str(&format!(
+                "{} {password} {} name={} contacts={}\n",
+                user.login(),
+                user.sip_uri(),
+                user.display_name.replace(' ', "_"),
+                contacts.join(",")
+            ));
+            write_private(&self.password_file(user), &format!("{password}\n"))?;
+        }
+        let users_path = dir.join("cwa-sim.users");
+        write_private(&users_path, &users_file)?;
+
+        let sim_log = dir.join("cwa-sim.log");
+        let mut sim = Command::new(&programs.cwa_sim);
+        sim.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--users")
+            .arg(&users_path)
+            .args(["--poll-wait-ms", "0"]);
+        let Some(sim_addr) = self.spawn("cwa-sim", sim, &sim_log, shutdown)? else {
+            return Ok(false);
+        };
+        let sim_url = format!("http://{sim_addr}");
+
+        // The Config DB: schema, instance, users, devices.
+        {
+            let mut db = ConfigDb::connect(&database_url)?;
+            db.migrate()?;
+            db.add_instance(
+                INSTANCE,
+                &InstanceSettings {
+                    cwa_url: sim_url.clone(),
+                    max_sessions: Some(100),
+                    idle_timeout_ms: Some(10 * 60 * 1000),
+                    inactivity_timeout_ms: Some(60 * 60 * 1000),
+                    ..InstanceSettings::default()
+                },
+            )?;
+            for user in &USERS {
+                db.add_user(&user.login(), &user.sip_uri(), true)?;
+                let key = generate_transport_key()?;
+                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                write_private(&self.key_file(user), &format!("{hex}\n"))?;
+                db.add_device_with_key(user.pin, &user.login(), &key)?;
+            }
+        }
+
+        let collabd_conf = dir.join("collabd.conf");
+        write_private(
+            &collabd_conf,
+            &format!(
+                "# collabd settings for the demo (see collabd.conf(5))\n\
+                 instance = {INSTANCE}\n\
+                 database = {database_url}\n\
+                 listen = {}\n\
+                 heartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}\n\
+                 shutdown_grace_ms = {SHUTDOWN_GRACE_MS}\n",
+                options.collabd_listen
+            ),
+        )?;
+        let collabd_log = dir.join("collabd.log");
+        let mut collabd = Command::new(&programs.collabd);
+        collabd.arg("--config").arg(&collabd_conf);
+        let Some(collabd_addr) = self.spawn("collabd", collabd, &collabd_log, shutdown)? else {
+            return Ok(false);
+        };
+        // The dispatcher routes only to instances with a fresh heartbeat,
+        // and reads the table once before it listens: wait for the first.
+        if !self.wait_for_heartbeat(&database_url, &collabd_log, shutdown)? {
+            return Ok(false);
+        }
+
+        let dispatcher_log = dir.join("collab-dispatcher.log");
+        let mut dispatcher = Command::new(&programs.dispatcher);
+        dispatcher
+            .arg("--listen")
+            .arg(options.dispatcher_listen.to_string())
+            .arg("--database")
+            .arg(&database_url)
+            .args(["--refresh-ms", &DISPATCHER_REFRESH_MS.to_string()])
+            .args(["--stale-after-ms", &STALE_AFTER_MS.to_string()]);
+        let Some(dispatcher_addr) =
+            self.spawn("collab-dispatcher", dispatcher, &dispatcher_log, shutdown)?
+        else {
+            return Ok(false);
+        };
+
+        let started = Started {
+            database_url,
+            postgres_pid,
+            sim_url,
+            collabd_addr,
+            dispatcher_addr,
+        };
+        self.banner(programs, &started, out).map_err(output)?;
+        Ok(true)
+    }
+
+    fn key_file(&self, user: &DemoUser) -> PathBuf {
+        self.state_dir.join(format!("{}.key", user.name))
+    }
+
+    fn password_file(&self, user: &DemoUser) -> PathBuf {
+        self.state_dir.join(format!("{}.password", user.name))
+    }
+
+    /// Starts `command` with its output in `log`, and waits for its
+    /// `listening on ADDR` line. `Ok(None)`: a signal came first.
+    fn spawn(
+        &mut self,
+        program: &'static str,
+        mut command: Command,
+        log: &Path,
+        shutdown: &Shutdown,
+    ) -> Result<Option<SocketAddr>, DemoError> {
+        let log_file = fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(log)
+            .map_err(state_err(format!("creating {}", log.display())))?;
+        let stderr = log_file
+            .try_clone()
+            .map_err(state_err(format!("opening {}", log.display())))?;
+        let parent = std::process::id();
+        command
+            .env_remove(crate::configdb::cli::DATABASE_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            // A group of its own: the terminal's Ctrl-C reaches only the
+            // demo, which stops the children in order.
+            .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // calls only async-signal-safe functions (sigemptyset,
+        // pthread_sigmask, prctl, getppid, kill, getpid).
+        unsafe {
+            command.pre_exec(move || {
+                // The demo blocks these signals; the child must not inherit
+                // that (std resets the mask as well; this says we rely on it).
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                // If the demo dies without stopping us, stop anyway.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent as libc::pid_t {
+                    libc::kill(libc::getpid(), libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| DemoError::Start {
+            program,
+            why: format!("could not be started: {e}"),
+            log: log.to_path_buf(),
+            tail: String::new(),
+        })?;
+        let stdout = child.stdout.take();
+        self.children.push(Component {
+            program,
+            child,
+            log: log.to_path_buf(),
+        });
+        let (tx, rx) = mpsc::channel();
+        if let Some(stdout) = stdout {
+            let mut copy = log_file;
+            std::thread::Builder::new()
+                .name(format!("{program}-stdout"))
+                .stack_size(COPY_THREAD_STACK)
+                .spawn(move || {
+                    let mut sent = false;
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        let _ = writeln!(copy, "{line}");
+                        if !sent {
+                            if let Some(addr) = line.strip_prefix("listening on ") {
+                                if let Ok(addr) = addr.trim().parse::<SocketAddr>() {
+                                    sent = tx.send(addr).is_ok();
+                                }
+                            }
+                        }
+                    }
+                })
+                .map_err(DemoError::Signals)?;
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if shutdown.is_requested() {
+                return Ok(None);
+            }
+            match rx.recv_timeout(WATCH_INTERVAL) {
+                Ok(addr) => return Ok(Some(addr)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed without the line: it is ending.
+                    let component = self.children.last_mut().expect("just pushed");
+                    let status = wait_until(&mut component.child, Instant::now() + STOP_TIMEOUT);
+                    return Err(self.start_failure(
+                        program,
+                        match status {
+                            Some(s) => format!("did not start ({s})"),
+                            None => "closed its output without saying where it listens".into(),
+                        },
+                    ));
+                }
+            }
+            let component = self.children.last_mut().expect("just pushed");
+            if let Ok(Some(status)) = component.child.try_wait() {
+                return Err(self.start_failure(program, format!("did not start ({status})")));
+            }
+            if Instant::now() > deadline {
+                return Err(self.start_failure(
+                    program,
+                    format!(
+                        "did not say where it listens within {} s",
+                        START_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn start_failure(&self, program: &'static str, why: String) -> DemoError {
+        let log = self
+            .children
+            .iter()
+            .find(|c| c.program == program)
+            .map(|c| c.log.clone())
+            .unwrap_or_default();
+        DemoError::Start {
+            program,
+            why,
+            tail: log_tail(&log),
+            log,
+        }
+    }
+
+    /// Waits until collabd's instance row has a fresh heartbeat with its
+    /// address. `Ok(false)`: a signal came first.
+    fn wait_for_heartbeat(
+        &mut self,
+        database_url: &str,
+        collabd_log: &Path,
+        shutdown: &Shutdown,
+    ) -> Result<bool, DemoError> {
+        let mut db = ConfigDb::connect(database_url)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if shutdown.is_requested() {
+                return Ok(false);
+            }
+            if db
+                .live_instances(STALE_AFTER_MS)?
+                .iter()
+                .any(|i| i.name == INSTANCE)
+            {
+                return Ok(true);
+            }
+            let collabd = self.children.last_mut().expect("collabd was started");
+            if let Ok(Some(status)) = collabd.child.try_wait() {
+                return Err(self.start_failure("collabd", format!("did not start ({status})")));
+            }
+            if Instant::now() > deadline {
+                return Err(DemoError::Start {
+                    program: "collabd",
+                    why: format!(
+                        "wrote no healthy heartbeat to the Config DB within {} s",
+                        START_TIMEOUT.as_secs()
+                    ),
+                    log: collabd_log.to_path_buf(),
+                    tail: log_tail(collabd_log),
+                });
+            }
+            std::thread::sleep(WATCH_INTERVAL);
+        }
+    }
+
+    fn banner(
+        &self,
+        programs: &Programs,
+        started: &Started,
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        let dir = &self.state_dir;
+        let pid = |program: &str| {
+            self.children
+                .iter()
+                .find(|c| c.program == program)
+                .map_or("?".to_string(), |c| c.child.id().to_string())
+        };
+        let log = |name: &str| dir.join(name).display().to_string();
+        let postgres = self.postgres.as_ref().expect("postgres was started");
+        writeln!(out)?;
+        writeln!(out, "collabd demo is running.")?;
+        writeln!(out, "  state dir          {}", dir.display())?;
+        writeln!(
+            out,
+            "  postgresql         pid {}, log {}",
+            started
+                .postgres_pid
+                .map_or("?".to_string(), |p| p.to_string()),
+            postgres.log_path().display()
+        )?;
+        writeln!(
+            out,
+            "  cwa-sim            pid {}, {}, log {}",
+            pid("cwa-sim"),
+            started.sim_url,
+            log("cwa-sim.log")
+        )?;
+        writeln!(
+            out,
+            "  collabd            pid {}, {}, log {}",
+            pid("collabd"),
+            started.collabd_addr,
+            log("collabd.log")
+        )?;
+        writeln!(
+            out,
+            "  collab-dispatcher  pid {}, {}, log {}",
+            pid("collab-dispatcher"),
+            started.dispatcher_addr,
+            log("collab-dispatcher.log")
+        )?;
+        writeln!(
+            out,
+            "  config db          {}",
+            shell_quote(&started.database_url)
+        )?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Sign in as alice, bob and carol, each in a terminal of its own:"
+        )?;
+        let connect = connect_addr(started.dispatcher_addr);
+        for user in &USERS {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "  # {} ({}, {}, device {})",
+                user.display_name,
+                user.login(),
+                user.sip_uri(),
+                format_pin(user.pin)
+            )?;
+            let words = [
+                programs.device.display().to_string(),
+                "--connect".into(),
+                connect.to_string(),
+                "--pin".into(),
+                format_pin(user.pin),
+                "--key-file".into(),
+                self.key_file(user).display().to_string(),
+                "--user".into(),
+                user.login(),
+                "--password-file".into(),
+                self.password_file(user).display().to_string(),
+            ];
+            let line: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+            writeln!(out, "  {}", line.join(" "))?;
+        }
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Then chat (/help in collab-device lists every command):"
+        )?;
+        writeln!(out, "  alice:  /msg sip:bob@contoso.com Hello Bob")?;
+        writeln!(
+            out,
+            "  bob:    /accept CONV      (CONV is the id in brackets in the invitation)"
+        )?;
+        writeln!(
+            out,
+            "  bob:    Hi Alice          (plain lines go to the current conversation)"
+        )?;
+        writeln!(
+            out,
+            "  alice:  /invite CONV sip:carol@contoso.com   (carol: /accept CONV)"
+        )?;
+        writeln!(out, "  anyone: /contacts, /status busy In a meeting, /quit")?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Look at the Config DB: {} --database {} sessions",
+            shell_quote(&programs.collabctl.display().to_string()),
+            shell_quote(&started.database_url)
+        )?;
+        writeln!(out, "{READY_LINE}")?;
+        out.flush()
+    }
+
+    /// Waits for a signal (`Ok`) or a child's death (`Err`).
+    fn watch(&mut self, shutdown: &Shutdown) -> Result<(), DemoError> {
+        loop {
+            if shutdown.wait_timeout(WATCH_INTERVAL) {
+                return Ok(());
+            }
+            for component in &mut self.children {
+                if let Ok(Some(status)) = component.child.try_wait() {
+                    return Err(DemoError::Died {
+                        program: component.program,
+                        status,
+                        tail: log_tail(&component.log),
+                        log: component.log.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stops the children newest first (SIGTERM, then SIGKILL after
+    /// [`STOP_TIMEOUT`]) and then PostgreSQL.
+    fn stop(&mut self) {
+        while let Some(mut component) = self.children.pop() {
+            if let Ok(None) = component.child.try_wait() {
+                let pid = component.child.id() as libc::pid_t;
+                // SAFETY: `pid` is our unreaped child, so it cannot have been
+                // reused by another process.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                if wait_until(&mut component.child, Instant::now() + STOP_TIMEOUT).is_none() {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "collabctl: demo: {} did not stop within {} s; killing it",
+                        component.program,
+                        STOP_TIMEOUT.as_secs()
+                    );
+                    let _ = component.child.kill();
+                    let _ = component.child.wait();
+                }
+            }
+        }
+        // Dropping it stops the server and removes its directory (and
+        // waits for that).
+        self.postgres = None;
+    }
+}
+
+/// Polls `child` until it exits or `deadline` passes.
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => return None,
+        }
+    }
+}
+
+/// The address a device on this machine connects to: the listen address,
+/// with loopback for "every address".
+fn connect_addr(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
+        }
+        _ => listen,
+    }
+}
+
+/// The postmaster's pid, from the first line of `postmaster.pid`.
+fn postmaster_pid(cluster_dir: &Path) -> Option<u32> {
+    let text = fs::read_to_string(cluster_dir.join("data").join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of a log (reading at most its last
+/// 16 KiB).
+fn log_tail(path: &Path) -> String {
+    const MAX: u64 = 16 * 1024;
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = fs::File::open(path) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if file.seek(SeekFrom::Start(len.saturating_sub(MAX))).is_ok() {
+            let _ = file.take(MAX).read_to_end(&mut bytes);
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(LOG_TAIL_LINES);
+    if lines.is_empty() {
+        "(empty)".into()
+    } else {
+        lines[start..].join("\n")
+    }
+}
+
+/// Quotes `word` for a POSIX shell when it needs it.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:@%+=,-".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<DemoOptions, DemoError> {
+        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        DemoOptions::parse(&words)
+    }
+
+    #[test]
+    fn options() {
+        let o = parse("").unwrap();
+        assert_eq!(o.dispatcher_listen, "127.0.0.1:3101".parse().unwrap());
+        assert_eq!(o.collabd_listen, "127.0.0.1:3200".parse().unwrap());
+        assert!(!o.keep && o.dir.is_none());
+        let o = parse("--listen-dispatcher :0 --listen-collabd=0 --keep --dir /x").unwrap();
+        assert_eq!(o.dispatcher_listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(o.collabd_listen, "127.0.0.1:0".parse().unwrap());
+        assert!(o.keep);
+        assert_eq!(o.dir, Some(PathBuf::from("/x")));
+        let o = parse("--listen-dispatcher 0.0.0.0:3111 --listen-collabd [::1]:3210").unwrap();
+        assert_eq!(o.dispatcher_listen, "0.0.0.0:3111".parse().unwrap());
+        assert_eq!(o.collabd_listen, "[::1]:3210".parse().unwrap());
+        assert!(parse("--help").unwrap().help);
+        for bad in [
+            "--bogus",
+            "extra",
+            "--keep --keep",
+            "--keep=yes",
+            "--dir",
+            "--listen-collabd 0.0.0.0:3200",
+            "--listen-dispatcher localhost:1",
+            "--listen-dispatcher 70000",
+            "--listen-dispatcher :3300 --listen-collabd :3300",
+        ] {
+            match parse(bad) {
+                Err(e) => assert_eq!(e.exit_code(), 64, "{bad}: {e}"),
+                Ok(o) => panic!("{bad}: accepted as {o:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/tmp/x/alice.key"), "/tmp/x/alice.key");
+        assert_eq!(shell_quote("CONTOSO\\alice"), "'CONTOSO\\alice'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn connect_addresses() {
+        assert_eq!(
+            connect_addr("0.0.0.0:3101".parse().unwrap()),
+            "127.0.0.1:3101".parse().unwrap()
+        );
+        assert_eq!(
+            connect_addr("[::]:3101".parse().unwrap()),
+            "[::1]:3101".parse().unwrap()
+        );
+        assert_eq!(
+            connect_addr("10.1.2.3:3101".parse().unwrap()),
+            "10.1.2.3:3101".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn taken_port_is_reported_with_a_hint() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = check_free("collab-dispatcher", addr).unwrap_err();
+        assert_eq!(e.exit_code(), 69);
+        let text = e.to_string();
+        assert!(text.contains("already in use"), "{text}");
+        assert!(text.contains("--listen-dispatcher"), "{text}");
+    }
+}

@@ -171,9 +171,11 @@ fn read_instance(
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         match pool.with(deadline, |db| db.instance(name)) {
             Ok(instance) => return Ok(Some(instance)),
-            Err(PoolError::Db(DbError::NotFound { .. })) => return Err(RunError::Config(format!(
+            Err(PoolError::Db(DbError::NotFound { .. })) => {
+                return Err(RunError::Config(format!(
                 "instance {name:?} is not in the Config DB (add it with `collabctl instance add`)"
-            ))),
+            )))
+            }
             Err(PoolError::Db(e @ DbError::BadData { .. })) => {
                 return Err(RunError::Config(format!("instance {name:?}: {e}")))
             }

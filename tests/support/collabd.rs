@@ -236,6 +236,11 @@ impl Stack {
         addr
     }
 
+    /// Stops the simulator (CWA unreachable from now on).
+    pub fn sim_kill(&mut self) {
+        self.sim.kill();
+    }
+
     pub fn collabd(&mut self) -> &mut Collabd {
         self.collabd.as_mut().expect("collabd started")
     }

@@ -194,7 +194,8 @@ pub struct Config {
     pub advertise: Option<String>,
     /// TLS on the device link, if configured.
     pub tls: Option<TlsFiles>,
-    /// Extra CA certificates (PEM) to trust for CWA, on top of the system's.
+    /// CA certificates (PEM) to trust for CWA instead of the system's
+    /// trust store (passed to the CWA client's `ClientConfig::ca_file`).
     pub cwa_ca_file: Option<PathBuf>,
     /// The log filter (env_logger syntax; default `info`).
     pub log_filter: String,

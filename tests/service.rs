@@ -644,3 +644,78 @@ fn sigterm_tells_devices_311_signs_out_and_exits_0() {
     let instance = stack.db.instance(support::collabd::INSTANCE).unwrap();
     assert!(!instance.healthy);
 }
+
+#[test]
+fn a_lost_cwa_session_ends_with_310_or_signs_in_again_with_password_caching() {
+    // Without password caching: the device is told, the session ends.
+    let (mut stack, devices) = stack_with(&["alice", "bob"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    stack.sim.faults("drop_user=sip:alice@contoso.com");
+    let ended = alice.expect("ended ");
+    assert!(
+        ended.starts_with("ended code=310 name=SessionEnded reason=CWA\\ssession\\slost"),
+        "{ended}"
+    );
+    assert_eq!(finish(alice).0, 5);
+    wait_until("the audit of the lost session", || {
+        stack.audited("cwa_session_lost", devices[0].pin, "CWA session lost")
+    });
+    assert_eq!(stack.active_sessions(), 0);
+
+    // With password caching: collabd signs in again and the session goes on.
+    stack.set_instance(collabd::configdb::InstanceChange {
+        password_caching: Some(true),
+        ..Default::default()
+    });
+    let code = stack.collabd().signal_and_wait(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    let (mut bob, _) = stack.signed_in(&devices[1]);
+    stack.sim.faults("drop_user=sip:alice@contoso.com");
+    wait_until("alice's CWA session to be back", || {
+        let status = stack.sim.status();
+        status.get("sessions").map(String::as_str) == Some("2")
+            && status.get("sessions_ended").map(String::as_str) != Some("0")
+    });
+    let conv = start_conversation(&mut bob, &["sip:alice@contoso.com"], "are\\syou\\sthere");
+    loop {
+        let inv = alice.expect("event invitation ");
+        if field(&inv, "conv").as_deref() == Some(conv.as_str()) {
+            break;
+        }
+    }
+    assert_eq!(finish(alice).0, 0);
+    assert_eq!(finish(bob).0, 0);
+}
+
+#[test]
+fn the_inactivity_timeout_ends_a_silent_session() {
+    let (mut stack, devices) = stack_with(
+        &["alice"],
+        InstanceSettings {
+            max_sessions: Some(10),
+            inactivity_timeout_ms: Some(1_500),
+            ..InstanceSettings::default()
+        },
+    );
+    stack.start_collabd(&[]);
+    let dev = &devices[0];
+    let mut alice = stack.device_as(
+        dev,
+        &dev.user,
+        &dev.user.password,
+        &["--status-interval", "0"],
+    );
+    assert!(alice.expect("login ").starts_with("login ok"));
+    let ended = alice.expect("ended ");
+    assert!(
+        ended.starts_with("ended code=310 name=SessionEnded reason=inactivity\\stimeout"),
+        "{ended}"
+    );
+    assert_eq!(finish(alice).0, 5);
+    wait_until("the inactivity audit", || {
+        stack.audited("inactive", dev.pin, "inactivity")
+    });
+}

@@ -719,3 +719,15 @@ fn the_inactivity_timeout_ends_a_silent_session() {
         stack.audited("inactive", dev.pin, "inactivity")
     });
 }
+
+#[test]
+fn beyond_the_unauthenticated_cap_a_connection_is_refused_301() {
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    let addr = stack.start_collabd(&["--max-unauthenticated", "1"]);
+    // One connection signing in (silent) takes the only place.
+    let _silent = TcpStream::connect(addr).unwrap();
+    let mut d = stack.device(&devices[0]);
+    let line = d.expect("refused ");
+    assert!(line.starts_with("refused code=301 name=ServerBusy"), "{line}");
+    assert_eq!(finish(d).0, 2);
+}

@@ -996,7 +996,13 @@ mod tests {
         assert_eq!(run_config(parse(&base, &no_env).unwrap()).advertise, None);
         for bad in ["bcs-01", ":3200", "host:0", "host:99999", "a b:1"] {
             assert!(
-                matches!(with(bad), Err(ConfigError::Invalid { key: "advertise", .. })),
+                matches!(
+                    with(bad),
+                    Err(ConfigError::Invalid {
+                        key: "advertise",
+                        ..
+                    })
+                ),
                 "{bad}"
             );
         }

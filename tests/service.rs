@@ -728,6 +728,51 @@ fn beyond_the_unauthenticated_cap_a_connection_is_refused_301() {
     let _silent = TcpStream::connect(addr).unwrap();
     let mut d = stack.device(&devices[0]);
     let line = d.expect("refused ");
-    assert!(line.starts_with("refused code=301 name=ServerBusy"), "{line}");
+    assert!(
+        line.starts_with("refused code=301 name=ServerBusy"),
+        "{line}"
+    );
     assert_eq!(finish(d).0, 2);
+}
+
+#[test]
+fn tls_on_the_device_link_and_https_to_cwa_with_a_private_ca() {
+    let ca = support::tls::TestCa::new();
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let sim_users = format!("{}{}", sim_line(&alice, ""), sim_line(&bob, ""));
+    let mut stack = Stack::new_tls(&sim_users, settings(Some(10)), &ca);
+    stack.add_user(&alice, true);
+    stack.add_user(&bob, true);
+    let alice_dev = stack.add_device(&alice);
+    let bob_dev = stack.add_device(&bob);
+    let (cert, key, ca_path) = (
+        ca.cert_path.display().to_string(),
+        ca.key_path.display().to_string(),
+        ca.ca_path.display().to_string(),
+    );
+    stack.start_collabd(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--cwa-ca-file",
+        &ca_path,
+    ]);
+    let tls = ["--tls", "--ca", ca_path.as_str(), "--tls-name", "localhost"];
+    let mut a = stack.device_as(&alice_dev, &alice, &alice.password, &tls);
+    assert!(a.expect("login ").starts_with("login ok"));
+    let mut b = stack.device_as(&bob_dev, &bob, &bob.password, &tls);
+    assert!(b.expect("login ").starts_with("login ok"));
+    let conv = start_conversation(&mut a, &["sip:bob@contoso.com"], "over\\stls");
+    let inv = b.expect("event invitation ");
+    assert_eq!(field(&inv, "conv").as_deref(), Some(conv.as_str()));
+    assert_eq!(field(&inv, "text").as_deref(), Some("over\\stls"));
+    // A device that does not trust the certificate never gets in.
+    let untrusting = stack.device_as(&bob_dev, &bob, &bob.password, &["--tls"]);
+    let (code, lines, stderr) = untrusting.finish();
+    assert_eq!(code, 3, "{lines:?}");
+    assert!(stderr.contains("certificate verify failed"), "{stderr}");
+    assert_eq!(finish(a).0, 0);
+    assert_eq!(finish(b).0, 0);
 }

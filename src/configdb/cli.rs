@@ -352,7 +352,10 @@ fn instance_change(options: &Options) -> Result<InstanceChange, CliError> {
         change.http_max_connections = parse_u32("http-max-connections", v, false)?;
     }
     if let Some(v) = options.get("auth") {
-        change.auth_mode = Some(v.parse::<AuthMode>()?);
+        change.auth_mode = Some(
+            v.parse::<AuthMode>()
+                .map_err(|e| DbError::bad(e.to_string()))?,
+        );
     }
     if let Some(v) = options.get("password-caching") {
         change.password_caching = Some(parse_switch("password-caching", v, "on", "off")?);

@@ -13,8 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::configdb::pool::{Pool, PoolError};
-use crate::configdb::{self, AuditEvent, ConfigDb, DbError, Instance};
-use crate::cwa::{self, ClientConfig};
+use crate::configdb::{AuditEvent, ConfigDb, DbError, Instance};
+use crate::cwa::ClientConfig;
 
 use super::session::Session;
 use super::table::{Limits, SessionId, SessionTable};
@@ -44,11 +44,7 @@ impl CwaSettings {
     /// From the instance row, with the daemon's extra CA file for CWA.
     pub fn from_instance(instance: &Instance, ca_file: Option<&std::path::Path>) -> CwaSettings {
         let mut client = ClientConfig::new(&instance.cwa_url);
-        client.auth_mode = match instance.auth_mode {
-            configdb::AuthMode::IwaThenForms => cwa::AuthMode::IwaThenForms,
-            configdb::AuthMode::Forms => cwa::AuthMode::Forms,
-            configdb::AuthMode::Iwa => cwa::AuthMode::Iwa,
-        };
+        client.auth_mode = instance.auth_mode;
         client.ca_file = ca_file.map(std::path::Path::to_path_buf);
         // A sign-in must fit in the device's sign-in deadline (default
         // 10 s), so that an unreachable CWA is answered 306, not dropped.

@@ -1,8 +1,9 @@
 //! Small helpers over `xmltree`, shared by the CWA client, the CWA simulator
-//! and the device protocol: parsing with a size bound and a clear error,
-//! building elements, reading child text and attributes, and serialising
-//! without an XML declaration. Escaping is always left to `xmltree`, never
-//! done by hand.
+//! and the device protocol: parsing with a size bound and a clear error, a
+//! shape check (nesting depth, element count, declarations) run before the
+//! recursive parser sees untrusted input, building elements, reading child
+//! text and attributes, and serialising without an XML declaration.
+//! Escaping is always left to `xmltree`, never done by hand.
 
 use std::fmt;
 
@@ -16,6 +17,12 @@ pub const CWA_NS: &str = "http://schemas.microsoft.com/2006/09/rtc/cwa";
 pub enum XmlError {
     /// The document is larger than the caller's bound.
     TooLarge { limit: usize },
+    /// Elements nested deeper than the caller's bound.
+    TooDeep { limit: usize },
+    /// More elements than the caller's bound.
+    TooManyElements { limit: usize },
+    /// A DTD or other `<!...>` declaration where none is allowed.
+    Declaration,
     /// Not well-formed XML (the parser's message).
     Malformed(String),
 }
@@ -24,6 +31,11 @@ impl fmt::Display for XmlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             XmlError::TooLarge { limit } => write!(f, "XML document larger than {limit} bytes"),
+            XmlError::TooDeep { limit } => write!(f, "XML nested deeper than {limit} elements"),
+            XmlError::TooManyElements { limit } => {
+                write!(f, "XML has more than {limit} elements")
+            }
+            XmlError::Declaration => write!(f, "DTDs and declarations are not allowed"),
             XmlError::Malformed(why) => write!(f, "malformed XML: {why}"),
         }
     }
@@ -37,6 +49,113 @@ pub fn parse(bytes: &[u8], limit: usize) -> Result<Element, XmlError> {
         return Err(XmlError::TooLarge { limit });
     }
     Element::parse(bytes).map_err(|e| XmlError::Malformed(e.to_string()))
+}
+
+/// Bounds on a document's shape, checked by [`check_shape`] before the
+/// tree is built. `xmltree` builds the tree recursively, so a megabyte of
+/// `<a><a><a>…` from a hostile peer would otherwise overflow a connection
+/// thread's small stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// The deepest nesting accepted; an empty element counts as a level.
+    pub max_depth: usize,
+    /// The most elements accepted in one document.
+    pub max_elements: usize,
+    /// Whether `<!DOCTYPE …>` and other declarations are accepted (and
+    /// skipped); CDATA and comments are always accepted.
+    pub allow_declarations: bool,
+}
+
+/// Parses `bytes` as one document of at most `limit` bytes whose shape is
+/// within `shape`.
+pub fn parse_shaped(bytes: &[u8], limit: usize, shape: &Shape) -> Result<Element, XmlError> {
+    if bytes.len() > limit {
+        return Err(XmlError::TooLarge { limit });
+    }
+    check_shape(bytes, shape)?;
+    parse(bytes, limit)
+}
+
+/// Scans markup just well enough to count open elements: tags, quoted
+/// attribute values (which may hold `>` and `/>`), comments, CDATA,
+/// processing instructions and declarations. It over-counts rather than
+/// under-counts when the input is not well-formed, so it only errs on the
+/// side of refusing; the real parser then gives the precise error.
+pub fn check_shape(bytes: &[u8], shape: &Shape) -> Result<(), XmlError> {
+    let mut depth = 0usize;
+    let mut elements = 0usize;
+    let mut i = 0usize;
+    let n = bytes.len();
+    while i < n {
+        if bytes[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &bytes[i..];
+        if rest.starts_with(b"<!--") {
+            i = skip_past(bytes, i + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = skip_past(bytes, i + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = skip_past(bytes, i + 2, b"?>");
+        } else if rest.starts_with(b"<!") {
+            if !shape.allow_declarations {
+                return Err(XmlError::Declaration);
+            }
+            i = skip_past(bytes, i + 2, b">");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = skip_past(bytes, i + 2, b">");
+        } else {
+            // An opening (or empty-element) tag: walk to its '>' outside
+            // quotes.
+            elements += 1;
+            depth += 1;
+            if depth > shape.max_depth {
+                return Err(XmlError::TooDeep {
+                    limit: shape.max_depth,
+                });
+            }
+            if elements > shape.max_elements {
+                return Err(XmlError::TooManyElements {
+                    limit: shape.max_elements,
+                });
+            }
+            let mut j = i + 1;
+            let mut quote: Option<u8> = None;
+            let mut prev = 0u8;
+            while j < n {
+                let c = bytes[j];
+                match quote {
+                    Some(q) if c == q => quote = None,
+                    Some(_) => {}
+                    None if c == b'"' || c == b'\'' => quote = Some(c),
+                    None if c == b'>' => break,
+                    None => {}
+                }
+                prev = c;
+                j += 1;
+            }
+            if prev == b'/' && j < n {
+                depth -= 1;
+            }
+            i = j + 1;
+        }
+    }
+    Ok(())
+}
+
+/// The index just past the first `end` at or after `from`, or the end of
+/// input.
+fn skip_past(bytes: &[u8], from: usize, end: &[u8]) -> usize {
+    if from >= bytes.len() {
+        return bytes.len();
+    }
+    bytes[from..]
+        .windows(end.len())
+        .position(|w| w == end)
+        .map(|p| from + p + end.len())
+        .unwrap_or(bytes.len())
 }
 
 /// Serialises `element` without an XML declaration and without indentation.
@@ -114,6 +233,40 @@ mod tests {
             child_text(&back, "content").as_deref(),
             Some("<hi> & \"bye\"")
         );
+    }
+
+    #[test]
+    fn shape_counts_levels_elements_and_declarations() {
+        let shape = |max_depth, max_elements, allow_declarations| Shape {
+            max_depth,
+            max_elements,
+            allow_declarations,
+        };
+        let ok = |b: &[u8], s: Shape| check_shape(b, &s).is_ok();
+        assert!(ok(b"<a><b/><c>x</c></a>", shape(2, 10, false)));
+        assert!(!ok(b"<a><b><c/></b></a>", shape(2, 10, false)));
+        assert!(!ok(
+            "<a>".repeat(10_000).as_bytes(),
+            shape(24, 100_000, false)
+        ));
+        assert!(ok(
+            b"<?xml version=\"1.0\"?><!-- c --><a/>",
+            shape(1, 1, false)
+        ));
+        // "/>" in text or attribute values is not a self-closing tag.
+        let sneaky = "<a x=\"/>\">/>".repeat(100);
+        assert!(!ok(sneaky.as_bytes(), shape(24, 1000, false)));
+        assert!(ok(b"<a x='>'><b y=\"/>\"/></a>", shape(2, 2, false)));
+        assert_eq!(
+            check_shape(b"<a/><b/><c/>", &shape(5, 2, false)),
+            Err(XmlError::TooManyElements { limit: 2 })
+        );
+        let dtd = b"<!DOCTYPE a [<!ENTITY x \"y\">]><a/>";
+        assert_eq!(
+            check_shape(dtd, &shape(5, 5, false)),
+            Err(XmlError::Declaration)
+        );
+        assert!(ok(dtd, shape(5, 5, true)));
     }
 
     #[test]

@@ -362,7 +362,10 @@ fn instance_change(options: &Options) -> Result<InstanceChange, CliError> {
         change.http_max_connections = parse_u32("http-max-connections", v, false)?;
     }
     if let Some(v) = options.get("auth") {
-        change.auth_mode = Some(v.parse::<AuthMode>()?);
+        change.auth_mode = Some(
+            v.parse::<AuthMode>()
+                .map_err(|e| DbError::bad(e.to_string()))?,
+        );
     }
     if let Some(v) = options.get("password-caching") {
         change.password_caching = Some(parse_switch("password-caching", v, "on", "off")?);
@@ -865,25 +868,8 @@ fn table(out: &mut dyn Write, headers: &[&str], rows: Vec<Vec<String>>) -> Resul
 
 /// `YYYY-MM-DD HH:MM:SSZ` (UTC) of an epoch-milliseconds time.
 pub fn format_time(epoch_ms: i64) -> String {
-    let secs = epoch_ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
+    let t = crate::ops::utc::Utc::from_epoch_ms(epoch_ms);
+    format!("{} {}Z", t.date(), t.time())
 }
 
 #[cfg(test)]

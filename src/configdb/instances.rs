@@ -4,9 +4,6 @@ limits and timeouts, password caching), as written by `collabctl` and read
 by `collabd` at start-up and on reload.
 */
 
-use std::fmt;
-use std::str::FromStr;
-
 use postgres::Row;
 
 use super::registry::audit_in;
@@ -19,49 +16,9 @@ use super::{classify, epoch_ms, AuditEvent, ConfigDb, DbError};
 /// inside systemd's default TasksMax.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 1000;
 
-/// How collabd signs in to CWA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AuthMode {
-    /// Integrated Windows Authentication (NTLM), falling back to forms.
-    #[default]
-    IwaThenForms,
-    /// Forms login only.
-    Forms,
-    /// Integrated Windows Authentication only.
-    Iwa,
-}
-
-impl AuthMode {
-    /// The spelling in the database and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMode::IwaThenForms => "iwa-then-forms",
-            AuthMode::Forms => "forms",
-            AuthMode::Iwa => "iwa",
-        }
-    }
-}
-
-impl fmt::Display for AuthMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AuthMode {
-    type Err = DbError;
-
-    fn from_str(text: &str) -> Result<AuthMode, DbError> {
-        match text {
-            "iwa-then-forms" => Ok(AuthMode::IwaThenForms),
-            "forms" => Ok(AuthMode::Forms),
-            "iwa" => Ok(AuthMode::Iwa),
-            _ => Err(DbError::bad(format!(
-                "auth mode {text:?} is not one of iwa-then-forms, forms, iwa"
-            ))),
-        }
-    }
-}
+/// How collabd signs in to CWA: the CWA client's own type, stored in
+/// `instance.auth_mode` by its spelling ([`AuthMode::as_str`]).
+pub use crate::cwa::AuthMode;
 
 /// An instance row: settings and the last heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,7 +158,7 @@ fn instance_from_row(row: &Row) -> Result<Instance, DbError> {
     Ok(Instance {
         name: row.get(0),
         cwa_url: row.get(1),
-        auth_mode: auth.parse()?,
+        auth_mode: auth.parse().map_err(|e| DbError::bad(format!("{e}")))?,
         max_sessions: row
             .get::<_, Option<i32>>(3)
             .map(|n| to_u32(n, "max_sessions"))

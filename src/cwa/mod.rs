@@ -1,7 +1,7 @@
 /*!
 The CWA client: collabd's side of the Communicator Web Access 2007 "AJAX
-service" protocol (`/work/shared/reference/cwa-protocol.md`), one client per
-user session.
+service" protocol (Microsoft's Unified Communications AJAX SDK, 2007
+release), one client per user session.
 
 This module owns everything between a signed-in user and one CWA server:
 the per-session HTTP agent (ureq 3 over native-tls, verification always

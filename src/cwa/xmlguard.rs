@@ -18,86 +18,15 @@ pub(crate) const MAX_ELEMENTS: usize = 50_000;
 /// documents nested deeper than [`MAX_DEPTH`] or holding more than
 /// [`MAX_ELEMENTS`] elements. The error is a human-readable reason.
 pub(crate) fn parse(bytes: &[u8], limit: usize) -> Result<Element, String> {
-    if bytes.len() > limit {
-        return Err(format!("body larger than {limit} bytes"));
-    }
-    check_shape(bytes, MAX_DEPTH, MAX_ELEMENTS)?;
-    xml::parse(bytes, limit).map_err(|e| e.to_string())
-}
-
-/// Scans markup just well enough to count open elements: tags, quoted
-/// attribute values (which may hold `>` and `/>`), comments, CDATA,
-/// processing instructions and declarations. It over-counts rather than
-/// under-counts when the input is not well-formed; the real parser then
-/// gives the precise error.
-fn check_shape(bytes: &[u8], max_depth: usize, max_elements: usize) -> Result<(), String> {
-    let mut depth = 0usize;
-    let mut elements = 0usize;
-    let mut i = 0usize;
-    let n = bytes.len();
-    while i < n {
-        if bytes[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        let rest = &bytes[i..];
-        if rest.starts_with(b"<!--") {
-            i = skip_past(bytes, i + 4, b"-->");
-        } else if rest.starts_with(b"<![CDATA[") {
-            i = skip_past(bytes, i + 9, b"]]>");
-        } else if rest.starts_with(b"<?") {
-            i = skip_past(bytes, i + 2, b"?>");
-        } else if rest.starts_with(b"<!") {
-            i = skip_past(bytes, i + 2, b">");
-        } else if rest.starts_with(b"</") {
-            depth = depth.saturating_sub(1);
-            i = skip_past(bytes, i + 2, b">");
-        } else {
-            // An opening (or empty-element) tag: walk to its '>' outside
-            // quotes.
-            elements += 1;
-            depth += 1;
-            if depth > max_depth {
-                return Err(format!("XML nested deeper than {max_depth} elements"));
-            }
-            if elements > max_elements {
-                return Err(format!("XML has more than {max_elements} elements"));
-            }
-            let mut j = i + 1;
-            let mut quote: Option<u8> = None;
-            let mut prev = 0u8;
-            while j < n {
-                let c = bytes[j];
-                match quote {
-                    Some(q) if c == q => quote = None,
-                    Some(_) => {}
-                    None if c == b'"' || c == b'\'' => quote = Some(c),
-                    None if c == b'>' => break,
-                    None => {}
-                }
-                prev = c;
-                j += 1;
-            }
-            if prev == b'/' && j < n {
-                depth -= 1;
-            }
-            i = j + 1;
-        }
-    }
-    Ok(())
-}
-
-/// The index just past the first `end` at or after `from`, or the end of
-/// input.
-fn skip_past(bytes: &[u8], from: usize, end: &[u8]) -> usize {
-    if from >= bytes.len() {
-        return bytes.len();
-    }
-    bytes[from..]
-        .windows(end.len())
-        .position(|w| w == end)
-        .map(|p| from + p + end.len())
-        .unwrap_or(bytes.len())
+    let shape = xml::Shape {
+        max_depth: MAX_DEPTH,
+        max_elements: MAX_ELEMENTS,
+        allow_declarations: true,
+    };
+    xml::parse_shaped(bytes, limit, &shape).map_err(|e| match e {
+        xml::XmlError::TooLarge { limit } => format!("body larger than {limit} bytes"),
+        other => other.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use log::Level;
 
@@ -131,28 +131,10 @@ pub fn format_record(
     }
 }
 
-/// RFC 3339 UTC with milliseconds, computed without a date crate
-/// (Howard Hinnant's civil-from-days algorithm).
+/// RFC 3339 UTC with milliseconds ([`super::utc`]).
 pub fn utc_timestamp(now: SystemTime) -> String {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    let t = super::utc::Utc::from_system_time(now);
+    format!("{}T{}.{:03}Z", t.date(), t.time(), t.millis)
 }
 
 /// Install the logger for the process with `filter`, detecting the journal.
@@ -178,7 +160,7 @@ pub fn init(filter: &str) -> Result<(), LoggingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn journal_lines_carry_priority_prefix_on_every_line_and_no_timestamp() {

@@ -1,6 +1,6 @@
 //! The session table: which device sessions are live in this collabd
 //! instance, and the admission rule that decides whether one more may start
-//! (design.md §1 step 3).
+//! (the BlackBerry Collaboration Service's rule; see collabd(8), ADMISSION).
 //!
 //! The table is one `Mutex` behind an `Arc`, bounded by [`Limits`]. The
 //! check, the evictions it needs and the insert happen in **one** critical
@@ -18,7 +18,7 @@
 //! session thread registered, so that thread signs out of CWA and tells its
 //! device.
 //!
-//! Admission, exactly as design.md §1 step 3 and bcs-behaviour.md §3.1:
+//! Admission, exactly as the BlackBerry Collaboration Service decides it:
 //!
 //! 1. `max_sessions` set and fewer sessions than that: admit.
 //! 2. `max_sessions` reached and `idle_timeout` set: sessions whose device
@@ -221,6 +221,12 @@ pub enum EndReason {
     Replaced,
     /// CWA ended or lost the session (ticket expired, sign-out, errors).
     CwaSessionLost(String),
+    /// The device left too many events unacknowledged: the session's
+    /// bounded replay buffer is full.
+    BufferOverflow {
+        /// Events in the buffer when it overflowed.
+        events: usize,
+    },
     /// The service is shutting down (device status 311).
     ServiceStopping,
     /// The session thread ended without giving a reason (it returned early
@@ -258,6 +264,10 @@ impl fmt::Display for EndReason {
             ),
             EndReason::Replaced => f.write_str("replaced by a new login from the same device"),
             EndReason::CwaSessionLost(why) => write!(f, "CWA session lost: {why}"),
+            EndReason::BufferOverflow { events } => write!(
+                f,
+                "event buffer overflow: {events} events not acknowledged by the device"
+            ),
             EndReason::ServiceStopping => f.write_str("the service is stopping"),
             EndReason::Closed => f.write_str("session closed"),
         }

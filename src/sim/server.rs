@@ -144,64 +144,13 @@ fn error_doc(wrapper: &str, code: Option<u32>, reason: &str) -> Vec<u8> {
     cwa_doc(with_child(elem(wrapper, &[]), e))
 }
 
-/// Whether the XML in `bytes` nests at most `max` elements deep. A cheap
-/// scan, not a parser: it tracks tags (with quoted attribute values) and
-/// may over-count (e.g. markup-like text in CDATA), never under-count,
-/// so it only errs on the side of refusing. `<?...>` and `<!...>` are
-/// skipped.
-pub fn xml_depth_ok(bytes: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        let kind = bytes.get(i + 1).copied();
-        if matches!(kind, Some(b'?') | Some(b'!')) {
-            while i < bytes.len() && bytes[i] != b'>' {
-                i += 1;
-            }
-            continue;
-        }
-        let closing = kind == Some(b'/');
-        // Scan to the end of the tag, skipping quoted attribute values.
-        let mut quote = None;
-        let mut prev = 0u8;
-        i += 1;
-        while i < bytes.len() {
-            let c = bytes[i];
-            match quote {
-                Some(q) if c == q => quote = None,
-                Some(_) => {}
-                None if c == b'"' || c == b'\'' => quote = Some(c),
-                None if c == b'>' => break,
-                None => {}
-            }
-            prev = c;
-            i += 1;
-        }
-        if closing {
-            depth = depth.saturating_sub(1);
-        } else {
-            // A self-closing element still counts for its own level.
-            if depth + 1 > max {
-                return false;
-            }
-            if prev != b'/' {
-                depth += 1;
-            }
-        }
-        i += 1;
-    }
-    true
-}
-
 fn parse_body(body: &[u8], limit: usize) -> Result<Element, String> {
-    if !xml_depth_ok(body, MAX_XML_DEPTH) {
-        return Err(format!("XML nested deeper than {MAX_XML_DEPTH}"));
-    }
-    xml::parse(body, limit).map_err(|e| e.to_string())
+    let shape = xml::Shape {
+        max_depth: MAX_XML_DEPTH,
+        max_elements: usize::MAX,
+        allow_declarations: true,
+    };
+    xml::parse_shaped(body, limit, &shape).map_err(|e| e.to_string())
 }
 
 fn password_matches(given: &str, expected: &str) -> bool {
@@ -1022,16 +971,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn depth_scan() {
-        assert!(xml_depth_ok(b"<a><b/><c>x</c></a>", 2));
-        assert!(!xml_depth_ok(b"<a><b><c/></b></a>", 2));
+    fn deep_bodies_are_refused_before_parsing() {
         let deep = "<a>".repeat(10_000);
-        assert!(!xml_depth_ok(deep.as_bytes(), MAX_XML_DEPTH));
-        assert!(xml_depth_ok(b"<?xml version=\"1.0\"?><!-- c --><a/>", 1));
-        // "/>" in text or attribute values is not a self-closing tag.
-        let sneaky = "<a x=\"/>\">/>".repeat(100);
-        assert!(!xml_depth_ok(sneaky.as_bytes(), MAX_XML_DEPTH));
-        assert!(xml_depth_ok(b"<a x='>'><b y=\"/>\"/></a>", 2));
+        let err = parse_body(deep.as_bytes(), 1 << 20).unwrap_err();
+        assert!(err.contains("nested deeper"), "{err}");
+        assert!(parse_body(b"<a><b/></a>", 1 << 20).is_ok());
     }
 
     #[test]

@@ -918,60 +918,14 @@ fn parse_document(bytes: &[u8]) -> Result<Element, WireError> {
 }
 
 /// Refuses DTDs and nesting deeper than [`MAX_DEPTH`] before the recursive
-/// parser sees the document. Tokenises just enough of XML to count start
-/// and end tags: comments, CDATA and processing instructions are skipped,
-/// quoted attribute values inside tags are honoured.
+/// parser sees the document.
 fn check_shape(b: &[u8]) -> Result<(), WireError> {
-    let find = |from: usize, pat: &[u8]| -> usize {
-        b[from.min(b.len())..]
-            .windows(pat.len())
-            .position(|w| w == pat)
-            .map_or(b.len(), |p| from + p + pat.len())
+    let shape = crate::xml::Shape {
+        max_depth: MAX_DEPTH,
+        max_elements: usize::MAX,
+        allow_declarations: false,
     };
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        let rest = &b[i..];
-        if rest.starts_with(b"<!--") {
-            i = find(i + 4, b"-->");
-        } else if rest.starts_with(b"<![CDATA[") {
-            i = find(i + 9, b"]]>");
-        } else if rest.starts_with(b"<?") {
-            i = find(i + 2, b"?>");
-        } else if rest.starts_with(b"<!") {
-            return Err(bad("DTDs and declarations are not allowed"));
-        } else if rest.starts_with(b"</") {
-            depth = depth.saturating_sub(1);
-            i = find(i + 2, b">");
-        } else {
-            let mut j = i + 1;
-            let mut quote = None;
-            while j < b.len() {
-                let c = b[j];
-                match quote {
-                    Some(q) if c == q => quote = None,
-                    Some(_) => {}
-                    None if c == b'"' || c == b'\'' => quote = Some(c),
-                    None if c == b'>' => break,
-                    None => {}
-                }
-                j += 1;
-            }
-            let self_closing = j < b.len() && b[j - 1] == b'/';
-            if !self_closing {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(bad(format!("elements nested deeper than {MAX_DEPTH}")));
-                }
-            }
-            i = j + 1;
-        }
-    }
-    Ok(())
+    crate::xml::check_shape(b, &shape).map_err(|e| bad(e.to_string()))
 }
 
 fn attr<'a>(e: &'a Element, name: &str) -> Result<&'a str, WireError> {

@@ -12,9 +12,10 @@ Signals are blocked before anything else and taken by a `sigwait` thread
 (see [`crate::ops::signals`]), so Ctrl-C is an ordinary request to shut
 down, never a death that leaves children behind. The children run in
 process groups of their own, so the terminal's Ctrl-C reaches only the
-demo, which then stops them in order (dispatcher, collabd, simulator: the
-service signs its sessions out of CWA while the simulator still runs). If
-the demo itself is killed, each child gets SIGTERM from the kernel
+demo, which then stops them in order: collabd first (it tells its devices,
+through the dispatcher's open relays, that the service is stopping, and
+signs their sessions out of CWA while the simulator still runs), then the
+dispatcher, then the simulator. If the demo itself is killed, each child gets SIGTERM from the kernel
 (`PR_SET_PDEATHSIG`) and the database's reaper process removes the
 cluster; only the state directory is left then.
 
@@ -68,6 +69,11 @@ const DISPATCHER_REFRESH_MS: u64 = 500;
 const STALE_AFTER_MS: u64 = 15_000;
 /// Log lines shown when a child fails.
 const LOG_TAIL_LINES: usize = 30;
+/// The order in which the children are stopped: collabd first, so that
+/// it can tell its devices (through the dispatcher's still open relays)
+/// that the service is stopping and sign their sessions out of CWA (the
+/// simulator still runs); then the dispatcher; then the simulator.
+const STOP_ORDER: [&str; 3] = ["collabd", "collab-dispatcher", "cwa-sim"];
 /// Stack of the threads that copy a child's stdout into its log.
 const COPY_THREAD_STACK: usize = 64 * 1024;
 
@@ -411,6 +417,9 @@ pub fn run(words: &[String], out: &mut dyn Write) -> Result<(), DemoError> {
     let result = match started {
         Ok(true) => demo.watch(&shutdown),
         Ok(false) => Ok(()),
+        // A Ctrl-C in the terminal also reaches initdb and pg_ctl, which
+        // share our process group; their failure is the stop asked for.
+        Err(_) if shutdown.is_requested() => Ok(()),
         Err(e) => Err(e),
     };
     if result.is_ok() {
@@ -568,7 +577,7 @@ struct Component {
 struct Demo {
     state_dir: PathBuf,
     postgres: Option<ScratchPostgres>,
-    /// In start order; stopped in reverse.
+    /// In start order; stopped in [`STOP_ORDER`].
     children: Vec<Component>,
 }
 
@@ -801,7 +810,7 @@ impl Demo {
                         }
                     }
                 })
-                .map_err(DemoError::Signals)?;
+                .map_err(|e| self.start_failure(program, format!("has no output thread: {e}")))?;
         }
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -1028,10 +1037,14 @@ impl Demo {
         }
     }
 
-    /// Stops the children newest first (SIGTERM, then SIGKILL after
-    /// [`STOP_TIMEOUT`]) and then PostgreSQL.
+    /// Stops the children (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`])
+    /// in [`STOP_ORDER`], then PostgreSQL.
     fn stop(&mut self) {
-        while let Some(mut component) = self.children.pop() {
+        for program in STOP_ORDER {
+            let Some(at) = self.children.iter().position(|c| c.program == program) else {
+                continue;
+            };
+            let mut component = self.children.remove(at);
             if let Ok(None) = component.child.try_wait() {
                 let pid = component.child.id() as libc::pid_t;
                 // SAFETY: `pid` is our unreaped child, so it cannot have been

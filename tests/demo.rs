@@ -2,7 +2,8 @@
 //! binary, with the other programs next to it), then two of the
 //! `collab-device` commands it prints, run as printed plus `--script`:
 //! both sign in through the dispatcher, alice and bob exchange messages,
-//! and Ctrl-C (SIGINT) stops everything and leaves nothing behind. Also:
+//! and Ctrl-C (SIGINT) tells the device still signed in that the service
+//! is stopping, stops everything and leaves nothing behind. Also:
 //! every `collabctl demo` command line in the README is one the demo
 //! accepts, so the two cannot drift apart.
 
@@ -421,14 +422,21 @@ fn the_readme_demo_signs_two_devices_in_through_the_dispatcher_and_they_chat() {
         Some("sip:alice@contoso.com")
     );
 
-    for device in [alice, bob] {
-        let (code, lines, stderr) = device.finish();
-        assert_eq!(code, 0, "{lines:?} {stderr}");
-        assert!(lines.iter().any(|l| l == "closed"), "{lines:?}");
-    }
+    // Alice signs out; Bob stays for the Ctrl-C.
+    alice.send("logout");
+    let (code, lines, stderr) = alice.finish();
+    assert_eq!(code, 0, "{lines:?} {stderr}");
+    assert!(lines.iter().any(|l| l == "closed"), "{lines:?}");
 
-    // Ctrl-C: everything stops and the state goes away.
+    // Ctrl-C: Bob is told the service is stopping, everything stops and
+    // the state goes away.
     signal(demo.child.id() as i32, libc::SIGINT);
+    bob.expect("stopping");
+    let (code, lines, stderr) = bob.finish();
+    assert_eq!(
+        code, 5,
+        "collab-device exits 5 when the service stops: {lines:?} {stderr}"
+    );
     demo.read_until(STOPPED_LINE);
     assert_eq!(demo.wait(), Some(0), "{}", demo.transcript.join("\n"));
     assert!(

@@ -221,7 +221,8 @@ fn conference(conversation: String, item: ConferenceItem) -> Vec<DeviceEvent> {
         } => DeviceEvent::Invitation {
             conversation,
             from: inviter_uri,
-            subject,
+            // CWA sends an empty <subject/> when the inviter gave none.
+            subject: subject.filter(|s| !s.trim().is_empty()),
             text: message.map(|m| m.content),
         },
         ConferenceItem::MessageReceived { sender, message } => DeviceEvent::Message {
@@ -270,6 +271,29 @@ fn conference(conversation: String, item: ConferenceItem) -> Vec<DeviceEvent> {
 mod tests {
     use super::*;
     use crate::cwa::{ContactItem, GroupItem, UserPresence};
+
+    #[test]
+    fn an_empty_cwa_subject_is_no_subject() {
+        let invitation = |subject: Option<&str>| {
+            conference(
+                "3".into(),
+                ConferenceItem::ImSessionReceived {
+                    inviter_uri: "sip:alice@contoso.com".into(),
+                    inviter_name: "Alice".into(),
+                    subject: subject.map(str::to_string),
+                    message: None,
+                },
+            )
+        };
+        let subject_of = |events: Vec<DeviceEvent>| match &events[..] {
+            [DeviceEvent::Invitation { subject, .. }] => subject.clone(),
+            other => panic!("not one invitation: {other:?}"),
+        };
+        assert_eq!(subject_of(invitation(Some(""))), None);
+        assert_eq!(subject_of(invitation(Some("  "))), None);
+        assert_eq!(subject_of(invitation(None)), None);
+        assert_eq!(subject_of(invitation(Some("Lunch"))), Some("Lunch".into()));
+    }
 
     #[test]
     fn commands_map_to_cwa_methods() {

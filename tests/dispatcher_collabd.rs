@@ -243,7 +243,8 @@ fn converse(c: &mut Cluster, from: &mut DeviceProcess, to: &mut DeviceProcess, t
         }
     }
     to.send(&format!("accept conv={conv}"));
-    to.expect("result ");
+    let r = to.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
     let answer = c.text(&format!("{to_sip} says the fountain at noon"));
     to.send(&format!("send conv={conv} text={answer}"));
     let r = to.expect("result ");
@@ -251,7 +252,8 @@ fn converse(c: &mut Cluster, from: &mut DeviceProcess, to: &mut DeviceProcess, t
     expect_message(from, &answer);
     let back = c.text(&format!("see you there, {to_sip}"));
     from.send(&format!("send conv={conv} text={back}"));
-    from.expect("result ");
+    let r = from.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
     expect_message(to, &back);
 }
 
@@ -359,8 +361,7 @@ fn devices_spread_across_two_collabds_and_move_to_the_survivor_when_one_is_kille
 
     // Messages flow: a device that moved talks to the newcomer, and the
     // newcomer answers a device that never moved.
-    let (moved_name, mut moved) = back.remove(0);
-    let _ = moved_name;
+    let (_, mut moved) = back.remove(0);
     converse(&mut c, &mut moved, &mut erin, &sip("erin"));
     let (stayed_name, mut stayed) = survivors.remove(0);
     converse(&mut c, &mut erin, &mut stayed, &sip(stayed_name));
@@ -376,13 +377,37 @@ fn devices_spread_across_two_collabds_and_move_to_the_survivor_when_one_is_kille
     c.assert_no_plaintext();
 }
 
-/// Waits for the next event, answering nothing else.
-fn next_event(client: &mut DeviceClient) -> (u64, DeviceEvent) {
+/// What a library device has received: the last event sequence and the
+/// texts of its invitations and messages, in order.
+#[derive(Default)]
+struct Inbox {
+    last_seq: u64,
+    texts: Vec<String>,
+}
+
+/// Polls `client` until `done` accepts a message (and returns it), taking
+/// every event on the way: in order, with no gap and no duplicate.
+fn poll_until(
+    client: &mut DeviceClient,
+    inbox: &mut Inbox,
+    done: impl Fn(&ServiceMessage, &Inbox) -> bool,
+) -> ServiceMessage {
     loop {
-        match client.poll(WAIT).expect("poll") {
-            Some(ServiceMessage::Event { seq, event }) => return (seq, event),
-            Some(_) => continue,
-            None => panic!("no event within {WAIT:?}"),
+        let m = client
+            .poll(WAIT)
+            .expect("poll")
+            .unwrap_or_else(|| panic!("nothing within {WAIT:?}"));
+        if let ServiceMessage::Event { seq, event } = &m {
+            assert_eq!(*seq, inbox.last_seq + 1, "in order, no gap, no duplicate");
+            inbox.last_seq = *seq;
+            match event {
+                DeviceEvent::Invitation { text, .. } => inbox.texts.extend(text.clone()),
+                DeviceEvent::Message { text, .. } => inbox.texts.push(text.clone()),
+                _ => {}
+            }
+        }
+        if done(&m, inbox) {
+            return m;
         }
     }
 }
@@ -412,39 +437,29 @@ fn a_device_whose_link_drops_resumes_on_the_instance_holding_its_session() {
 
     let m0 = c.text("m0 under the old oak");
     let conv = start_conversation(&mut bob, &sip("alice"), &m0);
-    let mut texts: Vec<String> = Vec::new();
-    let mut last_seq = 0;
-    loop {
-        let (seq, event) = next_event(&mut alice);
-        assert_eq!(seq, last_seq + 1, "no gap");
-        last_seq = seq;
-        if let DeviceEvent::Invitation {
-            conversation, text, ..
-        } = event
-        {
-            assert_eq!(conversation, conv);
-            texts.extend(text);
-            break;
-        }
-    }
-    alice
+    let mut inbox = Inbox::default();
+    poll_until(&mut alice, &mut inbox, |m, _| {
+        matches!(m, ServiceMessage::Event { event: DeviceEvent::Invitation { conversation, .. }, .. }
+            if *conversation == conv)
+    });
+    // Sends fail until she has joined: wait for her accept's result.
+    let accept = alice
         .send_command(DeviceCommand::Accept {
             conversation: conv.clone(),
         })
         .unwrap();
+    let result = poll_until(
+        &mut alice,
+        &mut inbox,
+        |m, _| matches!(m, ServiceMessage::CommandResult { id, .. } if *id == accept),
+    );
+    assert!(result.is_ok(), "{result:?}");
     let m1 = c.text("m1 under the old oak");
     bob.send(&format!("send conv={conv} text={m1}"));
-    bob.expect("result ");
-    loop {
-        let (seq, event) = next_event(&mut alice);
-        assert_eq!(seq, last_seq + 1, "no gap");
-        last_seq = seq;
-        if let DeviceEvent::Message { text, .. } = event {
-            texts.push(text);
-            break;
-        }
-    }
-    alice.ack(last_seq).unwrap();
+    let r = bob.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+    poll_until(&mut alice, &mut inbox, |_, inbox| inbox.texts.len() == 2);
+    alice.ack(inbox.last_seq).unwrap();
 
     // Alice's link drops (no logout); Bob goes on talking meanwhile.
     drop(alice);
@@ -467,22 +482,15 @@ fn a_device_whose_link_drops_resumes_on_the_instance_holding_its_session() {
             &password,
             Some(Resume {
                 session_id: session_id.clone(),
-                last_acked_seq: last_seq,
+                last_acked_seq: inbox.last_seq,
             }),
         )
         .expect("resume");
     assert_eq!(resumed.session_id.as_deref(), Some(session_id.as_str()));
-    while texts.len() < 6 {
-        let (seq, event) = next_event(&mut alice);
-        assert_eq!(seq, last_seq + 1, "replayed in order, no gap, no duplicate");
-        last_seq = seq;
-        if let DeviceEvent::Message { text, .. } = event {
-            texts.push(text);
-        }
-    }
+    poll_until(&mut alice, &mut inbox, |_, inbox| inbox.texts.len() == 6);
     let want: Vec<String> = (0..6).map(|i| format!("m{i} under the old oak")).collect();
-    assert_eq!(texts, want);
-    alice.ack(last_seq).unwrap();
+    assert_eq!(inbox.texts, want);
+    alice.ack(inbox.last_seq).unwrap();
     assert_eq!(
         session_instance(&c.stack.db_url, alice_dev.pin).as_deref(),
         Some(ALPHA)

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use collabd::configdb::InstanceSettings;
 use collabd::device::{DeviceClient, DeviceConfig};
-use collabd::wire::{DeviceCommand, DeviceEvent, Resume, Secret, ServiceMessage};
+use collabd::wire::{
+    self, crypto, DeviceCommand, DeviceEvent, FrameType, Resume, Secret, ServiceMessage,
+};
 
 use support::collabd::{
     field, finish, sim_line, wait_until, Collabd, Stack, TestDevice, TestUser, INSTANCE, WAIT,
@@ -209,6 +211,35 @@ impl Cluster {
         }
         assert!(!contains(&recorded, b"<login"));
         assert!(!contains(&recorded, b"sip:"));
+        // Payloads are deflated before they are sealed, so the search above
+        // would not see unsealed plaintext either. So also: every recorded
+        // stream is whole frames, and no Data body (with or without its
+        // tag) inflates to a message.
+        let mut data_frames = 0;
+        for entry in std::fs::read_dir(&self.dispatcher.record_dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let frame = wire::read_frame(&mut rest, wire::MAX_FRAME_LEN)
+                    .expect("the dispatcher relays whole frames");
+                if frame.header.frame_type != FrameType::Data {
+                    continue;
+                }
+                data_frames += 1;
+                let body = &frame.body;
+                for candidate in [&body[..], &body[..body.len().saturating_sub(16)]] {
+                    if let Ok(inflated) = crypto::inflate(candidate, 1 << 20) {
+                        // (Random bytes rarely inflate at all, and then
+                        // not to a message, which starts with '<'.)
+                        assert!(
+                            !inflated.starts_with(b"<"),
+                            "a Data frame is deflated plaintext"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(data_frames > 10, "only {data_frames} Data frames relayed");
     }
 }
 

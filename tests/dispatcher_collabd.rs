@@ -31,7 +31,8 @@ const ALPHA: &str = INSTANCE;
 const BETA: &str = "bcs-two";
 /// collabd writes its heartbeat every 200 ms (support::collabd); the
 /// dispatcher takes a row as dead after this, so a killed instance drops
-/// out within seconds while a live one never looks stale on a busy machine.
+/// out within seconds while a live one has twenty heartbeats of slack on a
+/// busy machine.
 const STALE_AFTER_MS: &str = "4000";
 
 /// Two collabd instances behind one dispatcher, and every secret the test

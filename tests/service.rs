@@ -540,13 +540,33 @@ fn a_device_that_comes_back_resumes_its_session_with_nothing_lost_or_duplicated(
             break;
         }
     }
-    alice
+    let accept = alice
         .send_command(DeviceCommand::Accept {
             conversation: conv.clone(),
         })
         .unwrap();
+    // Sends fail until Alice has joined: wait for her accept's result
+    // (taking any event that comes first, in order).
+    loop {
+        match alice.poll(WAIT).expect("poll") {
+            Some(ServiceMessage::CommandResult { id, status, .. }) if id == accept => {
+                assert_eq!(status.code(), 0, "accept failed");
+                break;
+            }
+            Some(ServiceMessage::Event { seq, event }) => {
+                assert_eq!(seq, last_seq + 1, "no gap");
+                last_seq = seq;
+                if let DeviceEvent::Message { text, .. } = event {
+                    texts.push(text);
+                }
+            }
+            Some(_) => continue,
+            None => panic!("no accept result within {WAIT:?}"),
+        }
+    }
     bob.send(&format!("send conv={conv} text=m1"));
-    bob.expect("result ");
+    let r = bob.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
     loop {
         let (seq, event) = next_event(&mut alice);
         assert_eq!(seq, last_seq + 1, "no gap");

@@ -204,10 +204,11 @@ pub fn run(config: DispatcherConfig) -> Result<(), DispatchError> {
 
     // One synchronous read first, so the first devices already find the
     // instances; a database that is down is retried by the refresher.
-    refresh_once(&shared, &mut None);
+    let mut refresh = RefreshState::default();
+    refresh_once(&shared, &mut refresh);
     spawn_named("refresher", SERVICE_STACK, {
         let shared = shared.clone();
-        move || refresher(&shared)
+        move || refresher(&shared, refresh)
     })?;
     let refuser = spawn_refuser()?;
     spawn_named("signals", SERVICE_STACK, {
@@ -384,8 +385,18 @@ fn over_capacity(device: TcpStream, max: usize, refuser: &std::sync::mpsc::SyncS
     let _ = refuser.try_send(device);
 }
 
-fn refresher(shared: &Shared) {
-    let mut db = None;
+/// What the refresher thread keeps between two reads.
+#[derive(Default)]
+struct RefreshState {
+    /// Its own Config DB connection (reopened after a failure).
+    db: Option<crate::configdb::ConfigDb>,
+    /// The live set it last logged. Kept here rather than compared with the
+    /// previous snapshot: a heartbeat also goes stale by ageing between two
+    /// reads, and that change must be logged too.
+    logged_live: Option<Vec<String>>,
+}
+
+fn refresher(shared: &Shared, mut state: RefreshState) {
     loop {
         {
             let (flag, cond) = &shared.refresh_now;
@@ -398,14 +409,24 @@ fn refresher(shared: &Shared) {
             }
             *asked = false;
         }
-        refresh_once(shared, &mut db);
+        refresh_once(shared, &mut state);
     }
 }
 
 /// Re-reads the instance table into the router. On failure the last table
 /// stays, and its heartbeats age until they go stale (so a long database
-/// outage ends in 309 NoInstance rather than routing on old news).
-fn refresh_once(shared: &Shared, db: &mut Option<crate::configdb::ConfigDb>) {
+/// outage ends in 309 NoInstance rather than routing on old news). Either
+/// way, a change of the live set since the last log line is logged.
+fn refresh_once(shared: &Shared, state: &mut RefreshState) {
+    read_into_router(shared, &mut state.db);
+    let live = shared.router.live_names();
+    if state.logged_live.as_ref() != Some(&live) {
+        log::info!("live instances: {}", describe(&live));
+        state.logged_live = Some(live);
+    }
+}
+
+fn read_into_router(shared: &Shared, db: &mut Option<crate::configdb::ConfigDb>) {
     if db.is_none() {
         match shared.directory.connect() {
             Ok(conn) => *db = Some(conn),
@@ -417,14 +438,7 @@ fn refresh_once(shared: &Shared, db: &mut Option<crate::configdb::ConfigDb>) {
     }
     let Some(conn) = db.as_mut() else { return };
     match directory::read_instances(conn) {
-        Ok(rows) => {
-            let before = shared.router.live_names();
-            shared.router.replace(rows);
-            let after = shared.router.live_names();
-            if before != after {
-                log::info!("live instances: {}", describe(&after));
-            }
-        }
+        Ok(rows) => shared.router.replace(rows),
         Err(e) => {
             log::warn!("instance table: {e}");
             *db = None;

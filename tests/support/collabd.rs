@@ -278,6 +278,19 @@ impl Stack {
         extra: &[&str],
     ) -> DeviceProcess {
         let addr = self.collabd.as_ref().expect("collabd started").addr;
+        self.device_at(addr, device, login_as, password, extra)
+    }
+
+    /// [`Stack::device_as`] connecting to `addr` (a dispatcher, or another
+    /// collabd) instead of this stack's collabd.
+    pub fn device_at(
+        &self,
+        addr: SocketAddr,
+        device: &TestDevice,
+        login_as: &TestUser,
+        password: &str,
+        extra: &[&str],
+    ) -> DeviceProcess {
         let pw = self.password_file(login_as, password);
         let mut args: Vec<String> = vec![
             "--connect".into(),

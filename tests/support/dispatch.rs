@@ -519,18 +519,6 @@ pub fn session_instance(db_url: &str, pin: u32) -> Option<String> {
     db.instance_holding_session(pin).unwrap()
 }
 
-/// Active sessions per instance name.
-pub fn active_sessions_on(db_url: &str, instance: &str) -> i64 {
-    let mut db = ConfigDb::connect(db_url).unwrap();
-    db.client()
-        .query_one(
-            "SELECT count(*) FROM session WHERE instance = $1 AND state = 'active'",
-            &[&instance],
-        )
-        .unwrap()
-        .get(0)
-}
-
 /// Provisions `count` devices (PINs from `first_pin`) for users
 /// `DOMAIN\userN`; returns (pin, key, login) triples.
 pub fn provision(db_url: &str, first_pin: u32, count: u32) -> Vec<(u32, [u8; 32], String)> {

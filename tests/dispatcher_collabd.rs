@@ -1,0 +1,573 @@
+//! collab-dispatcher in front of two real `collabd` processes: two instance
+//! rows in one scratch Config DB, both instances signing in to one
+//! `cwa-sim`, devices that are real `collab-device --script` processes (or
+//! the device library, where a test needs `resume`), all connecting to the
+//! built `collab-dispatcher`, which records every byte it relays.
+//!
+//! Which instance holds a device's session is read from the Config DB's
+//! `session` table; what the instances advertise from their `instance`
+//! rows. Waits are generous and only bound a broken build; nothing is timed.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use collabd::configdb::InstanceSettings;
+use collabd::device::{DeviceClient, DeviceConfig};
+use collabd::wire::{
+    self, crypto, DeviceCommand, DeviceEvent, FrameType, Resume, Secret, ServiceMessage,
+};
+
+use support::collabd::{
+    field, finish, sim_line, wait_until, Collabd, Stack, TestDevice, TestUser, INSTANCE, WAIT,
+};
+use support::device_peer::DeviceProcess;
+use support::dispatch::{contains, session_instance, Dispatcher};
+
+/// The first instance (the stack's own row and collabd).
+const ALPHA: &str = INSTANCE;
+/// The second instance, a row of its own in the same Config DB.
+const BETA: &str = "bcs-two";
+/// collabd writes its heartbeat every 200 ms (support::collabd); the
+/// dispatcher takes a row as dead after this, so a killed instance drops
+/// out within seconds while a live one has twenty heartbeats of slack on a
+/// busy machine.
+const STALE_AFTER_MS: &str = "4000";
+
+/// Two collabd instances behind one dispatcher, and every secret the test
+/// used (passwords and message texts) for the plaintext check.
+struct Cluster {
+    // Dropped in this order: the dispatcher, beta, then the stack (alpha,
+    // the simulator, the database and the scratch directory).
+    dispatcher: Dispatcher,
+    beta: Option<Collabd>,
+    stack: Stack,
+    devices: Vec<TestDevice>,
+    secrets: Vec<String>,
+}
+
+/// A user whose password is long and unmistakable in a byte dump.
+fn user(name: &str) -> TestUser {
+    TestUser {
+        password: format!("Correct-Horse-{name}-Battery-Staple"),
+        ..TestUser::new(name)
+    }
+}
+
+impl Cluster {
+    /// The simulator with `names` as users (each the others' contact), the
+    /// Config DB with both instance rows (`alpha_max` and `beta_max`
+    /// sessions), the users and a device each, alpha's collabd and the
+    /// dispatcher. Beta's collabd is started by [`Cluster::start_beta`].
+    fn new(names: &[&str], alpha_max: u32, beta_max: u32) -> Cluster {
+        let users: Vec<TestUser> = names.iter().map(|n| user(n)).collect();
+        let mut sim_users = String::new();
+        for u in &users {
+            let contacts: Vec<&str> = users
+                .iter()
+                .filter(|o| o.sip != u.sip)
+                .map(|o| o.sip.as_str())
+                .collect();
+            sim_users.push_str(&sim_line(u, &format!("contacts={}", contacts.join(","))));
+        }
+        let mut stack = Stack::new(
+            &sim_users,
+            InstanceSettings {
+                max_sessions: Some(alpha_max),
+                ..InstanceSettings::default()
+            },
+        );
+        let beta_settings = InstanceSettings {
+            cwa_url: stack.sim.base_url(),
+            max_sessions: Some(beta_max),
+            ..InstanceSettings::default()
+        };
+        stack
+            .db
+            .add_instance(BETA, &beta_settings)
+            .expect("add the second instance");
+        let mut devices = Vec::new();
+        for u in &users {
+            stack.add_user(u, true);
+            devices.push(stack.add_device(u));
+        }
+        stack.start_collabd(&[]);
+        let dispatcher = Dispatcher::start(
+            &stack.db_url,
+            &["--refresh-ms", "100", "--stale-after-ms", STALE_AFTER_MS],
+        );
+        let secrets = users.iter().map(|u| u.password.clone()).collect();
+        Cluster {
+            dispatcher,
+            beta: None,
+            stack,
+            devices,
+            secrets,
+        }
+    }
+
+    /// Starts beta's collabd on 0.0.0.0 (as a deployment would): its
+    /// heartbeat must advertise an address the dispatcher can reach.
+    fn start_beta(&mut self) -> SocketAddr {
+        let beta = Collabd::start(
+            &self.stack.dir,
+            &self.stack.db_url,
+            &["--instance", BETA, "--listen", "0.0.0.0:0"],
+        );
+        let addr = beta.addr;
+        self.beta = Some(beta);
+        addr
+    }
+
+    /// Waits until the dispatcher has logged `live` as its set of live
+    /// instances (it logs each change of the set).
+    fn wait_live(&self, live: &str) {
+        self.wait_live_since(0, live);
+    }
+
+    /// [`Cluster::wait_live`], looking only at the log after its first
+    /// `mark` bytes.
+    fn wait_live_since(&self, mark: usize, live: &str) {
+        let line = format!("live instances: {live}\n");
+        wait_until(&format!("the dispatcher to route to {live}"), || {
+            self.dispatcher
+                .log()
+                .get(mark..)
+                .is_some_and(|after| after.contains(&line))
+        });
+    }
+
+    fn device(&self, name: &str) -> &TestDevice {
+        self.devices
+            .iter()
+            .find(|d| d.user.login.ends_with(&format!("\\{name}")))
+            .unwrap_or_else(|| panic!("no device for {name}"))
+    }
+
+    /// `collab-device --script` for `name`'s device, through the
+    /// dispatcher, signed in; returns it with the instance that holds its
+    /// session now.
+    fn sign_in(&self, name: &str) -> (DeviceProcess, String) {
+        let dev = self.device(name);
+        let mut d = self.stack.device_at(
+            self.dispatcher.addr,
+            dev,
+            &dev.user,
+            &dev.user.password,
+            &[],
+        );
+        let line = d.expect("login ");
+        assert!(line.starts_with("login ok"), "{name}: {line}");
+        let holder = session_instance(&self.stack.db_url, dev.pin)
+            .unwrap_or_else(|| panic!("{name}: no active session row"));
+        (d, holder)
+    }
+
+    /// The device library, connected through the dispatcher.
+    fn library_client(&self, name: &str) -> DeviceClient {
+        let dev = self.device(name);
+        DeviceClient::connect(&DeviceConfig {
+            addr: self.dispatcher.addr.to_string(),
+            pin: dev.pin,
+            transport_key: dev.key,
+            tls: None,
+            timeout: Duration::from_secs(30),
+            status_interval: None,
+        })
+        .expect("connect through the dispatcher")
+    }
+
+    /// A message text, remembered as a secret; returned escaped for a
+    /// collab-device script line.
+    fn text(&mut self, text: &str) -> String {
+        self.secrets.push(text.to_string());
+        text.replace(' ', "\\s")
+    }
+
+    /// `sessions_in_use` of `instance`'s heartbeat.
+    fn in_use(&mut self, instance: &str) -> u32 {
+        self.stack.db.instance(instance).unwrap().sessions_in_use
+    }
+
+    /// The dispatcher relayed traffic (clear headers and ciphertext), but
+    /// none of the passwords or message texts, and its log has none either.
+    fn assert_no_plaintext(&self) {
+        let recorded = self.dispatcher.recorded();
+        for dev in &self.devices {
+            // Every frame carries its PIN in the clear header.
+            assert!(
+                contains(&recorded, &dev.pin.to_be_bytes()),
+                "nothing relayed for {:08x}",
+                dev.pin
+            );
+        }
+        let log = self.dispatcher.log();
+        for secret in &self.secrets {
+            assert!(
+                !contains(&recorded, secret.as_bytes()),
+                "{secret:?} relayed in the clear"
+            );
+            assert!(!log.contains(secret.as_str()), "{secret:?} in the log");
+        }
+        assert!(!contains(&recorded, b"<login"));
+        assert!(!contains(&recorded, b"sip:"));
+        // Payloads are deflated before they are sealed, so the search above
+        // would not see unsealed plaintext either. So also: every recorded
+        // stream is whole frames, and no Data body (with or without its
+        // tag) inflates to a message.
+        let mut data_frames = 0;
+        for entry in std::fs::read_dir(&self.dispatcher.record_dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let frame = wire::read_frame(&mut rest, wire::MAX_FRAME_LEN)
+                    .expect("the dispatcher relays whole frames");
+                if frame.header.frame_type != FrameType::Data {
+                    continue;
+                }
+                data_frames += 1;
+                let body = &frame.body;
+                for candidate in [&body[..], &body[..body.len().saturating_sub(16)]] {
+                    if let Ok(inflated) = crypto::inflate(candidate, 1 << 20) {
+                        // (Random bytes rarely inflate at all, and then
+                        // not to a message, which starts with '<'.)
+                        assert!(
+                            !inflated.starts_with(b"<"),
+                            "a Data frame is deflated plaintext"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(data_frames > 10, "only {data_frames} Data frames relayed");
+    }
+}
+
+/// Sends a `start` and returns the conversation id from its result.
+fn start_conversation(d: &mut DeviceProcess, to: &str, text: &str) -> String {
+    d.send(&format!("start to={to} text={text}"));
+    let result = d.expect("result ");
+    assert_eq!(field(&result, "status").as_deref(), Some("ok"), "{result}");
+    field(&result, "conv").unwrap_or_else(|| panic!("no conv in {result}"))
+}
+
+/// Reads `d`'s events until a message with `text` (escaped) arrives.
+fn expect_message(d: &mut DeviceProcess, text: &str) {
+    loop {
+        let m = d.expect("event message ");
+        if field(&m, "text").as_deref() == Some(text) {
+            return;
+        }
+    }
+}
+
+/// `from` (a signed-in script device) opens a conversation with `to_sip`,
+/// whose device `to` accepts; both then exchange one more message each way.
+fn converse(c: &mut Cluster, from: &mut DeviceProcess, to: &mut DeviceProcess, to_sip: &str) {
+    let hello = c.text(&format!("hello {to_sip}, meet at the fountain"));
+    let conv = start_conversation(from, to_sip, &hello);
+    loop {
+        let inv = to.expect("event invitation ");
+        if field(&inv, "conv").as_deref() == Some(conv.as_str()) {
+            assert_eq!(field(&inv, "text").as_deref(), Some(hello.as_str()));
+            break;
+        }
+    }
+    to.send(&format!("accept conv={conv}"));
+    let r = to.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+    let answer = c.text(&format!("{to_sip} says the fountain at noon"));
+    to.send(&format!("send conv={conv} text={answer}"));
+    let r = to.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+    expect_message(from, &answer);
+    let back = c.text(&format!("see you there, {to_sip}"));
+    from.send(&format!("send conv={conv} text={back}"));
+    let r = from.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+    expect_message(to, &back);
+}
+
+fn sip(name: &str) -> String {
+    format!("sip:{name}@contoso.com")
+}
+
+#[test]
+fn devices_spread_across_two_collabds_and_move_to_the_survivor_when_one_is_killed() {
+    const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
+    let mut c = Cluster::new(&NAMES, 10, 10);
+    let alpha_addr = c.stack.collabd.as_ref().unwrap().addr;
+    let beta_bound = c.start_beta();
+    c.wait_live(&format!("{ALPHA}, {BETA}"));
+
+    // Each heartbeat advertises an address the dispatcher can reach: the
+    // bound one, with 0.0.0.0 replaced by loopback.
+    let alpha_row = c.stack.db.instance(ALPHA).unwrap();
+    let beta_row = c.stack.db.instance(BETA).unwrap();
+    assert_eq!(alpha_row.listen_addr, Some(alpha_addr.to_string()));
+    assert_eq!(
+        beta_row.listen_addr,
+        Some(format!("127.0.0.1:{}", beta_bound.port()))
+    );
+    for row in [&alpha_row, &beta_row] {
+        assert!(row.healthy, "{row:?}");
+        assert_eq!(row.session_limit, Some(10), "{row:?}");
+        assert!(row.heartbeat_at_ms.is_some(), "{row:?}");
+    }
+
+    // Four devices sign in one after the other: two on each instance.
+    let mut signed_in: Vec<(&str, DeviceProcess, String)> = Vec::new();
+    for name in &NAMES[..4] {
+        let (d, holder) = c.sign_in(name);
+        signed_in.push((name, d, holder));
+    }
+    let on = |instance: &str, s: &[(&str, DeviceProcess, String)]| -> Vec<String> {
+        s.iter()
+            .filter(|(_, _, h)| h == instance)
+            .map(|(n, _, _)| n.to_string())
+            .collect()
+    };
+    let on_alpha = on(ALPHA, &signed_in);
+    let on_beta = on(BETA, &signed_in);
+    assert_eq!(
+        (on_alpha.len(), on_beta.len()),
+        (2, 2),
+        "{on_alpha:?} {on_beta:?}"
+    );
+    // Each instance's health says so.
+    wait_until("both heartbeats to count two sessions", || {
+        c.in_use(ALPHA) == 2 && c.in_use(BETA) == 2
+    });
+
+    // A message from a device on alpha to one on beta, and back.
+    let (mut a_dev, mut b_dev) = {
+        let ia = signed_in.iter().position(|s| s.0 == on_alpha[0]).unwrap();
+        let a = signed_in.remove(ia);
+        let ib = signed_in.iter().position(|s| s.0 == on_beta[0]).unwrap();
+        let b = signed_in.remove(ib);
+        (a, b)
+    };
+    converse(&mut c, &mut a_dev.1, &mut b_dev.1, &sip(b_dev.0));
+    signed_in.push(a_dev);
+    signed_in.push(b_dev);
+
+    // Alpha dies without a word.
+    let mark = c.dispatcher.log().len();
+    let code = c.stack.collabd().signal_and_wait(libc::SIGKILL);
+    assert_eq!(code, None, "killed by a signal");
+
+    // Its devices' relays end; beta's devices carry on.
+    let mut survivors = Vec::new();
+    for (name, mut d, holder) in signed_in {
+        if holder == ALPHA {
+            let lost = d.expect("lost ");
+            assert!(lost.starts_with("lost kind=connection"), "{name}: {lost}");
+            let (code, lines) = finish(d);
+            assert_eq!(code, 3, "{name}: {lines:?}");
+        } else {
+            survivors.push((name, d));
+        }
+    }
+    // They come back through the dispatcher and sign in again on beta, even
+    // while alpha's heartbeat may still look fresh and alpha's registry
+    // rows still say "active" (nobody ended them).
+    let mut back = Vec::new();
+    for name in &on_alpha {
+        let (d, holder) = c.sign_in(name);
+        assert_eq!(holder, BETA, "{name} signed in again on the live instance");
+        back.push((name.as_str(), d));
+    }
+    // Once alpha's heartbeat is stale the dispatcher drops it; a new login
+    // goes to beta too.
+    c.wait_live_since(mark, BETA);
+    let (mut erin, holder) = c.sign_in("erin");
+    assert_eq!(holder, BETA);
+    wait_until("beta's heartbeat to count all five", || c.in_use(BETA) == 5);
+    let alpha_row = c.stack.db.instance(ALPHA).unwrap();
+    let beta_row = c.stack.db.instance(BETA).unwrap();
+    assert!(
+        beta_row.heartbeat_at_ms > alpha_row.heartbeat_at_ms,
+        "alpha's heartbeat stopped: {alpha_row:?} {beta_row:?}"
+    );
+
+    // Messages flow: a device that moved talks to the newcomer, and the
+    // newcomer answers a device that never moved.
+    let (_, mut moved) = back.remove(0);
+    converse(&mut c, &mut moved, &mut erin, &sip("erin"));
+    let (stayed_name, mut stayed) = survivors.remove(0);
+    converse(&mut c, &mut erin, &mut stayed, &sip(stayed_name));
+
+    for d in [moved, erin, stayed]
+        .into_iter()
+        .chain(back.into_iter().map(|(_, d)| d))
+        .chain(survivors.into_iter().map(|(_, d)| d))
+    {
+        let (code, lines) = finish(d);
+        assert_eq!(code, 0, "{lines:?}");
+    }
+    c.assert_no_plaintext();
+}
+
+/// What a library device has received: the last event sequence and the
+/// texts of its invitations and messages, in order.
+#[derive(Default)]
+struct Inbox {
+    last_seq: u64,
+    texts: Vec<String>,
+}
+
+/// Polls `client` until `done` accepts a message (and returns it), taking
+/// every event on the way: in order, with no gap and no duplicate.
+fn poll_until(
+    client: &mut DeviceClient,
+    inbox: &mut Inbox,
+    done: impl Fn(&ServiceMessage, &Inbox) -> bool,
+) -> ServiceMessage {
+    loop {
+        let m = client
+            .poll(WAIT)
+            .expect("poll")
+            .unwrap_or_else(|| panic!("nothing within {WAIT:?}"));
+        if let ServiceMessage::Event { seq, event } = &m {
+            assert_eq!(*seq, inbox.last_seq + 1, "in order, no gap, no duplicate");
+            inbox.last_seq = *seq;
+            match event {
+                DeviceEvent::Invitation { text, .. } => inbox.texts.extend(text.clone()),
+                DeviceEvent::Message { text, .. } => inbox.texts.push(text.clone()),
+                _ => {}
+            }
+        }
+        if done(&m, inbox) {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn a_device_whose_link_drops_resumes_on_the_instance_holding_its_session() {
+    // Beta has far more room, so every fresh login prefers it: only the
+    // session registry can send Alice back to alpha.
+    let mut c = Cluster::new(&["alice", "bob"], 5, 50);
+    c.wait_live(ALPHA);
+    let alice_dev = c.device("alice").clone();
+    let password = Secret::new(alice_dev.user.password.clone());
+    let mut alice = c.library_client("alice");
+    let accepted = alice
+        .login(&alice_dev.user.login, &password, None)
+        .expect("login");
+    let session_id = accepted.session_id.expect("session id");
+    assert_eq!(
+        session_instance(&c.stack.db_url, alice_dev.pin).as_deref(),
+        Some(ALPHA)
+    );
+
+    c.start_beta();
+    c.wait_live(&format!("{ALPHA}, {BETA}"));
+    let (mut bob, holder) = c.sign_in("bob");
+    assert_eq!(holder, BETA, "a fresh login goes to the roomier instance");
+
+    let m0 = c.text("m0 under the old oak");
+    let conv = start_conversation(&mut bob, &sip("alice"), &m0);
+    let mut inbox = Inbox::default();
+    poll_until(&mut alice, &mut inbox, |m, _| {
+        matches!(m, ServiceMessage::Event { event: DeviceEvent::Invitation { conversation, .. }, .. }
+            if *conversation == conv)
+    });
+    // Sends fail until she has joined: wait for her accept's result.
+    let accept = alice
+        .send_command(DeviceCommand::Accept {
+            conversation: conv.clone(),
+        })
+        .unwrap();
+    let result = poll_until(
+        &mut alice,
+        &mut inbox,
+        |m, _| matches!(m, ServiceMessage::CommandResult { id, .. } if *id == accept),
+    );
+    assert!(result.is_ok(), "{result:?}");
+    let m1 = c.text("m1 under the old oak");
+    bob.send(&format!("send conv={conv} text={m1}"));
+    let r = bob.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+    poll_until(&mut alice, &mut inbox, |_, inbox| inbox.texts.len() == 2);
+    alice.ack(inbox.last_seq).unwrap();
+
+    // Alice's link drops (no logout); Bob goes on talking meanwhile.
+    drop(alice);
+    wait_until("alice's session to be out of coverage", || {
+        c.stack.session_coverage(alice_dev.pin).as_deref() == Some("out")
+    });
+    for i in 2..6 {
+        let m = c.text(&format!("m{i} under the old oak"));
+        bob.send(&format!("send conv={conv} text={m}"));
+        let r = bob.expect("result ");
+        assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+    }
+
+    // She reconnects through the dispatcher, which sends her to alpha, and
+    // resumes after the last event she acknowledged.
+    let mut alice = c.library_client("alice");
+    let resumed = alice
+        .login(
+            &alice_dev.user.login,
+            &password,
+            Some(Resume {
+                session_id: session_id.clone(),
+                last_acked_seq: inbox.last_seq,
+            }),
+        )
+        .expect("resume");
+    assert_eq!(resumed.session_id.as_deref(), Some(session_id.as_str()));
+    poll_until(&mut alice, &mut inbox, |_, inbox| inbox.texts.len() == 6);
+    let want: Vec<String> = (0..6).map(|i| format!("m{i} under the old oak")).collect();
+    assert_eq!(inbox.texts, want);
+    alice.ack(inbox.last_seq).unwrap();
+    assert_eq!(
+        session_instance(&c.stack.db_url, alice_dev.pin).as_deref(),
+        Some(ALPHA)
+    );
+    wait_until("alice to be in coverage again", || {
+        c.stack.session_coverage(alice_dev.pin).as_deref() == Some("in")
+    });
+    assert!(c.stack.audited("login_resumed", alice_dev.pin, &session_id));
+    // Both of Alice's connections went to alpha.
+    let alice_routes = c
+        .dispatcher
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("PIN {:08x} from", alice_dev.pin)))
+        .map(|l| l.rsplit(" -> instance ").next().unwrap_or("").to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(alice_routes.len(), 2, "{alice_routes:?}");
+    assert!(
+        alice_routes.iter().all(|r| r.starts_with(ALPHA)),
+        "{alice_routes:?}"
+    );
+
+    // Her link drops once more, and this time she signs in afresh (no
+    // resume, as collab-device does): the dispatcher still sends her to
+    // alpha, where the new login replaces the old session, so she never
+    // holds two.
+    drop(alice);
+    let (alice, holder) = c.sign_in("alice");
+    assert_eq!(holder, ALPHA);
+    let pin = alice_dev.pin;
+    let mut alice_rows = || -> Vec<String> {
+        let all = c.stack.db.list_sessions(None).unwrap();
+        all.into_iter()
+            .filter(|r| r.pin == pin)
+            .map(|r| r.instance)
+            .collect()
+    };
+    wait_until("the replaced session's row to end", || {
+        alice_rows().len() == 1
+    });
+    assert_eq!(alice_rows(), [ALPHA]);
+    assert!(c.stack.audited("replaced", pin, "replaced by a new login"));
+    for d in [alice, bob] {
+        let (code, lines) = finish(d);
+        assert_eq!(code, 0, "{lines:?}");
+    }
+    c.assert_no_plaintext();
+}

@@ -16,10 +16,11 @@ use std::net::{TcpListener, TcpStream};
 
 use collabd::wire::{self, Frame, FrameType, Header, Status, WireError};
 use support::dispatch::{
-    connect_device, contains, login, provision, read_until_closed, say, tls_identity_for_localhost,
-    wait_until, Behaviour, Dispatcher, ScratchDir, TestInstance,
+    connect_device, contains, login, provision, read_until_closed, say, wait_until, Behaviour,
+    Dispatcher, TestInstance,
 };
 use support::pg::{migrated_database, with_dbname};
+use support::tls::TestCa;
 
 /// The status of the clear `Refused` frame that ends `bytes`' first frame.
 fn refusal_in(bytes: &[u8]) -> (u32, Status) {
@@ -148,10 +149,16 @@ fn garbage_is_refused_and_silence_dropped_at_the_header_timeout() {
 #[test]
 fn upstream_tls_verifies_the_instance_certificate() {
     let (url, _db) = migrated_database();
-    let scratch = ScratchDir::new("dispatch-tls");
-    let (acceptor, ca_pem) = tls_identity_for_localhost();
-    let ca_file = scratch.0.join("ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
+    let ca = TestCa::new();
+    let acceptor = native_tls::TlsAcceptor::new(
+        native_tls::Identity::from_pkcs8(
+            &std::fs::read(&ca.cert_path).unwrap(),
+            &std::fs::read(&ca.key_path).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ca_file = ca.ca_path.clone();
     let secure = TestInstance::start_with(&url, "secure", Behaviour::Serve, 0, 100, Some(acceptor));
     let (pin, key, user) = &provision(&url, 0x9000, 1)[0];
 

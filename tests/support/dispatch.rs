@@ -14,13 +14,14 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::tmp::TempDir;
 use collabd::configdb::{ConfigDb, InstanceSettings};
 use collabd::wire::{
     self, DeviceCommand, DeviceMessage, Secret, SecureChannel, ServiceMessage, Status, WireError,
@@ -29,29 +30,6 @@ use collabd::wire::{
 /// Generous bound for anything the tests wait for (never asserted as a
 /// duration; only so a broken build fails instead of hanging).
 pub const WAIT: Duration = Duration::from_secs(60);
-
-/// A unique scratch directory under the system temp dir, removed on drop.
-pub struct ScratchDir(pub PathBuf);
-
-impl ScratchDir {
-    pub fn new(tag: &str) -> ScratchDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "collabd-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        ScratchDir(path)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Polls `check` every 20 ms until it is true; panics after [`WAIT`].
 pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
@@ -69,7 +47,7 @@ pub struct Dispatcher {
     pub addr: SocketAddr,
     pub record_dir: PathBuf,
     log: PathBuf,
-    _scratch: ScratchDir,
+    _scratch: TempDir,
 }
 
 impl Dispatcher {
@@ -77,9 +55,9 @@ impl Dispatcher {
     /// relayed byte, with `extra` flags after the defaults (a later flag
     /// wins where it repeats one).
     pub fn start(db_url: &str, extra: &[&str]) -> Dispatcher {
-        let scratch = ScratchDir::new("dispatcher");
-        let record_dir = scratch.0.join("record");
-        let log = scratch.0.join("dispatcher.log");
+        let scratch = TempDir::new("dispatcher");
+        let record_dir = scratch.join("record");
+        let log = scratch.join("dispatcher.log");
         let mut args: Vec<String> = [
             "--listen",
             "127.0.0.1:0",
@@ -555,89 +533,4 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 /// Whether `haystack` contains `needle`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The path of a file in `dir`.
-pub fn path_in(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
-}
-
-/// A TLS acceptor for 127.0.0.1 whose certificate is signed by a fresh test
-/// CA; returns it with the CA certificate (PEM) a client must trust.
-pub fn tls_identity_for_localhost() -> (native_tls::TlsAcceptor, Vec<u8>) {
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::{BigNum, MsbOption};
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::{PKey, Private};
-    use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
-    use openssl::x509::{X509Name, X509};
-
-    fn key() -> PKey<Private> {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-    }
-    fn name(cn: &str) -> X509Name {
-        let mut n = X509Name::builder().unwrap();
-        n.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
-        n.build()
-    }
-    fn serial() -> openssl::asn1::Asn1Integer {
-        let mut bn = BigNum::new().unwrap();
-        bn.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-        bn.to_asn1_integer().unwrap()
-    }
-
-    let ca_key = key();
-    let mut ca = X509::builder().unwrap();
-    ca.set_version(2).unwrap();
-    ca.set_serial_number(&serial()).unwrap();
-    ca.set_subject_name(&name("collabd test CA")).unwrap();
-    ca.set_issuer_name(&name("collabd test CA")).unwrap();
-    ca.set_pubkey(&ca_key).unwrap();
-    ca.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    ca.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-        .unwrap();
-    ca.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-        .unwrap();
-    ca.append_extension(
-        KeyUsage::new()
-            .critical()
-            .key_cert_sign()
-            .crl_sign()
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    ca.sign(&ca_key, MessageDigest::sha256()).unwrap();
-    let ca = ca.build();
-
-    let leaf_key = key();
-    let mut leaf = X509::builder().unwrap();
-    leaf.set_version(2).unwrap();
-    leaf.set_serial_number(&serial()).unwrap();
-    leaf.set_subject_name(&name("collabd instance")).unwrap();
-    leaf.set_issuer_name(ca.subject_name()).unwrap();
-    leaf.set_pubkey(&leaf_key).unwrap();
-    leaf.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    leaf.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-        .unwrap();
-    let san = SubjectAlternativeName::new()
-        .ip("127.0.0.1")
-        .build(&leaf.x509v3_context(Some(&ca), None))
-        .unwrap();
-    leaf.append_extension(san).unwrap();
-    leaf.sign(&ca_key, MessageDigest::sha256()).unwrap();
-    let leaf = leaf.build();
-
-    let identity = native_tls::Identity::from_pkcs8(
-        &leaf.to_pem().unwrap(),
-        &leaf_key.private_key_to_pem_pkcs8().unwrap(),
-    )
-    .unwrap();
-    let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
-    (acceptor, ca.to_pem().unwrap())
 }

@@ -151,6 +151,7 @@ pub const KEYS: &[&str] = &[
     "database",
     "database_password_file",
     "listen",
+    "advertise",
     "tls_cert",
     "tls_key",
     "cwa_ca_file",
@@ -187,6 +188,10 @@ pub struct Config {
     pub database_password_file: Option<PathBuf>,
     /// Device-link listen address (default `0.0.0.0:3200`).
     pub listen: SocketAddr,
+    /// `host:port` the dispatcher should connect to, written in the
+    /// instance's heartbeat. `None`: the bound address, with an unspecified
+    /// IP (`0.0.0.0`, `::`) replaced by loopback.
+    pub advertise: Option<String>,
     /// TLS on the device link, if configured.
     pub tls: Option<TlsFiles>,
     /// Extra CA certificates (PEM) to trust for CWA, on top of the system's.
@@ -206,7 +211,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Instance heartbeat and settings refresh period (default 5 s).
     pub heartbeat_interval: Duration,
-    /// Stack size of connection and session threads (default 256 KiB).
+    /// Stack size of connection and session threads (default 512 KiB: a
+    /// login runs the TLS handshake, a CWA sign-in and Config DB queries,
+    /// which need about 384 KiB in a debug build).
     pub thread_stack_size: usize,
 }
 
@@ -218,6 +225,7 @@ impl fmt::Debug for Config {
             .field("database", &redact_database(&self.database))
             .field("database_password_file", &self.database_password_file)
             .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
             .field("tls", &self.tls)
             .field("cwa_ca_file", &self.cwa_ca_file)
             .field("log_filter", &self.log_filter)
@@ -576,6 +584,22 @@ fn resolve(
             )
         })?,
     };
+    let advertise = match raw.remove("advertise") {
+        None => None,
+        Some((v, origin)) => {
+            let port_ok = v.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok || v.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "advertise",
+                    &origin,
+                    format!("{v:?} is not HOST:PORT (e.g. bcs-01.example.com:3200)"),
+                ));
+            }
+            Some(v)
+        }
+    };
     let tls = match (raw.remove("tls_cert"), raw.remove("tls_key")) {
         (None, None) => None,
         (Some((cert, _)), Some((key, _))) => Some(TlsFiles {
@@ -622,7 +646,7 @@ fn resolve(
         100,
         3_600_000,
     )?);
-    let thread_stack_size = number(&mut raw, "thread_stack_kib", 256, 64, 16_384)? as usize * 1024;
+    let thread_stack_size = number(&mut raw, "thread_stack_kib", 512, 64, 16_384)? as usize * 1024;
     debug_assert!(raw.is_empty(), "every key is resolved: {:?}", raw.keys());
     Ok(Config {
         config_file,
@@ -630,6 +654,7 @@ fn resolve(
         database,
         database_password_file,
         listen,
+        advertise,
         tls,
         cwa_ca_file,
         log_filter,
@@ -710,12 +735,12 @@ mod tests {
         assert_eq!(c.status_timeout, Duration::from_secs(30));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.max_unauthenticated, 256);
-        assert_eq!(c.thread_stack_size, 256 * 1024);
+        assert_eq!(c.thread_stack_size, 512 * 1024);
         assert_eq!(c.config_file, Some(path));
         let limits = c.listener_limits();
         assert_eq!(limits.max_unauthenticated, 256);
         assert_eq!(limits.read_timeout, Duration::from_secs(10));
-        assert_eq!(limits.thread_stack_size, 256 * 1024);
+        assert_eq!(limits.thread_stack_size, 512 * 1024);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!   collabd instances and relaying their bytes without decrypting them.
 //! - [`ops`]: running under systemd (notify, signals, logging) and a
 //!   throwaway PostgreSQL for tests and the demo.
-//! - [`service`]: collabd: the device listener and the session table.
+//! - [`service`]: collabd: the device listener, the session table and
+//!   admission, logins, the per-session relay to CWA, and the daemon.
 //! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
 //!   status codes, XML messages), specified in collab-protocol(7).
 //! - [`device`]: the device-side client library behind `collab-device`.

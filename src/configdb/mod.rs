@@ -25,6 +25,7 @@ use postgres::error::SqlState;
 pub mod cli;
 mod instances;
 mod migrate;
+pub mod pool;
 mod registry;
 mod users;
 mod validate;
@@ -170,6 +171,12 @@ impl ConfigDb {
     /// [`CONNECT_TIMEOUT`] unless the URL sets `connect_timeout`, and
     /// [`STATEMENT_TIMEOUT`] to every statement.
     pub fn connect(url: &str) -> Result<ConfigDb, DbError> {
+        ConfigDb::connect_with_password(url, None)
+    }
+
+    /// As [`ConfigDb::connect`], with the password given separately (read
+    /// from a file such as a systemd credential) instead of in `url`.
+    pub fn connect_with_password(url: &str, password: Option<&str>) -> Result<ConfigDb, DbError> {
         let mut config = postgres::Config::from_str(url)
             .map_err(|e| DbError::bad(format!("database URL: {e}")))?;
         if config.get_connect_timeout().is_none() {
@@ -187,6 +194,9 @@ impl ConfigDb {
             _ => timeout_option,
         };
         config.options(&options);
+        if let Some(password) = password {
+            config.password(password);
+        }
         let client = config
             .connect(postgres::NoTls)
             .map_err(|e| match e.as_db_error() {

@@ -5,15 +5,16 @@
 //! (one round trip). The dispatcher only reads; instances write their own
 //! rows.
 //!
-//! Connections come from a small bounded pool: a lookup waits for a free
-//! slot at most the given deadline, so a slow database turns into a precise
+//! Connections come from a small bounded pool (the Config DB's
+//! [`crate::configdb::pool`], each connection with the lookup statement
+//! prepared): a lookup waits for a free slot at most the given deadline, so a slow database turns into a precise
 //! 307 ConfigUnavailable for the device, never into a pile of threads.
 
 use std::fmt;
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::configdb::{ConfigDb, DbError};
+use crate::configdb::pool::{Pool, PoolError, PooledConnection};
+use crate::configdb::{classify, ConfigDb, DbError};
 
 use super::route::InstanceHealth;
 
@@ -106,16 +107,11 @@ pub fn read_instances(db: &mut ConfigDb) -> Result<Vec<InstanceHealth>, Director
     Ok(out)
 }
 
-/// The PIN lookups, over a bounded pool of connections.
+/// The PIN lookups, over a bounded pool of connections
+/// ([`crate::configdb::pool`]).
 pub struct Directory {
     url: String,
-    pool: Mutex<Pool>,
-    freed: Condvar,
-}
-
-struct Pool {
-    idle: Vec<Pooled>,
-    in_use: usize,
+    pool: Pool<Pooled>,
 }
 
 /// A lookup connection with its statement prepared once, so each device
@@ -123,6 +119,12 @@ struct Pool {
 struct Pooled {
     db: ConfigDb,
     device_query: postgres::Statement,
+}
+
+impl PooledConnection for Pooled {
+    fn is_broken(&self) -> bool {
+        self.db.is_broken()
+    }
 }
 
 impl fmt::Debug for Directory {
@@ -134,13 +136,17 @@ impl fmt::Debug for Directory {
 impl Directory {
     /// A directory over the Config DB at `url` (connections open lazily).
     pub fn new(url: String) -> Directory {
+        let pool_url = url.clone();
         Directory {
             url,
-            pool: Mutex::new(Pool {
-                idle: Vec::new(),
-                in_use: 0,
+            pool: Pool::new(LOOKUP_POOL, move || {
+                let mut db = ConfigDb::connect(&pool_url)?;
+                let device_query = db
+                    .client()
+                    .prepare(DEVICE_SQL)
+                    .map_err(|e| classify(e, "preparing the device lookup"))?;
+                Ok(Pooled { db, device_query })
             }),
-            freed: Condvar::new(),
         }
     }
 
@@ -152,73 +158,27 @@ impl Directory {
     /// Whether `pin` is provisioned and where its live session is. Waits
     /// for a pooled connection until `deadline` at most.
     pub fn lookup(&self, pin: u32, deadline: Instant) -> Result<DeviceRoute, DirectoryError> {
-        let mut conn = self.take(deadline)?;
-        let result = match &mut conn {
-            Ok(conn) => query_device(conn, pin),
-            Err(e) => Err(e.clone()),
-        };
-        // A connection that failed a query may be broken: drop it rather
-        // than hand it to the next device.
-        let keep = match (&result, conn) {
-            (Ok(_), Ok(conn)) => Some(conn),
-            _ => None,
-        };
-        self.give_back(keep);
-        result
-    }
-
-    fn take(&self, deadline: Instant) -> Result<Result<Pooled, DirectoryError>, DirectoryError> {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(conn) = pool.idle.pop() {
-                pool.in_use += 1;
-                return Ok(Ok(conn));
-            }
-            if pool.in_use < LOOKUP_POOL {
-                pool.in_use += 1;
-                drop(pool);
-                // Connect outside the lock: it may take CONNECT_TIMEOUT.
-                return Ok(self.connect_pooled());
-            }
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-                .ok_or(DirectoryError::PoolBusy)?;
-            pool = self
-                .freed
-                .wait_timeout(pool, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-
-    fn connect_pooled(&self) -> Result<Pooled, DirectoryError> {
-        let mut db = self.connect()?;
-        let device_query = db.client().prepare(DEVICE_SQL)?;
-        Ok(Pooled { db, device_query })
-    }
-
-    fn give_back(&self, conn: Option<Pooled>) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.in_use -= 1;
-        if let Some(conn) = conn {
-            pool.idle.push(conn);
-        }
-        drop(pool);
-        self.freed.notify_one();
+        self.pool
+            .with(deadline, |conn| query_device(conn, pin))
+            .map_err(|e| match e {
+                PoolError::Busy { .. } => DirectoryError::PoolBusy,
+                PoolError::Db(e) => DirectoryError::from(e),
+            })
     }
 }
 
-fn query_device(conn: &mut Pooled, pin: u32) -> Result<DeviceRoute, DirectoryError> {
+fn query_device(conn: &mut Pooled, pin: u32) -> Result<DeviceRoute, DbError> {
+    let failed = |e| classify(e, "looking up the device");
     let row = conn
         .db
         .client()
-        .query_one(&conn.device_query, &[&i64::from(pin)])?;
-    let known: bool = row.try_get(0)?;
+        .query_one(&conn.device_query, &[&i64::from(pin)])
+        .map_err(failed)?;
+    let known: bool = row.try_get(0).map_err(failed)?;
     if !known {
         return Ok(DeviceRoute::Unknown);
     }
     Ok(DeviceRoute::Known {
-        session_holder: row.try_get(1)?,
+        session_holder: row.try_get(1).map_err(failed)?,
     })
 }

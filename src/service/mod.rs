@@ -1,9 +1,19 @@
-//! collabd, the collaboration service: the device listener ([`listener`])
-//! and the bounded session table with its admission rule ([`table`]).
+//! collabd, the collaboration service: the device listener ([`listener`]),
+//! the bounded session table with its admission rule ([`table`]), one
+//! device connection's login ([`login`]), the running session and its
+//! event relay ([`session`]), the translation between device protocol and
+//! CWA ([`translate`]), the in-memory password proof for re-attaching
+//! ([`credential`]), the state every thread shares ([`context`]) and the
+//! daemon's start-up and shutdown ([`run`]).
 //!
-//! Data flows one way: `bin -> service -> {wire, cwa, configdb}`. Nothing
-//! here depends on the Config DB, the device protocol or the CWA client;
-//! the session flow that joins them is built over these parts.
+//! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; the
+//! listener and the table know nothing of the other three.
 
+pub mod context;
+pub mod credential;
 pub mod listener;
+pub mod login;
+pub mod run;
+pub mod session;
 pub mod table;
+pub mod translate;

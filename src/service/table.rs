@@ -221,6 +221,12 @@ pub enum EndReason {
     Replaced,
     /// CWA ended or lost the session (ticket expired, sign-out, errors).
     CwaSessionLost(String),
+    /// The device left too many events unacknowledged: the session's
+    /// bounded replay buffer is full.
+    BufferOverflow {
+        /// Events in the buffer when it overflowed.
+        events: usize,
+    },
     /// The service is shutting down (device status 311).
     ServiceStopping,
     /// The session thread ended without giving a reason (it returned early
@@ -258,6 +264,10 @@ impl fmt::Display for EndReason {
             ),
             EndReason::Replaced => f.write_str("replaced by a new login from the same device"),
             EndReason::CwaSessionLost(why) => write!(f, "CWA session lost: {why}"),
+            EndReason::BufferOverflow { events } => write!(
+                f,
+                "event buffer overflow: {events} events not acknowledged by the device"
+            ),
             EndReason::ServiceStopping => f.write_str("the service is stopping"),
             EndReason::Closed => f.write_str("session closed"),
         }

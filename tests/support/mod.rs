@@ -2,6 +2,7 @@
 //! `mod support;` and uses what it needs.
 
 pub mod certs;
+pub mod collabd;
 pub mod cutting_proxy;
 pub mod device_peer;
 pub mod dispatch;

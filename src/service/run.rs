@@ -1,0 +1,440 @@
+//! The collabd daemon from start to exit: the order of start-up and
+//! shutdown that collabd(8) documents, over the service's parts.
+//!
+//! Start-up: signals blocked (by [`main`], before any thread exists) and a
+//! `sigwait` thread; logging; the Config DB pool; the instance's row
+//! (an unknown instance exits 78; an unreachable database is retried with
+//! back-off until it answers or the daemon is told to stop, so that a
+//! database restart never makes the unit flap); stale registry rows of a
+//! previous run ended; the session table from the row; the listener bound
+//! and `listening on ADDR` printed on standard output; the heartbeat,
+//! reaper and (under systemd) watchdog threads; `READY=1`.
+//!
+//! Running: the heartbeat writes the instance's listen address (the
+//! `advertise` setting, or the bound address with an unspecified IP
+//! replaced by loopback), sessions in use, capacity and health every
+//! `heartbeat_interval`, and re-reads the instance row (limits apply from
+//! the next admission). SIGHUP re-reads it at once.
+//!
+//! Shutdown (SIGTERM, SIGINT): `STOPPING=1`; new logins get 311; the
+//! listener stops accepting; every session ends with 311 (devices are
+//! told, CWA sessions signed out, registry rows ended); up to
+//! `shutdown_grace` for that; remaining connections are closed; a last
+//! heartbeat says unhealthy; exit 0.
+
+use std::fmt;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::config::{self, Command, Config};
+use crate::configdb::pool::{Pool, PoolError};
+use crate::configdb::{ConfigDb, DbError, Instance};
+use crate::ops::logging;
+use crate::ops::notify::{self, NotifyState};
+use crate::ops::signals::{self, AfterSignal, BlockedSignals, Shutdown, Signal};
+
+use super::context::{limits_of, CwaSettings, ServiceContext, Timeouts, DB_POOL_SIZE};
+use super::listener::{self, Handler, Listener};
+use super::login;
+use super::table::{spawn_reaper, EndReason, SessionTable};
+
+/// Exit status for a runtime failure (collabd(8), EXIT STATUS).
+pub const EX_FAILURE: u8 = 1;
+
+/// Why the daemon could not run.
+#[derive(Debug)]
+pub enum RunError {
+    /// The configuration (file, flags, instance row, TLS files) is
+    /// unusable: exit 78, the unit does not restart.
+    Config(String),
+    /// Anything else (listen address in use, threads, logging): exit 1.
+    Runtime(String),
+}
+
+impl RunError {
+    /// The process exit status.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => config::EX_CONFIG,
+            RunError::Runtime(_) => EX_FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Config(why) => write!(f, "configuration: {why}"),
+            RunError::Runtime(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// The whole program: block signals, parse the command line, run. Returns
+/// the exit status.
+pub fn main() -> u8 {
+    // Before any thread exists, so that every thread inherits the mask.
+    let blocked = match signals::block_signals() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("collabd: cannot block signals: {e}");
+            return EX_FAILURE;
+        }
+    };
+    let command = match Command::from_process() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("collabd: {e}");
+            return e.exit_code();
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", config::usage());
+            0
+        }
+        Command::Version => {
+            println!("collabd {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::CheckConfig(c) => {
+            println!("{c:#?}");
+            0
+        }
+        Command::Run(c) => match run(c, blocked) {
+            Ok(()) => 0,
+            Err(e) => {
+                log::error!("{e}");
+                eprintln!("collabd: {e}");
+                e.exit_code()
+            }
+        },
+    }
+}
+
+/// A wake-up for the heartbeat thread (SIGHUP, shutdown).
+#[derive(Default)]
+struct Kick {
+    kicked: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Kick {
+    fn kick(&self) {
+        *self.kicked.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    /// Wait up to `timeout` for a kick; returns whether one came.
+    fn wait(&self, timeout: Duration) -> bool {
+        let kicked = self.kicked.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut kicked, _) = self
+            .cond
+            .wait_timeout_while(kicked, timeout, |k| !*k)
+            .unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *kicked)
+    }
+}
+
+fn read_password_file(config: &Config) -> Result<Option<String>, RunError> {
+    let Some(path) = &config.database_password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RunError::Config(format!("database password file {}: {e}", path.display())))?;
+    Ok(Some(text.lines().next().unwrap_or("").to_string()))
+}
+
+/// The address the dispatcher should use for a bound address.
+pub fn advertised_addr(bound: SocketAddr) -> String {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port()).to_string()
+}
+
+/// Read the instance row, retrying while the database is unreachable.
+/// `Ok(None)`: shutdown was requested meanwhile.
+fn read_instance(
+    pool: &Pool<ConfigDb>,
+    name: &str,
+    shutdown: &Shutdown,
+) -> Result<Option<Instance>, RunError> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        match pool.with(deadline, |db| db.instance(name)) {
+            Ok(instance) => return Ok(Some(instance)),
+            Err(PoolError::Db(DbError::NotFound { .. })) => return Err(RunError::Config(format!(
+                "instance {name:?} is not in the Config DB (add it with `collabctl instance add`)"
+            ))),
+            Err(PoolError::Db(e @ DbError::BadData { .. })) => {
+                return Err(RunError::Config(format!("instance {name:?}: {e}")))
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot read instance {name:?}: {e}; retrying in {} s",
+                    backoff.as_secs()
+                );
+                if shutdown.wait_timeout(backoff) {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
+    logging::init(&config.log_filter).map_err(|e| RunError::Runtime(e.to_string()))?;
+    log::info!("collabd {} starting: {config:?}", env!("CARGO_PKG_VERSION"));
+    let password = read_password_file(&config)?;
+    let tls = match &config.tls {
+        Some(files) => Some(
+            listener::load_tls_acceptor(&files.cert, &files.key)
+                .map_err(|e| RunError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+
+    let shutdown = Shutdown::new();
+    let kick = Arc::new(Kick::default());
+    let signal_thread = {
+        let shutdown = shutdown.clone();
+        let kick = Arc::clone(&kick);
+        signals::spawn_signal_thread(blocked, move |signal| match signal {
+            Signal::Hangup => {
+                kick.kick();
+                AfterSignal::Continue
+            }
+            Signal::Terminate | Signal::Interrupt => {
+                shutdown.request();
+                kick.kick();
+                AfterSignal::Stop
+            }
+        })
+        .map_err(|e| RunError::Runtime(format!("cannot start the signal thread: {e}")))?
+    };
+
+    let url = config.database.clone();
+    let pool = Pool::new(DB_POOL_SIZE, move || {
+        ConfigDb::connect_with_password(&url, password.as_deref())
+    });
+    let Some(instance) = read_instance(&pool, &config.instance, &shutdown)? else {
+        log::info!("stopped before the Config DB answered");
+        return Ok(());
+    };
+    log::info!(
+        "instance {}: CWA {} ({}), max_sessions {:?}, idle_timeout_ms {:?}, \
+         inactivity_timeout_ms {:?}, http_max_connections {}, password caching {}",
+        instance.name,
+        instance.cwa_url,
+        instance.auth_mode.as_str(),
+        instance.max_sessions,
+        instance.idle_timeout_ms,
+        instance.inactivity_timeout_ms,
+        instance.http_max_connections,
+        if instance.password_caching {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    match pool.with(std::time::Instant::now() + Duration::from_secs(10), |db| {
+        db.end_all_sessions(&config.instance, "restart: session of a previous run")
+    }) {
+        Ok(0) => {}
+        Ok(n) => log::info!("ended {n} registry rows left by a previous run"),
+        Err(e) => log::warn!("cannot end stale registry rows: {e}"),
+    }
+
+    let table = SessionTable::new(limits_of(&instance));
+    let ctx = Arc::new(ServiceContext::new(
+        config.instance.clone(),
+        table.clone(),
+        pool,
+        CwaSettings::from_instance(&instance, config.cwa_ca_file.as_deref()),
+        Timeouts {
+            status_timeout: config.status_timeout,
+            login_db_wait: config.handshake_timeout.min(Duration::from_secs(5)),
+            thread_stack_size: config.thread_stack_size,
+        },
+    ));
+
+    let listener = Listener::bind(config.listen, tls, config.listener_limits())
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    let handler: Handler = {
+        let ctx = Arc::clone(&ctx);
+        Arc::new(move |incoming| login::handle(&ctx, incoming))
+    };
+    let server = listener
+        .serve(handler)
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    let bound = server.local_addr();
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| advertised_addr(bound));
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {bound}");
+        let _ = out.flush();
+    }
+    log::info!("listening on {bound} (advertised as {advertise})");
+
+    let heartbeat = {
+        let ctx = Arc::clone(&ctx);
+        let shutdown = shutdown.clone();
+        let kick = Arc::clone(&kick);
+        let interval = config.heartbeat_interval;
+        let advertise = advertise.clone();
+        let ca_file = config.cwa_ca_file.clone();
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .stack_size(config.thread_stack_size)
+            .spawn(move || loop {
+                heartbeat_once(&ctx, &advertise, true);
+                refresh_instance(&ctx, ca_file.as_deref());
+                let kicked = kick.wait(interval);
+                if shutdown.is_requested() {
+                    return;
+                }
+                if kicked {
+                    log::info!("SIGHUP: re-reading instance {}", ctx.instance);
+                    let _ = notify::notify(&[NotifyState::Reloading]);
+                    refresh_instance(&ctx, ca_file.as_deref());
+                    let _ = notify::notify(&[NotifyState::Ready]);
+                }
+            })
+            .map_err(|e| RunError::Runtime(format!("cannot start the heartbeat thread: {e}")))?
+    };
+    let reaper = spawn_reaper(
+        table.clone(),
+        Duration::from_millis(500),
+        shutdown.clone(),
+        64 * 1024,
+        |ended| {
+            for e in ended {
+                log::info!("session {} reaped: {}", e.handle.id(), e.reason);
+            }
+        },
+    )
+    .map_err(|e| RunError::Runtime(format!("cannot start the reaper: {e}")))?;
+    let watchdog = match notify::watchdog_interval() {
+        Some(interval) => {
+            let handle = server.shutdown_handle();
+            let table = table.clone();
+            Some(
+                notify::spawn_watchdog(interval, shutdown.clone(), move || {
+                    // The table lock can be taken and the accept loop runs.
+                    let _ = table.usage();
+                    !handle.is_stopping()
+                })
+                .map_err(|e| RunError::Runtime(format!("cannot start the watchdog: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let (in_use, limit) = table.usage();
+    let _ = notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(format!("{in_use} of {limit} sessions")),
+    ]);
+
+    shutdown.wait();
+
+    log::info!("stopping");
+    let _ = notify::notify(&[NotifyState::Stopping]);
+    ctx.set_stopping();
+    server.shutdown_handle().stop_accepting();
+    let ended = table.end_all(EndReason::ServiceStopping);
+    log::info!("ending {} sessions", ended.len());
+    let left = ctx.wait_sessions_finished(config.shutdown_grace);
+    if left > 0 {
+        log::warn!("{left} sessions did not finish within the grace period");
+    }
+    let report = server.stop(Duration::from_millis(200), Duration::from_secs(2));
+    if report.forced > 0 || report.still_running > 0 {
+        log::info!(
+            "connections closed at shutdown: {} forced, {} still running",
+            report.forced,
+            report.still_running
+        );
+    }
+    let _ = heartbeat.join();
+    heartbeat_once(&ctx, &advertise, false);
+    let _ = reaper.join();
+    if let Some(w) = watchdog {
+        let _ = w.join();
+    }
+    // The signal thread stopped after the shutdown signal.
+    let _ = signal_thread.join();
+    log::info!("stopped");
+    Ok(())
+}
+
+fn heartbeat_once(ctx: &ServiceContext, advertise: &str, healthy: bool) {
+    let (in_use, limit) = ctx.table.usage();
+    let healthy = healthy && !ctx.is_stopping();
+    let written = ctx.with_db(Duration::from_secs(5), |db| {
+        db.write_heartbeat(
+            &ctx.instance,
+            advertise,
+            u32::try_from(in_use).unwrap_or(u32::MAX),
+            Some(limit),
+            healthy,
+        )
+    });
+    if let Err(e) = written {
+        log::warn!("heartbeat not written: {e}");
+    }
+    let _ = notify::notify(&[NotifyState::Status(format!("{in_use} of {limit} sessions"))]);
+}
+
+fn refresh_instance(ctx: &ServiceContext, ca_file: Option<&std::path::Path>) {
+    match ctx.with_db(Duration::from_secs(5), |db| db.instance(&ctx.instance)) {
+        Ok(instance) => {
+            let before = ctx.table.limits();
+            ctx.apply_instance(&instance, ca_file);
+            let after = ctx.table.limits();
+            if before != after {
+                log::info!("instance limits now {after:?}");
+            }
+        }
+        Err(e) => log::warn!("cannot re-read instance {}: {e}", ctx.instance),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_addresses_are_advertised_as_loopback() {
+        assert_eq!(
+            advertised_addr("0.0.0.0:3200".parse().unwrap()),
+            "127.0.0.1:3200"
+        );
+        assert_eq!(advertised_addr("[::]:3200".parse().unwrap()), "[::1]:3200");
+        assert_eq!(
+            advertised_addr("10.1.2.3:3200".parse().unwrap()),
+            "10.1.2.3:3200"
+        );
+    }
+
+    #[test]
+    fn a_kick_wakes_the_waiter_once() {
+        let kick = Kick::default();
+        assert!(!kick.wait(Duration::from_millis(1)));
+        kick.kick();
+        assert!(kick.wait(Duration::from_secs(30)));
+        assert!(!kick.wait(Duration::from_millis(1)));
+    }
+}

@@ -1,0 +1,879 @@
+//! One running session: a signed-in user on one device, with its CWA
+//! session and its (current) device link.
+//!
+//! Threads:
+//!
+//! - the **event thread** ([`run_events`]) owns the session's table slot
+//!   ([`SlotGuard`]) and the CWA event long-poll: each batch is translated,
+//!   every device event gets the next sequence number, goes into the replay
+//!   buffer and, if a device link is attached, to the device; only then is
+//!   the batch acknowledged to CWA. It also republishes presence when CWA
+//!   wants it (every five minutes) and handles a lost CWA session;
+//! - the **link thread** ([`serve_link`], the listener's connection thread
+//!   after a login) reads device messages: status reports (coverage and
+//!   last-status time in the table; the registry only when coverage
+//!   changes), commands (CWA POSTs; a command result back), acks (trim the
+//!   replay buffer) and logout. A read timeout (`status_timeout`) or a lost
+//!   connection detaches the link and leaves the session out of coverage:
+//!   it may be re-attached, evicted at the limit, or reaped;
+//! - the **finisher**, started by the table's waker whenever the session
+//!   ends (logout, eviction, inactivity, replacement, CWA lost, shutdown,
+//!   or the event thread dying): it signs out of CWA (which also releases
+//!   the event thread's held GET), tells the device why, closes the link,
+//!   and writes the registry and the audit.
+//!
+//! Events the device has not acknowledged stay in a replay buffer of at
+//! most [`MAX_REPLAY_EVENTS`] events and [`MAX_REPLAY_BYTES`] bytes of
+//! encoded messages; a device that re-attaches (`resume`) gets them again
+//! with their original sequence numbers. When the buffer is full the
+//! session ends with 310 "event buffer overflow" instead of dropping
+//! events silently.
+//!
+//! Asynchronous command results: a CWA command answered `requestAccepted`
+//! completes later with `requestSucceeded` / `requestFailed` on the event
+//! channel; the device's command result is sent then, matched by rid. A
+//! result that arrives before the command thread has registered the rid
+//! (the two race) waits in a small bounded list.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::configdb;
+use crate::cwa::{CommandChannel, CwaSession, EventChannel, Outcome, SessionError};
+use crate::wire::{
+    self, DeviceCommand, DeviceEvent, DeviceMessage, SecureReader, SecureWriter, ServiceMessage,
+    Status, WireError,
+};
+
+use super::context::{ServiceContext, DB_WRITE_WAIT};
+use super::credential::Credential;
+use super::listener::{ReadHalf, WriteHalf};
+use super::table::{Coverage, EndReason, SessionHandle, SessionId, SlotGuard};
+use super::translate::{self, Translated};
+
+/// Most unacknowledged events kept per session.
+pub const MAX_REPLAY_EVENTS: usize = 1000;
+/// Most bytes of unacknowledged encoded events kept per session.
+pub const MAX_REPLAY_BYTES: usize = 1 << 20;
+/// Commands awaiting an asynchronous CWA result, per session.
+const MAX_PENDING: usize = 64;
+/// Results that arrived before their command was registered.
+const MAX_EARLY: usize = 32;
+/// Presence subscriptions remembered to restore after a new CWA sign-in.
+const MAX_SUBSCRIPTIONS: usize = 200;
+/// Event polls failing in a row (network, busy, timeouts) before the
+/// session is given up as lost.
+const MAX_POLL_FAILURES: u32 = 6;
+/// CWA sign-in attempts after CWA lost the session, with password caching
+/// (PROPOSED in the protocol notes, §10: at most three, with back-off).
+const RESIGN_ATTEMPTS: u32 = 3;
+
+/// The device-facing session id for a table id.
+pub fn session_id_text(id: SessionId) -> String {
+    format!("s-{id}")
+}
+
+/// The table id in a device-facing session id (`s-17`).
+pub fn parse_session_id(text: &str) -> Option<SessionId> {
+    text.strip_prefix("s-")?.parse().ok()
+}
+
+/// The device link's reading half.
+pub type LinkReader = SecureReader<ReadHalf>;
+/// The device link's writing half.
+pub type LinkWriter = SecureWriter<WriteHalf>;
+
+/// A device connection attached to the session.
+#[derive(Clone)]
+struct Link {
+    id: u64,
+    writer: Arc<Mutex<LinkWriter>>,
+    socket: Arc<TcpStream>,
+}
+
+impl Link {
+    fn send(&self, payload: &[u8]) -> Result<(), WireError> {
+        lock(&self.writer).send(payload)
+    }
+
+    fn send_message(&self, m: &ServiceMessage) -> Result<(), WireError> {
+        self.send(&m.encode())
+    }
+
+    fn close(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// Something the event channel delivered before the command thread knew
+/// the rid.
+enum Early {
+    Result(Result<(), String>),
+    Search(Vec<wire::SearchEntry>),
+}
+
+/// A command waiting for its asynchronous CWA result.
+struct Pending {
+    link: u64,
+    command_id: u64,
+    kind: PendingKind,
+}
+
+/// What the asynchronous result of a command still has to do.
+#[derive(Clone, PartialEq, Eq)]
+enum PendingKind {
+    /// Becomes the command's result.
+    Result,
+    /// A search: the command result was already sent; the search-result
+    /// event needs the command id.
+    Search,
+    /// An invitation: answered at once (CWA completes it only when the
+    /// invitee answers, which may take minutes); a failure (declined,
+    /// unreachable) becomes a delivery-failed event.
+    Invite {
+        /// The conversation.
+        conversation: String,
+    },
+}
+
+struct State {
+    link: Option<Link>,
+    next_link: u64,
+    next_seq: u64,
+    replay: VecDeque<(u64, Vec<u8>)>,
+    replay_bytes: usize,
+    pending: BTreeMap<u64, Pending>,
+    early: VecDeque<(u64, Early)>,
+    subscriptions: Vec<String>,
+    /// Coverage last written to the registry.
+    registry_coverage: Coverage,
+    /// The finisher has run: no link may attach any more.
+    finished: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A live session.
+pub struct Session {
+    ctx: Arc<ServiceContext>,
+    handle: SessionHandle,
+    pin: u32,
+    login: String,
+    sip_uri: String,
+    registry_id: Option<i64>,
+    credential: Credential,
+    commands: Mutex<CommandChannel>,
+    /// Held while an event is numbered and written, and while a resume
+    /// replays: keeps events in sequence order on the link.
+    delivery: Mutex<()>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.handle.id())
+            .field("pin", &wire::format_pin(self.pin))
+            .field("login", &self.login)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new session starts from.
+pub struct NewSession {
+    /// The table's handle of the admitted session.
+    pub handle: SessionHandle,
+    /// The device PIN.
+    pub pin: u32,
+    /// The login it signed in as.
+    pub login: String,
+    /// The user's SIP URI.
+    pub sip_uri: String,
+    /// Its registry row, if the Config DB took it.
+    pub registry_id: Option<i64>,
+    /// The password proof.
+    pub credential: Credential,
+    /// The CWA command channel.
+    pub commands: CommandChannel,
+}
+
+impl Session {
+    /// A session with no link attached yet.
+    pub fn new(ctx: Arc<ServiceContext>, new: NewSession) -> Arc<Session> {
+        Arc::new(Session {
+            ctx,
+            handle: new.handle,
+            pin: new.pin,
+            login: new.login,
+            sip_uri: new.sip_uri,
+            registry_id: new.registry_id,
+            credential: new.credential,
+            commands: Mutex::new(new.commands),
+            delivery: Mutex::new(()),
+            state: Mutex::new(State {
+                link: None,
+                next_link: 1,
+                next_seq: 1,
+                replay: VecDeque::new(),
+                replay_bytes: 0,
+                pending: BTreeMap::new(),
+                early: VecDeque::new(),
+                subscriptions: Vec::new(),
+                registry_coverage: Coverage::In,
+                finished: false,
+            }),
+        })
+    }
+
+    /// The table id.
+    pub fn id(&self) -> SessionId {
+        self.handle.id()
+    }
+
+    /// The device PIN.
+    pub fn pin(&self) -> u32 {
+        self.pin
+    }
+
+    /// The login the session signed in as.
+    pub fn login(&self) -> &str {
+        &self.login
+    }
+
+    /// The user's SIP URI.
+    pub fn sip_uri(&self) -> &str {
+        &self.sip_uri
+    }
+
+    /// A device link was attached again: the registry shows it in
+    /// coverage.
+    pub fn note_attached(&self) {
+        self.record_coverage(Coverage::In);
+    }
+
+    /// Whether the session has ended.
+    pub fn is_ended(&self) -> bool {
+        self.handle.is_ended()
+    }
+
+    /// Whether `password` is the session's password.
+    pub fn verify_password(&self, password: &wire::Secret) -> bool {
+        self.credential.verify(password)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Make the table's waker start the finisher when the session ends.
+    pub fn arm_waker(self: &Arc<Self>) {
+        let session = Arc::clone(self);
+        self.handle.set_waker(move || {
+            let stack = session.ctx.timeouts.thread_stack_size;
+            let s = Arc::clone(&session);
+            let spawned = std::thread::Builder::new()
+                .name("session-end".into())
+                .stack_size(stack)
+                .spawn(move || s.finish());
+            if let Err(e) = spawned {
+                log::warn!("cannot start a session-end thread ({e}); finishing inline");
+                session.finish();
+            }
+        });
+    }
+
+    /// Attach a device link: send it `login_result`, then every event
+    /// after `acked` still in the replay buffer, with nothing delivered in
+    /// between. Returns the link id, or `None` if the session has finished.
+    pub fn attach(
+        &self,
+        writer: LinkWriter,
+        socket: TcpStream,
+        acked: u64,
+        login_result: &ServiceMessage,
+    ) -> Option<u64> {
+        let _order = lock(&self.delivery);
+        let (link, old, replay) = {
+            let mut st = self.state();
+            if st.finished || self.is_ended() {
+                return None;
+            }
+            let link = Link {
+                id: st.next_link,
+                writer: Arc::new(Mutex::new(writer)),
+                socket: Arc::new(socket),
+            };
+            st.next_link += 1;
+            let old = st.link.replace(link.clone());
+            trim(&mut st, acked);
+            let replay: Vec<Vec<u8>> = st.replay.iter().map(|(_, p)| p.clone()).collect();
+            (link, old, replay)
+        };
+        if let Some(old) = old {
+            old.close();
+        }
+        let mut sent = link.send_message(login_result);
+        for payload in &replay {
+            if sent.is_err() {
+                break;
+            }
+            sent = link.send(payload);
+        }
+        if let Err(e) = sent {
+            log::info!("{self:?}: link lost while attaching: {e}");
+            self.drop_link(link.id);
+            return None;
+        }
+        if !replay.is_empty() {
+            log::info!("{self:?}: replayed {} events on re-attach", replay.len());
+        }
+        Some(link.id)
+    }
+
+    /// Forget link `id` (its socket is shut down) if it is still current.
+    fn drop_link(&self, id: u64) {
+        let gone = {
+            let mut st = self.state();
+            match &st.link {
+                Some(l) if l.id == id => st.link.take(),
+                _ => None,
+            }
+        };
+        if let Some(link) = gone {
+            link.close();
+        }
+    }
+
+    /// Link `id` went away without a logout: the session stays, out of
+    /// coverage, unless a newer link is attached.
+    fn detach(&self, id: u64, why: &str) {
+        self.drop_link(id);
+        if self.is_ended() {
+            return;
+        }
+        let newer = self.state().link.is_some();
+        if newer {
+            return;
+        }
+        log::info!("{self:?}: device link {id} gone ({why}); session kept, out of coverage");
+        self.ctx.table.mark_out_of_coverage(self.id());
+        self.record_coverage(Coverage::Out);
+    }
+
+    /// Write the coverage to the registry if it changed since last time.
+    fn record_coverage(&self, coverage: Coverage) {
+        {
+            let mut st = self.state();
+            if st.registry_coverage == coverage {
+                return;
+            }
+            st.registry_coverage = coverage;
+        }
+        let Some(row) = self.registry_id else { return };
+        let db_coverage = match coverage {
+            Coverage::In => configdb::Coverage::In,
+            Coverage::Dormant => configdb::Coverage::Dormant,
+            Coverage::Out => configdb::Coverage::Out,
+        };
+        if let Err(e) = self
+            .ctx
+            .with_db(DB_WRITE_WAIT, |db| db.session_updated(row, db_coverage))
+        {
+            log::warn!("{self:?}: registry coverage {coverage} not recorded: {e}");
+        }
+    }
+
+    /// Number, buffer and deliver events, in order. Err: the replay buffer
+    /// is full (the caller ends the session).
+    fn deliver(&self, events: Vec<DeviceEvent>) -> Result<(), EndReason> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let _order = lock(&self.delivery);
+        for event in events {
+            let (payload, link) = {
+                let mut st = self.state();
+                let seq = st.next_seq;
+                let payload = ServiceMessage::Event { seq, event }.encode();
+                if st.replay.len() >= MAX_REPLAY_EVENTS
+                    || st.replay_bytes + payload.len() > MAX_REPLAY_BYTES
+                {
+                    return Err(EndReason::BufferOverflow {
+                        events: st.replay.len(),
+                    });
+                }
+                st.next_seq += 1;
+                st.replay_bytes += payload.len();
+                st.replay.push_back((seq, payload.clone()));
+                (payload, st.link.clone())
+            };
+            if let Some(link) = link {
+                if let Err(e) = link.send(&payload) {
+                    log::info!("{self:?}: cannot write to the device: {e}");
+                    self.drop_link(link.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a command result on link `link_id`, if it is still current.
+    fn answer(&self, link_id: u64, message: ServiceMessage) {
+        let link = self.state().link.clone().filter(|l| l.id == link_id);
+        if let Some(link) = link {
+            if let Err(e) = link.send_message(&message) {
+                log::info!("{self:?}: cannot write to the device: {e}");
+                self.drop_link(link.id);
+            }
+        }
+    }
+
+    /// A CWA event batch: results to their commands, events to the device.
+    fn handle_events(&self, events: Vec<crate::cwa::Event>) -> Result<(), EndReason> {
+        let mut out = Vec::new();
+        for e in events {
+            match translate::event(e) {
+                Translated::Events(mut evs) => out.append(&mut evs),
+                Translated::Result { rid, outcome } => {
+                    // Keep the order of events and results as CWA sent them.
+                    self.deliver(std::mem::take(&mut out))?;
+                    self.complete(rid, Early::Result(outcome));
+                }
+                Translated::SearchResult { rid, entries } => {
+                    self.deliver(std::mem::take(&mut out))?;
+                    match rid {
+                        Some(rid) => self.complete(rid, Early::Search(entries)),
+                        None => log::info!("{self:?}: search result without rid dropped"),
+                    }
+                }
+            }
+        }
+        self.deliver(out)
+    }
+
+    /// The asynchronous completion of request `rid`: to its command, or
+    /// kept until the command thread registers it.
+    fn complete(&self, rid: u64, what: Early) {
+        let pending = {
+            let mut st = self.state();
+            let known = match (&what, st.pending.get(&rid)) {
+                (_, None) => false,
+                // A search's requestSucceeded after its result: done.
+                (Early::Result(_), Some(p)) if p.kind == PendingKind::Search => {
+                    st.pending.remove(&rid);
+                    return;
+                }
+                _ => true,
+            };
+            if !known {
+                st.early.push_back((rid, what));
+                while st.early.len() > MAX_EARLY {
+                    st.early.pop_front();
+                }
+                return;
+            }
+            st.pending.remove(&rid)
+        };
+        if let Some(p) = pending {
+            self.send_completion(p, what);
+        }
+    }
+
+    fn send_completion(&self, p: Pending, what: Early) {
+        match (what, &p.kind) {
+            (Early::Result(Ok(())), PendingKind::Invite { .. }) => {}
+            (Early::Result(Err(reason)), PendingKind::Invite { conversation }) => {
+                let event = DeviceEvent::DeliveryFailed {
+                    conversation: conversation.clone(),
+                    uri: None,
+                    reason,
+                };
+                if let Err(reason) = self.deliver(vec![event]) {
+                    self.ctx.table.end(self.id(), reason);
+                }
+            }
+            (Early::Result(outcome), _) => {
+                let (status, text) = match outcome {
+                    Ok(()) => (Status::Ok, String::new()),
+                    Err(why) => (Status::Failed, why),
+                };
+                self.answer(
+                    p.link,
+                    ServiceMessage::CommandResult {
+                        id: p.command_id,
+                        status,
+                        text,
+                        conversation: None,
+                    },
+                );
+            }
+            (Early::Search(entries), _) => {
+                if let Err(reason) = self.deliver(vec![DeviceEvent::SearchResult {
+                    command: p.command_id,
+                    entries,
+                }]) {
+                    self.ctx.table.end(self.id(), reason);
+                }
+            }
+        }
+    }
+
+    /// Run one device command against CWA and answer it (now, or when its
+    /// asynchronous result arrives).
+    fn command(&self, link_id: u64, command_id: u64, command: DeviceCommand) {
+        let cwa_command = translate::command(&command);
+        if let DeviceCommand::SubscribePresence { uris } = &command {
+            let mut st = self.state();
+            for uri in uris {
+                if st.subscriptions.len() < MAX_SUBSCRIPTIONS && !st.subscriptions.contains(uri) {
+                    st.subscriptions.push(uri.clone());
+                }
+            }
+        }
+        let result = {
+            let mut commands = lock(&self.commands);
+            commands.note_user_activity();
+            commands.send(&cwa_command)
+        };
+        let fail = |status: Status, text: String| ServiceMessage::CommandResult {
+            id: command_id,
+            status,
+            text,
+            conversation: None,
+        };
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                let status = Status::from_code(e.device_status()).unwrap_or(Status::Failed);
+                self.answer(link_id, fail(status, e.to_string()));
+                return;
+            }
+        };
+        if !reply.events.is_empty() {
+            if let Err(reason) = self.handle_events(reply.events) {
+                self.ctx.table.end(self.id(), reason);
+                return;
+            }
+        }
+        let ok = |conversation: Option<String>| ServiceMessage::CommandResult {
+            id: command_id,
+            status: Status::Ok,
+            text: String::new(),
+            conversation,
+        };
+        match reply.outcome {
+            Outcome::Succeeded => self.answer(link_id, ok(None)),
+            Outcome::ImSessionAccepted { conf_id } => self.answer(link_id, ok(Some(conf_id))),
+            Outcome::Failed(e) => self.answer(link_id, fail(Status::Failed, e.to_string())),
+            Outcome::Invalid(e) => self.answer(
+                link_id,
+                fail(Status::Failed, format!("CWA refused the request: {e}")),
+            ),
+            Outcome::Accepted => {
+                let kind = match &command {
+                    DeviceCommand::Search { .. } => PendingKind::Search,
+                    DeviceCommand::Invite { conversation, .. } => PendingKind::Invite {
+                        conversation: conversation.clone(),
+                    },
+                    _ => PendingKind::Result,
+                };
+                if kind != PendingKind::Result {
+                    // A search: a command result, then the search-result
+                    // event; an invitation: sent.
+                    self.answer(link_id, ok(None));
+                }
+                let search = kind == PendingKind::Search;
+                let pending = Pending {
+                    link: link_id,
+                    command_id,
+                    kind,
+                };
+                let early = {
+                    let mut st = self.state();
+                    let found = st.early.iter().position(|(rid, _)| *rid == reply.rid);
+                    match found {
+                        Some(i) => st.early.remove(i).map(|(_, e)| e),
+                        None => {
+                            st.pending.insert(reply.rid, pending);
+                            while st.pending.len() > MAX_PENDING {
+                                st.pending.pop_first();
+                            }
+                            return;
+                        }
+                    }
+                };
+                if let Some(early) = early {
+                    // For a search only its result matters (a later
+                    // requestSucceeded finds nothing pending).
+                    if !search || matches!(early, Early::Search(_)) {
+                        self.send_completion(pending, early);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The finisher: runs once, when the session has ended.
+    fn finish(&self) {
+        let reason = self.handle.end_reason().unwrap_or(EndReason::Closed);
+        log::info!("{self:?} ended: {reason}");
+        {
+            let mut commands = lock(&self.commands);
+            match reason {
+                EndReason::CwaSessionLost(_) => commands.close(),
+                _ => {
+                    if let Err(e) = commands.sign_out() {
+                        log::info!("{self:?}: CWA sign-out: {e}");
+                    }
+                }
+            }
+        }
+        let link = {
+            let mut st = self.state();
+            st.finished = true;
+            st.link.take()
+        };
+        if let Some(link) = link {
+            let _order = lock(&self.delivery);
+            let message = match reason {
+                EndReason::ServiceStopping => ServiceMessage::ServiceStopping,
+                EndReason::Logout => ServiceMessage::SessionEnded {
+                    status: Status::SessionEnded,
+                    reason: "logout".to_string(),
+                },
+                ref other => ServiceMessage::SessionEnded {
+                    status: Status::from_code(other.status_code()).unwrap_or(Status::SessionEnded),
+                    reason: other.to_string(),
+                },
+            };
+            let _ = link.send_message(&message);
+            link.close();
+        }
+        let text = reason.to_string();
+        if let Some(row) = self.registry_id {
+            if let Err(e) = self
+                .ctx
+                .with_db(DB_WRITE_WAIT, |db| db.session_ended(row, &text))
+            {
+                log::warn!("{self:?}: registry end not recorded: {e}");
+            }
+        }
+        let event = match reason {
+            EndReason::Logout => "logout",
+            EndReason::Evicted(_) => "evicted",
+            EndReason::Inactive { .. } => "inactive",
+            EndReason::Replaced => "replaced",
+            EndReason::CwaSessionLost(_) => "cwa_session_lost",
+            EndReason::BufferOverflow { .. } => "buffer_overflow",
+            EndReason::ServiceStopping => "service_stopping",
+            EndReason::Closed => "session_ended",
+        };
+        self.ctx
+            .audit(event, Some(&self.login), Some(self.pin), &text);
+        self.ctx.forget_session(self.id());
+    }
+
+    /// Sign in to CWA again with the cached password (up to three times,
+    /// with back-off) and restore presence subscriptions. Returns the new
+    /// event channel, or why the session is lost.
+    fn sign_in_again(&self, lost: &SessionError) -> Result<EventChannel, String> {
+        let Some(password) = self.credential.cached_password() else {
+            return Err(lost.to_string());
+        };
+        let mut last = lost.to_string();
+        for attempt in 0..RESIGN_ATTEMPTS {
+            if attempt > 0 && !self.sleep(Duration::from_secs(1 << attempt)) {
+                return Err("session ended".into());
+            }
+            let settings = self.ctx.cwa();
+            match CwaSession::sign_in(&settings.client, &self.login, password.expose()) {
+                Ok(cwa) => {
+                    let (mut commands, events) = cwa.split();
+                    let subscriptions = self.state().subscriptions.clone();
+                    if !subscriptions.is_empty() {
+                        let command = crate::cwa::Command::SubscribePresence {
+                            uris: subscriptions,
+                        };
+                        if let Err(e) = commands.send(&command) {
+                            log::warn!("{self:?}: restoring subscriptions: {e}");
+                        }
+                    }
+                    *lock(&self.commands) = commands;
+                    log::info!("{self:?}: signed in to CWA again after: {lost}");
+                    return Ok(events);
+                }
+                Err(e) => {
+                    log::warn!("{self:?}: CWA sign-in again, attempt {}: {e}", attempt + 1);
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(format!("{lost}; signing in again failed: {last}"))
+    }
+
+    /// Sleep up to `d`, waking early when the session ends. Returns false
+    /// if it ended.
+    fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        while !self.is_ended() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+        false
+    }
+}
+
+/// Drop acknowledged events from the replay buffer.
+fn trim(st: &mut State, acked: u64) {
+    while let Some((seq, payload)) = st.replay.front() {
+        if *seq > acked {
+            break;
+        }
+        st.replay_bytes -= payload.len();
+        st.replay.pop_front();
+    }
+}
+
+/// The event thread: holds the slot and the CWA long-poll until the
+/// session ends.
+pub fn run_events(session: Arc<Session>, mut events: EventChannel, guard: SlotGuard) {
+    let _slot = guard;
+    let mut failures = 0u32;
+    while !session.is_ended() {
+        if let Ok(mut commands) = session.commands.try_lock() {
+            if commands.republish_due() {
+                if let Err(e) = commands.republish() {
+                    log::info!("{session:?}: presence republish: {e}");
+                }
+            }
+        }
+        match events.poll() {
+            Ok(mut batch) => {
+                failures = 0;
+                if let Err(reason) = session.handle_events(std::mem::take(&mut batch.events)) {
+                    session.ctx.table.end(session.id(), reason);
+                    break;
+                }
+                // Acknowledged to CWA only now that the device has them
+                // (or the replay buffer does).
+                events.ack(&batch);
+            }
+            Err(e) if e.is_final() => {
+                if session.is_ended() {
+                    break;
+                }
+                match session.sign_in_again(&e) {
+                    Ok(new_events) => events = new_events,
+                    Err(why) => {
+                        session
+                            .ctx
+                            .table
+                            .end(session.id(), EndReason::CwaSessionLost(why));
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                if session.is_ended() {
+                    break;
+                }
+                failures += 1;
+                log::info!("{session:?}: event poll failed ({failures} in a row): {e}");
+                if failures >= MAX_POLL_FAILURES {
+                    session.ctx.table.end(
+                        session.id(),
+                        EndReason::CwaSessionLost(format!("CWA unreachable: {e}")),
+                    );
+                    break;
+                }
+                let backoff = Duration::from_millis(500 << failures.min(6));
+                session.sleep(backoff.min(Duration::from_secs(30)));
+            }
+        }
+    }
+}
+
+fn table_coverage(c: wire::Coverage) -> Coverage {
+    match c {
+        wire::Coverage::Dormant => Coverage::Dormant,
+        wire::Coverage::InCoverage | wire::Coverage::Active => Coverage::In,
+    }
+}
+
+/// The link thread: reads the device's messages until logout, a lost or
+/// silent link, or the end of the session.
+pub fn serve_link(session: &Arc<Session>, link_id: u64, mut reader: LinkReader) {
+    let status_timeout = session.ctx.timeouts.status_timeout;
+    if let Err(e) = reader
+        .get_ref()
+        .tcp()
+        .set_read_timeout(Some(status_timeout))
+    {
+        session.detach(link_id, &format!("cannot set the read timeout: {e}"));
+        return;
+    }
+    loop {
+        let message = reader.recv_device();
+        if session.is_ended() {
+            return;
+        }
+        let now = Instant::now();
+        match message {
+            Ok(DeviceMessage::Status { coverage }) => {
+                let coverage = table_coverage(coverage);
+                session.ctx.table.note_status(session.id(), coverage, now);
+                session.record_coverage(coverage);
+            }
+            Ok(DeviceMessage::Command { id, command }) => {
+                session.ctx.table.note_activity(session.id(), now);
+                session.command(link_id, id, command);
+            }
+            Ok(DeviceMessage::Ack { seq }) => {
+                session.ctx.table.note_activity(session.id(), now);
+                trim(&mut session.state(), seq);
+            }
+            Ok(DeviceMessage::Logout) => {
+                session.ctx.table.note_activity(session.id(), now);
+                session.ctx.table.end(session.id(), EndReason::Logout);
+                return;
+            }
+            Ok(DeviceMessage::Login { .. }) => {
+                refuse_link(session, link_id, "login after the session started");
+                return;
+            }
+            Err(WireError::Timeout) => {
+                session.detach(
+                    link_id,
+                    &format!("nothing for {} ms", status_timeout.as_millis()),
+                );
+                return;
+            }
+            Err(e) if e.is_protocol_violation() => {
+                refuse_link(session, link_id, &e.to_string());
+                return;
+            }
+            Err(e) => {
+                session.detach(link_id, &e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// A protocol violation on a signed-in link: Refused 308, then the link is
+/// dropped (the session stays, out of coverage).
+fn refuse_link(session: &Arc<Session>, link_id: u64, why: &str) {
+    log::info!("{session:?}: protocol error on link {link_id}: {why}");
+    let link = session.state().link.clone().filter(|l| l.id == link_id);
+    if let Some(link) = link {
+        let _ = lock(&link.writer).refuse(Status::ProtocolError, why);
+    }
+    session.detach(link_id, "protocol error");
+}

@@ -35,10 +35,16 @@ use crate::wire::{
     self, ConversationState, DeviceCommand, DeviceEvent, Secret, ServiceMessage, Status, WireError,
 };
 
-/// Default stack of a device thread. The deepest path is the TLS handshake
-/// inside OpenSSL plus XML parsing; 128 KiB leaves room, and only the
-/// touched pages are resident.
-pub const DEFAULT_STACK: usize = 128 * 1024;
+/// Default stack of a device thread; only the touched pages are resident.
+/// The deepest path is deflate: flate2's pure-Rust backend builds its
+/// compressor state (over 64 KiB) on the stack before boxing it. Measured:
+/// 64 KiB overflows and 128 KiB suffices in release; unoptimised builds
+/// need over 256 KiB, so they get 512 KiB.
+pub const DEFAULT_STACK: usize = if cfg!(debug_assertions) {
+    512 * 1024
+} else {
+    128 * 1024
+};
 
 /// How long an idle device blocks in one read before it looks at the stop
 /// flag: long, so that thousands of idle threads do not wake the machine.

@@ -21,7 +21,8 @@
 //! (10), `LOAD_IDLE` (1000), `LOAD_PAIRS` (10), `LOAD_RATE` (200),
 //! `LOAD_MESSAGES` (10000), `LOAD_DIRECT` (0: through the dispatcher; 1:
 //! straight to collabd), `LOAD_LOGINS` (2000), `LOAD_STORM_MAX` (500),
-//! `LOAD_STACK_KIB` (device threads here; default
+//! `LOAD_PERF_DIR` (unset: no profile; else `perf record` of collabd
+//! during the login-rate and latency runs), `LOAD_STACK_KIB` (device threads here; default
 //! [`collabd::device::load::DEFAULT_STACK`]).
 
 mod support;
@@ -36,7 +37,7 @@ use collabd::wire::Status;
 
 use support::loadrig::{
     active_sessions, cpu_seconds, env_usize, provision, raise_nofile, sample, start_collabd,
-    start_dispatcher, system_threads, today, Daemon,
+    start_dispatcher, system_threads, today, Daemon, Profiler,
 };
 use support::pg::migrated_database;
 use support::sim::SimProcess;
@@ -275,6 +276,7 @@ fn message_latency() {
         cpu(&dispatcher),
         cpu_seconds(std::process::id()),
     );
+    let profile = Profiler::start(pid, "collabd-message-latency");
     let t0 = Instant::now();
     let report = run_pairs(
         &opts,
@@ -285,6 +287,7 @@ fn message_latency() {
     )
     .expect("run the pairs");
     let wall = t0.elapsed().as_secs_f64();
+    drop(profile);
     let (c1, d1, me1) = (
         cpu_seconds(pid),
         cpu(&dispatcher),
@@ -362,9 +365,11 @@ fn login_rate() {
     wait_for_heartbeat(&s.db_url);
     thread::sleep(Duration::from_secs(1));
     let pid = s.collabd.pid();
+    let profile = Profiler::start(pid, "collabd-login-rate");
     let cpu0 = cpu_seconds(pid);
     let report = login_burst(&options(s.collabd.addr.to_string()), &devices, c).expect("burst");
     let cpu1 = cpu_seconds(pid);
+    drop(profile);
     let lat = report.latency.expect("some logins succeeded");
     eprintln!(
         "{} in {:.2} s; connect-to-result {lat}; collabd CPU {:.1} s",

@@ -445,3 +445,39 @@ pub fn sockets_by_remote_port(pid: u32) -> std::collections::BTreeMap<u16, usize
     }
     out
 }
+
+/// `perf record` attached to a process for the length of a run, when
+/// `LOAD_PERF_DIR` names a directory (the file is `DIR/NAME.data`);
+/// stopped with SIGINT on drop so perf writes its file.
+pub struct Profiler(Option<Child>);
+
+impl Profiler {
+    /// Starts profiling `pid` (call graphs, 999 Hz) if asked to.
+    pub fn start(pid: u32, name: &str) -> Profiler {
+        let Ok(dir) = std::env::var("LOAD_PERF_DIR") else {
+            return Profiler(None);
+        };
+        let out = PathBuf::from(dir).join(format!("{name}.data"));
+        let child = Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        // Let perf attach before the load starts.
+        thread::sleep(Duration::from_millis(500));
+        Profiler(child)
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+}

@@ -294,8 +294,6 @@ fn message_latency() {
         cpu_seconds(std::process::id()),
     );
     let idle_report = fleet.stop();
-    let lat = report.latency.expect("some messages arrived");
-    eprintln!("latency: {lat}");
     eprintln!(
         "sent={} received={} lost={} duplicates={} send_failures={} send_rate={:.1}/s failures={:?}",
         report.sent,
@@ -306,6 +304,8 @@ fn message_latency() {
         report.send_rate(),
         report.device_failures
     );
+    let lat = report.latency.expect("some messages arrived");
+    eprintln!("latency: {lat}");
     eprintln!(
         "CPU seconds over {wall:.1} s: collabd {:.1}, dispatcher {:.1}, load client {:.1}",
         c1 - c0,

@@ -842,7 +842,10 @@ pub fn run_pairs(
         return Err(LoadError::Setup(format!("bad message rate {rate}")));
     }
     let n = devices.len();
-    // Everyone waits here after set-up (or failure) and before sending.
+    // Everyone signs in before any conversation starts (an invitation to
+    // a user not yet signed in fails as offline), and everyone is set up
+    // (or failed) before anyone sends.
+    let signed_in = StartLine::new();
     let start = StartLine::new();
     let epoch = Instant::now();
     let interval = Duration::from_secs_f64(n as f64 / rate);
@@ -858,6 +861,7 @@ pub fn run_pairs(
                 device: devices[me].clone(),
                 peer_uri: devices[peer].sip_uri.clone(),
                 starts: side == 0,
+                signed_in: signed_in.clone(),
                 start: start.clone(),
                 epoch,
                 first_send_offset: offset * me as u32,
@@ -869,6 +873,7 @@ pub fn run_pairs(
             match spawn_device(name, opts.stack_size, move || job.run()) {
                 Ok(h) => threads.push(h),
                 Err(e) => {
+                    signed_in.release(None);
                     start.release(None);
                     for h in threads {
                         let _ = h.join();
@@ -878,6 +883,8 @@ pub fn run_pairs(
             }
         }
     }
+    signed_in.wait_ready(n);
+    signed_in.release(Some(Instant::now()));
     // Start everyone half a second after the last one is ready.
     start.wait_ready(n);
     start.release(Some(Instant::now() + Duration::from_millis(500)));
@@ -936,6 +943,7 @@ struct PairJob {
     device: LoadDevice,
     peer_uri: String,
     starts: bool,
+    signed_in: Arc<StartLine>,
     start: Arc<StartLine>,
     epoch: Instant,
     first_send_offset: Duration,
@@ -950,7 +958,13 @@ impl PairJob {
             copies: vec![0; self.per_device as usize],
             ..PairTally::default()
         };
-        let set_up = self.set_up(&mut tally);
+        let client = connect_and_login(&self.opts, &self.device);
+        let all_signed_in = self.signed_in.arrive().is_some();
+        let set_up = match client {
+            Err(e) => Err(format!("sign-in: {e}")),
+            Ok(_) if !all_signed_in => Err("run abandoned before the start".into()),
+            Ok(c) => self.set_up(c, &mut tally),
+        };
         // Always arrive at the start line, even after a failure, so the
         // coordinator never waits forever.
         let go = self.start.arrive();
@@ -973,10 +987,12 @@ impl PairJob {
         tally
     }
 
-    /// Signs in and joins the pair's conversation; returns its id.
-    fn set_up(&self, tally: &mut PairTally) -> Result<(DeviceClient, String), String> {
-        let mut client =
-            connect_and_login(&self.opts, &self.device).map_err(|e| format!("sign-in: {e}"))?;
+    /// Joins the pair's conversation; returns the client and its id.
+    fn set_up(
+        &self,
+        mut client: DeviceClient,
+        tally: &mut PairTally,
+    ) -> Result<(DeviceClient, String), String> {
         let deadline = Instant::now() + self.opts.timeout;
         if self.starts {
             let id = client

@@ -194,7 +194,8 @@ pub struct Config {
     pub advertise: Option<String>,
     /// TLS on the device link, if configured.
     pub tls: Option<TlsFiles>,
-    /// Extra CA certificates (PEM) to trust for CWA, on top of the system's.
+    /// CA certificates (PEM) to trust for CWA instead of the system's
+    /// trust store (passed to the CWA client's `ClientConfig::ca_file`).
     pub cwa_ca_file: Option<PathBuf>,
     /// The log filter (env_logger syntax; default `info`).
     pub log_filter: String,
@@ -979,6 +980,31 @@ mod tests {
             );
             let flag = format!("\\-\\-{}", key.replace('_', "\\-"));
             assert!(flags.contains(&flag), "collabd(8) lacks {flag}");
+        }
+    }
+
+    #[test]
+    fn advertise_is_host_and_port() {
+        let base = ["--instance", "a", "--database", "postgresql://x/y"];
+        let with = |v: &str| {
+            let mut args: Vec<&str> = base.to_vec();
+            args.extend(["--advertise", v]);
+            parse(&args, &no_env)
+        };
+        let c = run_config(with("bcs-01.example.com:3200").unwrap());
+        assert_eq!(c.advertise.as_deref(), Some("bcs-01.example.com:3200"));
+        assert_eq!(run_config(parse(&base, &no_env).unwrap()).advertise, None);
+        for bad in ["bcs-01", ":3200", "host:0", "host:99999", "a b:1"] {
+            assert!(
+                matches!(
+                    with(bad),
+                    Err(ConfigError::Invalid {
+                        key: "advertise",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
         }
     }
 }

@@ -6,9 +6,15 @@
 
 mod support;
 
-use collabd::configdb::InstanceSettings;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
-use support::collabd::{field, finish, sim_line, wait_until, Stack, TestUser};
+use collabd::configdb::InstanceSettings;
+use collabd::device::{DeviceClient, DeviceConfig};
+use collabd::wire::{DeviceCommand, DeviceEvent, Resume, Secret, ServiceMessage};
+
+use support::collabd::{field, finish, sim_line, wait_until, Stack, TestUser, WAIT};
 
 fn users(names: &[&str]) -> Vec<TestUser> {
     names.iter().map(|n| TestUser::new(n)).collect()
@@ -153,6 +159,620 @@ fn two_devices_see_presence_exchange_messages_and_a_third_joins() {
     });
     for d in [alice_dev, bob_dev, carol_dev] {
         assert!(stack.audited("login_admitted", d.pin, "s-"));
-        assert!(stack.audited("logout", d.pin, ""));
+        wait_until("the logout audit", || stack.audited("logout", d.pin, ""));
     }
+}
+
+#[test]
+fn busy_at_max_sessions_then_an_out_of_coverage_session_is_evicted() {
+    let (mut stack, devices) = stack_with(
+        &["alice", "bob"],
+        InstanceSettings {
+            max_sessions: Some(1),
+            idle_timeout_ms: Some(600_000),
+            ..InstanceSettings::default()
+        },
+    );
+    stack.start_collabd(&[]);
+    let (alice, _) = stack.signed_in(&devices[0]);
+    // Alice is in coverage and fresh: nobody can be signed out.
+    let mut bob = stack.device(&devices[1]);
+    let refused = bob.expect("login ");
+    assert!(
+        refused.starts_with("login refused code=301 name=ServerBusy"),
+        "{refused}"
+    );
+    let (code, _) = finish(bob);
+    assert_eq!(code, 2);
+    assert!(stack.audited("login_refused", devices[1].pin, "301"));
+
+    // Alice's device vanishes without a logout: out of coverage.
+    let mut alice = alice;
+    alice.child.kill().unwrap();
+    let _ = alice.child.wait();
+    wait_until("alice's session to be out of coverage", || {
+        stack.session_coverage(devices[0].pin).as_deref() == Some("out")
+    });
+    let (bob, _) = stack.signed_in(&devices[1]);
+    wait_until("alice's eviction to be recorded", || {
+        stack.audited("evicted", devices[0].pin, "out of coverage")
+    });
+    assert_eq!(stack.session_coverage(devices[0].pin), None);
+    assert_eq!(
+        stack.session_coverage(devices[1].pin).as_deref(),
+        Some("in")
+    );
+    let (code, _) = finish(bob);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn without_max_sessions_login_beyond_http_max_connections_fails() {
+    let (mut stack, devices) = stack_with(
+        &["alice", "bob"],
+        InstanceSettings {
+            max_sessions: None,
+            http_max_connections: 1,
+            ..InstanceSettings::default()
+        },
+    );
+    stack.start_collabd(&[]);
+    let (alice, _) = stack.signed_in(&devices[0]);
+    let mut bob = stack.device(&devices[1]);
+    let refused = bob.expect("login ");
+    assert!(
+        refused.starts_with("login refused code=300 name=Failed"),
+        "{refused}"
+    );
+    assert_eq!(finish(bob).0, 2);
+    assert!(stack.audited("login_refused", devices[1].pin, "300"));
+    assert_eq!(finish(alice).0, 0);
+}
+
+#[test]
+fn a_storm_of_4n_concurrent_logins_admits_exactly_n() {
+    const N: usize = 3;
+    let names: Vec<String> = (0..4 * N).map(|i| format!("user{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (mut stack, devices) = stack_with(&names, settings(Some(N as u32)));
+    stack.start_collabd(&[]);
+    let mut procs: Vec<_> = devices.iter().map(|d| stack.device(d)).collect();
+    let mut admitted = 0;
+    let mut busy = 0;
+    for p in &mut procs {
+        let line = p.expect("login ");
+        if line.starts_with("login ok") {
+            admitted += 1;
+        } else if line.starts_with("login refused code=301") {
+            busy += 1;
+        } else {
+            panic!("unexpected {line}");
+        }
+    }
+    assert_eq!((admitted, busy), (N, 3 * N));
+    wait_until("the heartbeat to count the sessions", || {
+        stack.heartbeat_in_use() == N as u32
+    });
+    assert_eq!(stack.active_sessions(), N);
+    for p in procs {
+        let (code, lines) = finish(p);
+        assert!(code == 0 || code == 2, "{code} {lines:?}");
+    }
+}
+
+#[test]
+fn refusals_give_their_status_are_audited_and_leave_nothing_in_the_table() {
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let dave = TestUser::new("dave");
+    let erin = TestUser::new("erin");
+    let sim_users = format!(
+        "{}{}{}{}",
+        sim_line(&alice, ""),
+        sim_line(&bob, ""),
+        sim_line(&dave, ""),
+        sim_line(&erin, "enabled=no")
+    );
+    let mut stack = Stack::new(&sim_users, settings(Some(1)));
+    stack.add_user(&alice, true);
+    stack.add_user(&bob, true);
+    stack.add_user(&dave, false);
+    stack.add_user(&erin, true);
+    let alice_dev = stack.add_device(&alice);
+    let bob_dev = stack.add_device(&bob);
+    let dave_dev = stack.add_device(&dave);
+    let erin_dev = stack.add_device(&erin);
+    stack.start_collabd(&[]);
+
+    let expect_refused = |stack: &Stack,
+                          dev: &support::collabd::TestDevice,
+                          who: &TestUser,
+                          pw: &str,
+                          prefix: &str| {
+        let mut d = stack.device_as(dev, who, pw, &[]);
+        let line = d.expect("login ");
+        assert!(line.starts_with(prefix), "expected {prefix}, got {line}");
+        assert_eq!(finish(d).0, 2);
+    };
+    // Not permitted (im_enabled off in the Config DB).
+    expect_refused(
+        &stack,
+        &dave_dev,
+        &dave,
+        &dave.password,
+        "login refused code=302",
+    );
+    // Bad credentials (CWA refuses the password).
+    expect_refused(
+        &stack,
+        &alice_dev,
+        &alice,
+        "wrong",
+        "login refused code=303",
+    );
+    // Wrong user for the PIN: Alice's device signing in as Bob.
+    expect_refused(
+        &stack,
+        &alice_dev,
+        &bob,
+        &bob.password,
+        "login refused code=304",
+    );
+    // Not enabled for Communications Server (CWA says 403).
+    expect_refused(
+        &stack,
+        &erin_dev,
+        &erin,
+        &erin.password,
+        "login refused code=305",
+    );
+    assert!(stack.audited("login_refused", dave_dev.pin, "302"));
+    assert!(stack.audited("login_refused", alice_dev.pin, "303"));
+    assert!(stack.audited("login_refused", alice_dev.pin, "304"));
+    assert!(stack.audited("login_refused", erin_dev.pin, "305"));
+    assert!(
+        stack
+            .audit()
+            .iter()
+            .all(|r| !r.event.reason.as_deref().unwrap_or("").contains("pw-")),
+        "no password in the audit"
+    );
+
+    // Nothing was left in the table: at max_sessions = 1 a login succeeds,
+    // and its logout frees the slot for the next one.
+    let (a, _) = stack.signed_in(&alice_dev);
+    let (code, lines) = finish(a);
+    assert_eq!(code, 0);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "ended code=310 name=SessionEnded reason=logout"),
+        "{lines:?}"
+    );
+    let (b, _) = stack.signed_in(&bob_dev);
+    assert_eq!(finish(b).0, 0);
+    wait_until("the logout audit", || {
+        stack.audited("logout", alice_dev.pin, "")
+    });
+
+    // An unknown PIN is refused in the handshake.
+    let mut ghost = alice_dev.clone();
+    ghost.pin = 0x0bad_0001;
+    let mut d = stack.device(&ghost);
+    let line = d.expect("refused ");
+    assert!(line.starts_with("refused code=312"), "{line}");
+    assert_eq!(finish(d).0, 2);
+
+    // CWA down: the device gets 306, not a hang, and no slot stays taken.
+    stack.sim_kill();
+    expect_refused(
+        &stack,
+        &alice_dev,
+        &alice,
+        &alice.password,
+        "login refused code=306",
+    );
+    assert!(stack.audited("login_refused", alice_dev.pin, "306"));
+    wait_until("the heartbeat to show no session", || {
+        stack.heartbeat_in_use() == 0
+    });
+    assert_eq!(stack.active_sessions(), 0);
+}
+
+#[test]
+fn postgres_down_refuses_new_logins_while_running_sessions_carry_on() {
+    let (mut stack, devices) = stack_with(&["alice", "bob", "carol"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    let (mut bob, _) = stack.signed_in(&devices[1]);
+    let conv = start_conversation(&mut alice, &["sip:bob@contoso.com"], "before");
+    bob.expect("event invitation ");
+    bob.send(&format!("accept conv={conv}"));
+    bob.expect("result ");
+
+    // The scratch database refuses new connections and drops the open ones.
+    let db_name = stack.db_url.rsplit('/').next().unwrap().to_string();
+    let mut admin = postgres::Client::connect(
+        &support::pg::with_dbname(&stack.db_url, "postgres"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{db_name}' AND pid <> pg_backend_pid();"
+        ))
+        .unwrap();
+
+    let mut carol = stack.device(&devices[2]);
+    let line = carol.expect("refused ");
+    assert!(
+        line.starts_with("refused code=307 name=ConfigUnavailable"),
+        "{line}"
+    );
+    assert_eq!(finish(carol).0, 2);
+
+    // The running sessions still exchange messages both ways.
+    alice.send(&format!("send conv={conv} text=db\\sis\\sdown"));
+    let result = alice.expect("result ");
+    assert_eq!(field(&result, "status").as_deref(), Some("ok"), "{result}");
+    loop {
+        let m = bob.expect("event message ");
+        if field(&m, "text").as_deref() == Some("db\\sis\\sdown") {
+            break;
+        }
+    }
+    bob.send(&format!("send conv={conv} text=still\\shere"));
+    bob.expect("result ");
+    loop {
+        let m = alice.expect("event message ");
+        if field(&m, "text").as_deref() == Some("still\\shere") {
+            break;
+        }
+    }
+
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS true"
+        ))
+        .unwrap();
+    // The Config DB is back: new logins work again (the pool reconnects).
+    wait_until("a login to succeed again", || {
+        let mut carol = stack.device(&devices[2]);
+        let line = carol.expect("");
+        let line = if line.starts_with("connected") {
+            carol.expect("")
+        } else {
+            line
+        };
+        let ok = line.starts_with("login ok");
+        let _ = finish(carol);
+        ok
+    });
+    assert_eq!(finish(alice).0, 0);
+    assert_eq!(finish(bob).0, 0);
+}
+
+#[test]
+fn silent_garbage_and_stalled_connections_never_hold_a_slot() {
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(1)));
+    let addr = stack.start_collabd(&["--handshake-timeout-ms", "500"]);
+    let silent = TcpStream::connect(addr).unwrap();
+    let mut garbage = TcpStream::connect(addr).unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    // A frame header announcing 48 bytes, then nothing more.
+    stalled.write_all(&[0, 0, 0, 48, 1, 1, 0, 0]).unwrap();
+
+    // With all three open, the one session slot is still free.
+    let (alice, _) = stack.signed_in(&devices[0]);
+
+    // Each bad connection is closed by collabd (EOF or reset, never a hang).
+    for (name, mut s) in [
+        ("silent", silent),
+        ("garbage", garbage),
+        ("stalled", stalled),
+    ] {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = Vec::new();
+        let outcome = s.read_to_end(&mut buf);
+        assert!(
+            outcome.is_ok()
+                || outcome.as_ref().unwrap_err().kind() != std::io::ErrorKind::WouldBlock,
+            "{name}: still open"
+        );
+    }
+    assert_eq!(finish(alice).0, 0);
+    assert!(stack.audited("login_admitted", devices[0].pin, "s-"));
+}
+
+fn library_client(stack: &Stack, dev: &support::collabd::TestDevice) -> DeviceClient {
+    DeviceClient::connect(&DeviceConfig {
+        addr: stack.collabd.as_ref().unwrap().addr.to_string(),
+        pin: dev.pin,
+        transport_key: dev.key,
+        tls: None,
+        timeout: Duration::from_secs(30),
+        status_interval: None,
+    })
+    .expect("connect")
+}
+
+/// Waits for the next event, answering nothing else.
+fn next_event(client: &mut DeviceClient) -> (u64, DeviceEvent) {
+    loop {
+        match client.poll(WAIT).expect("poll") {
+            Some(ServiceMessage::Event { seq, event }) => return (seq, event),
+            Some(_) => continue,
+            None => panic!("no event within {WAIT:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_device_that_comes_back_resumes_its_session_with_nothing_lost_or_duplicated() {
+    let (mut stack, devices) = stack_with(&["alice", "bob"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let alice_dev = &devices[0];
+    let password = Secret::new(alice_dev.user.password.clone());
+    let mut alice = library_client(&stack, alice_dev);
+    let accepted = alice
+        .login(&alice_dev.user.login, &password, None)
+        .expect("login");
+    let session_id = accepted.session_id.expect("session id");
+
+    let (mut bob, _) = stack.signed_in(&devices[1]);
+    let conv = start_conversation(&mut bob, &["sip:alice@contoso.com"], "m0");
+    let mut texts: Vec<String> = Vec::new();
+    let mut last_seq = 0;
+    // Alice takes every event up to the invitation, accepts, and reads m1.
+    loop {
+        let (seq, event) = next_event(&mut alice);
+        assert_eq!(seq, last_seq + 1, "no gap");
+        last_seq = seq;
+        if let DeviceEvent::Invitation {
+            conversation, text, ..
+        } = event
+        {
+            assert_eq!(conversation, conv);
+            texts.extend(text);
+            break;
+        }
+    }
+    alice
+        .send_command(DeviceCommand::Accept {
+            conversation: conv.clone(),
+        })
+        .unwrap();
+    bob.send(&format!("send conv={conv} text=m1"));
+    bob.expect("result ");
+    loop {
+        let (seq, event) = next_event(&mut alice);
+        assert_eq!(seq, last_seq + 1, "no gap");
+        last_seq = seq;
+        if let DeviceEvent::Message { text, .. } = event {
+            texts.push(text);
+            break;
+        }
+    }
+    alice.ack(last_seq).unwrap();
+    // Alice's link drops (no logout); Bob goes on talking meanwhile.
+    drop(alice);
+    wait_until("alice's session to be out of coverage", || {
+        stack.session_coverage(alice_dev.pin).as_deref() == Some("out")
+    });
+    for i in 2..6 {
+        bob.send(&format!("send conv={conv} text=m{i}"));
+        let r = bob.expect("result ");
+        assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+    }
+    // A wrong password cannot take the session over.
+    let mut intruder = library_client(&stack, alice_dev);
+    let refused = intruder.login(
+        &alice_dev.user.login,
+        &Secret::new("guess"),
+        Some(Resume {
+            session_id: session_id.clone(),
+            last_acked_seq: last_seq,
+        }),
+    );
+    assert!(
+        matches!(refused, Err(collabd::device::DeviceError::LoginRefused(s, _)) if s.code() == 303),
+        "{refused:?}"
+    );
+
+    // Alice comes back and resumes after the last event she acknowledged.
+    let mut alice = library_client(&stack, alice_dev);
+    let resumed = alice
+        .login(
+            &alice_dev.user.login,
+            &password,
+            Some(Resume {
+                session_id: session_id.clone(),
+                last_acked_seq: last_seq,
+            }),
+        )
+        .expect("resume");
+    assert_eq!(resumed.session_id.as_deref(), Some(session_id.as_str()));
+    while texts.len() < 6 {
+        let (seq, event) = next_event(&mut alice);
+        assert_eq!(seq, last_seq + 1, "replayed in order, no gap, no duplicate");
+        last_seq = seq;
+        if let DeviceEvent::Message { text, .. } = event {
+            texts.push(text);
+        }
+    }
+    assert_eq!(texts, vec!["m0", "m1", "m2", "m3", "m4", "m5"]);
+    alice.ack(last_seq).unwrap();
+    wait_until("the registry to show alice in coverage again", || {
+        stack.session_coverage(alice_dev.pin).as_deref() == Some("in")
+    });
+    assert!(stack.audited("login_resumed", alice_dev.pin, &session_id));
+    assert!(stack.audited("login_refused", alice_dev.pin, "303"));
+    let seen = alice.logout().expect("logout");
+    assert!(
+        seen.iter().any(
+            |m| matches!(m, ServiceMessage::SessionEnded { reason, .. } if reason == "logout")
+        ),
+        "{seen:?}"
+    );
+    assert_eq!(finish(bob).0, 0);
+}
+
+#[test]
+fn sigterm_tells_devices_311_signs_out_and_exits_0() {
+    let (mut stack, devices) = stack_with(&["alice", "bob"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let (alice, _) = stack.signed_in(&devices[0]);
+    let (bob, _) = stack.signed_in(&devices[1]);
+    let code = stack.collabd().signal_and_wait(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{}", stack.collabd().log());
+    for d in [alice, bob] {
+        let (code, lines) = finish(d);
+        assert!(lines.iter().any(|l| l == "stopping"), "{lines:?}");
+        assert_eq!(code, 5, "{lines:?}");
+    }
+    assert_eq!(stack.active_sessions(), 0);
+    for d in &devices {
+        assert!(stack.audited("service_stopping", d.pin, "stopping"));
+    }
+    // The simulator's sessions were signed out.
+    wait_until("the CWA sessions to be signed out", || {
+        stack.sim.status().get("sessions").map(String::as_str) == Some("0")
+    });
+    let instance = stack.db.instance(support::collabd::INSTANCE).unwrap();
+    assert!(!instance.healthy);
+}
+
+#[test]
+fn a_lost_cwa_session_ends_with_310_or_signs_in_again_with_password_caching() {
+    // Without password caching: the device is told, the session ends.
+    let (mut stack, devices) = stack_with(&["alice", "bob"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    stack.sim.faults("drop_user=sip:alice@contoso.com");
+    let ended = alice.expect("ended ");
+    assert!(
+        ended.starts_with("ended code=310 name=SessionEnded reason=CWA\\ssession\\slost"),
+        "{ended}"
+    );
+    assert_eq!(finish(alice).0, 5);
+    wait_until("the audit of the lost session", || {
+        stack.audited("cwa_session_lost", devices[0].pin, "CWA session lost")
+    });
+    assert_eq!(stack.active_sessions(), 0);
+
+    // With password caching: collabd signs in again and the session goes on.
+    stack.set_instance(collabd::configdb::InstanceChange {
+        password_caching: Some(true),
+        ..Default::default()
+    });
+    let code = stack.collabd().signal_and_wait(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    let (mut bob, _) = stack.signed_in(&devices[1]);
+    stack.sim.faults("drop_user=sip:alice@contoso.com");
+    wait_until("alice's CWA session to be back", || {
+        let status = stack.sim.status();
+        status.get("sessions").map(String::as_str) == Some("2")
+            && status.get("sessions_ended").map(String::as_str) != Some("0")
+    });
+    let conv = start_conversation(&mut bob, &["sip:alice@contoso.com"], "are\\syou\\sthere");
+    loop {
+        let inv = alice.expect("event invitation ");
+        if field(&inv, "conv").as_deref() == Some(conv.as_str()) {
+            break;
+        }
+    }
+    assert_eq!(finish(alice).0, 0);
+    assert_eq!(finish(bob).0, 0);
+}
+
+#[test]
+fn the_inactivity_timeout_ends_a_silent_session() {
+    let (mut stack, devices) = stack_with(
+        &["alice"],
+        InstanceSettings {
+            max_sessions: Some(10),
+            inactivity_timeout_ms: Some(1_500),
+            ..InstanceSettings::default()
+        },
+    );
+    stack.start_collabd(&[]);
+    let dev = &devices[0];
+    let mut alice = stack.device_as(
+        dev,
+        &dev.user,
+        &dev.user.password,
+        &["--status-interval", "0"],
+    );
+    assert!(alice.expect("login ").starts_with("login ok"));
+    let ended = alice.expect("ended ");
+    assert!(
+        ended.starts_with("ended code=310 name=SessionEnded reason=inactivity\\stimeout"),
+        "{ended}"
+    );
+    assert_eq!(finish(alice).0, 5);
+    wait_until("the inactivity audit", || {
+        stack.audited("inactive", dev.pin, "inactivity")
+    });
+}
+
+#[test]
+fn beyond_the_unauthenticated_cap_a_connection_is_refused_301() {
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    let addr = stack.start_collabd(&["--max-unauthenticated", "1"]);
+    // One connection signing in (silent) takes the only place.
+    let _silent = TcpStream::connect(addr).unwrap();
+    let mut d = stack.device(&devices[0]);
+    let line = d.expect("refused ");
+    assert!(
+        line.starts_with("refused code=301 name=ServerBusy"),
+        "{line}"
+    );
+    assert_eq!(finish(d).0, 2);
+}
+
+#[test]
+fn tls_on_the_device_link_and_https_to_cwa_with_a_private_ca() {
+    let ca = support::tls::TestCa::new();
+    let alice = TestUser::new("alice");
+    let bob = TestUser::new("bob");
+    let sim_users = format!("{}{}", sim_line(&alice, ""), sim_line(&bob, ""));
+    let mut stack = Stack::new_tls(&sim_users, settings(Some(10)), &ca);
+    stack.add_user(&alice, true);
+    stack.add_user(&bob, true);
+    let alice_dev = stack.add_device(&alice);
+    let bob_dev = stack.add_device(&bob);
+    let (cert, key, ca_path) = (
+        ca.cert_path.display().to_string(),
+        ca.key_path.display().to_string(),
+        ca.ca_path.display().to_string(),
+    );
+    stack.start_collabd(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--cwa-ca-file",
+        &ca_path,
+    ]);
+    let tls = ["--tls", "--ca", ca_path.as_str(), "--tls-name", "localhost"];
+    let mut a = stack.device_as(&alice_dev, &alice, &alice.password, &tls);
+    assert!(a.expect("login ").starts_with("login ok"));
+    let mut b = stack.device_as(&bob_dev, &bob, &bob.password, &tls);
+    assert!(b.expect("login ").starts_with("login ok"));
+    let conv = start_conversation(&mut a, &["sip:bob@contoso.com"], "over\\stls");
+    let inv = b.expect("event invitation ");
+    assert_eq!(field(&inv, "conv").as_deref(), Some(conv.as_str()));
+    assert_eq!(field(&inv, "text").as_deref(), Some("over\\stls"));
+    // A device that does not trust the certificate never gets in.
+    let untrusting = stack.device_as(&bob_dev, &bob, &bob.password, &["--tls"]);
+    let (code, lines, stderr) = untrusting.finish();
+    assert_eq!(code, 3, "{lines:?}");
+    assert!(stderr.contains("certificate verify failed"), "{stderr}");
+    assert_eq!(finish(a).0, 0);
+    assert_eq!(finish(b).0, 0);
 }

@@ -26,6 +26,9 @@ pub const DB_POOL_SIZE: usize = 8;
 /// How long a registry or audit write may wait for a pooled connection.
 pub const DB_WRITE_WAIT: Duration = Duration::from_secs(5);
 
+/// TCP connect plus TLS handshake to CWA.
+pub const CWA_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The parts of the instance row that sessions use (besides the limits,
 /// which live in the table).
 #[derive(Clone, Debug)]
@@ -47,6 +50,9 @@ impl CwaSettings {
             configdb::AuthMode::Iwa => cwa::AuthMode::Iwa,
         };
         client.ca_file = ca_file.map(std::path::Path::to_path_buf);
+        // A sign-in must fit in the device's sign-in deadline (default
+        // 10 s), so that an unreachable CWA is answered 306, not dropped.
+        client.connect_timeout = CWA_CONNECT_TIMEOUT;
         CwaSettings {
             client,
             password_caching: instance.password_caching,

@@ -19,7 +19,9 @@
 //!   connection accepted beyond that is closed at once by the accept
 //!   thread: nothing is sent (no TLS handshake, no bytes; the peer sees the
 //!   connection closed), because the listener does not speak the device
-//!   protocol and must not spend work on a flood. The count of such
+//!   protocol and must not spend work on a flood; only if the caller gave
+//!   an overflow reply ([`Listener::with_overflow_reply`]) is that written,
+//!   without blocking, before the close. The count of such
 //!   connections is in [`Server::rejected`].
 //! - **Threads have small, explicit stacks** (`thread_stack_size`, default
 //!   256 KiB: enough for an OpenSSL handshake, deflate and the XML parser;
@@ -473,6 +475,7 @@ pub struct Listener {
     tls: Option<Arc<TlsAcceptor>>,
     limits: ListenerLimits,
     local_addr: SocketAddr,
+    overflow_reply: Option<Arc<[u8]>>,
 }
 
 impl fmt::Debug for Listener {
@@ -525,7 +528,17 @@ impl Listener {
             tls: tls.map(Arc::new),
             limits,
             local_addr,
+            overflow_reply: None,
         })
+    }
+
+    /// Bytes to write, best effort and without blocking, to a connection
+    /// closed because `max_unauthenticated` was reached (collabd gives a
+    /// clear `Refused` 301 frame, so a dispatcher tries another instance at
+    /// once). Without it such a connection is closed in silence.
+    pub fn with_overflow_reply(mut self, bytes: Vec<u8>) -> Listener {
+        self.overflow_reply = Some(bytes.into());
+        self
     }
 
     /// The bound address.
@@ -623,6 +636,12 @@ fn accept_loop(listener: Listener, shared: &Arc<Shared>, handler: Handler) {
                     "{peer}: closed, {} connections not yet signed in (cap); {n} so far",
                     limits.max_unauthenticated
                 );
+                if let Some(reply) = &listener.overflow_reply {
+                    // Never wait on a flood: a full socket buffer drops it.
+                    if socket.set_nonblocking(true).is_ok() {
+                        let _ = (&socket).write(reply);
+                    }
+                }
                 drop(socket);
                 continue;
             }

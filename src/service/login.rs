@@ -163,12 +163,7 @@ struct Login<'a> {
 impl Login<'_> {
     /// Tell the device, audit, and hand the refusal back.
     fn refuse(&self, writer: &mut LinkWriter, refusal: Refusal) -> Refusal {
-        let _ = writer.send_service(&ServiceMessage::LoginResult {
-            status: refusal.status,
-            text: refusal.text.clone(),
-            session_id: None,
-            sip_uri: None,
-        });
+        // Recorded before the device is told, so the audit never lags.
         self.ctx.audit(
             "login_refused",
             Some(self.user),
@@ -180,6 +175,12 @@ impl Login<'_> {
                 refusal.text
             ),
         );
+        let _ = writer.send_service(&ServiceMessage::LoginResult {
+            status: refusal.status,
+            text: refusal.text.clone(),
+            session_id: None,
+            sip_uri: None,
+        });
         refusal
     }
 

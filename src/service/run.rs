@@ -35,6 +35,8 @@ use crate::ops::logging;
 use crate::ops::notify::{self, NotifyState};
 use crate::ops::signals::{self, AfterSignal, BlockedSignals, Shutdown, Signal};
 
+use crate::wire::{Frame, Status};
+
 use super::context::{limits_of, CwaSettings, ServiceContext, Timeouts, DB_POOL_SIZE};
 use super::listener::{self, Handler, Listener};
 use super::login;
@@ -171,9 +173,11 @@ fn read_instance(
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         match pool.with(deadline, |db| db.instance(name)) {
             Ok(instance) => return Ok(Some(instance)),
-            Err(PoolError::Db(DbError::NotFound { .. })) => return Err(RunError::Config(format!(
+            Err(PoolError::Db(DbError::NotFound { .. })) => {
+                return Err(RunError::Config(format!(
                 "instance {name:?} is not in the Config DB (add it with `collabctl instance add`)"
-            ))),
+            )))
+            }
             Err(PoolError::Db(e @ DbError::BadData { .. })) => {
                 return Err(RunError::Config(format!("instance {name:?}: {e}")))
             }
@@ -268,8 +272,18 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
         },
     ));
 
-    let listener = Listener::bind(config.listen, tls, config.listener_limits())
+    let overflow = Frame::refused(
+        0,
+        Status::ServerBusy,
+        "too many connections signing in; try another instance",
+    );
+    let plain = tls.is_none();
+    let mut listener = Listener::bind(config.listen, tls, config.listener_limits())
         .map_err(|e| RunError::Runtime(e.to_string()))?;
+    if plain {
+        // (Over TLS, clear bytes before the handshake would mean nothing.)
+        listener = listener.with_overflow_reply(overflow.to_bytes());
+    }
     let handler: Handler = {
         let ctx = Arc::clone(&ctx);
         Arc::new(move |incoming| login::handle(&ctx, incoming))

@@ -324,8 +324,8 @@ impl Session {
             sent = link.send(payload);
         }
         if let Err(e) = sent {
-            log::info!("{self:?}: link lost while attaching: {e}");
-            self.drop_link(link.id);
+            // The session stays, out of coverage, as for any lost link.
+            self.detach(link.id, &format!("lost while attaching: {e}"));
             return None;
         }
         if !replay.is_empty() {

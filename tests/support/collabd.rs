@@ -17,6 +17,7 @@ use collabd::configdb::{AuditRecord, ConfigDb, InstanceChange, InstanceSettings}
 use super::device_peer::DeviceProcess;
 use super::pg::migrated_database;
 use super::sim::SimProcess;
+use super::tls::TestCa;
 use super::tmp::TempDir;
 
 /// Generous bound on any wait (never a timing assertion).
@@ -182,9 +183,24 @@ pub struct Stack {
 impl Stack {
     /// Starts the simulator with `sim_users` and creates the database with
     /// the instance row (`settings.cwa_url` is filled in).
-    pub fn new(sim_users: &str, mut settings: InstanceSettings) -> Stack {
+    pub fn new(sim_users: &str, settings: InstanceSettings) -> Stack {
+        Stack::with_sim(
+            SimProcess::start_with(sim_users, &["--poll-wait-ms", "0"]),
+            settings,
+        )
+    }
+
+    /// As [`Stack::new`] with the simulator on HTTPS with `ca`'s server
+    /// certificate (for `localhost`).
+    pub fn new_tls(sim_users: &str, settings: InstanceSettings, ca: &TestCa) -> Stack {
+        Stack::with_sim(
+            SimProcess::start_tls(sim_users, ca, &["--poll-wait-ms", "0"]),
+            settings,
+        )
+    }
+
+    fn with_sim(sim: SimProcess, mut settings: InstanceSettings) -> Stack {
         let dir = TempDir::new("collabd-e2e");
-        let sim = SimProcess::start_with(sim_users, &["--poll-wait-ms", "0"]);
         let (db_url, mut db) = migrated_database();
         settings.cwa_url = sim.base_url();
         db.add_instance(INSTANCE, &settings).expect("add instance");
@@ -234,6 +250,11 @@ impl Stack {
         let addr = c.addr;
         self.collabd = Some(c);
         addr
+    }
+
+    /// Stops the simulator (CWA unreachable from now on).
+    pub fn sim_kill(&mut self) {
+        self.sim.kill();
     }
 
     pub fn collabd(&mut self) -> &mut Collabd {

@@ -167,6 +167,12 @@ impl SimProcess {
         std::fs::read_to_string(self.dir.join("sim.log")).unwrap_or_default()
     }
 
+    /// Kills the process (the listener is gone from then on).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

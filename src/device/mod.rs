@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod lineformat;
+pub mod load;
 
 use std::fmt;
 use std::io::{self, Read, Write};

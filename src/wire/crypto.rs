@@ -5,11 +5,9 @@
 //! associated data, and raw deflate with a hard inflate cap. All primitives
 //! are the system OpenSSL's, except deflate (flate2).
 
-use std::io::{Read, Write};
+use std::sync::Mutex;
 
-use flate2::bufread::DeflateDecoder;
-use flate2::write::DeflateEncoder;
-use flate2::Compression;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use openssl::hash::MessageDigest;
 use openssl::md::Md;
 use openssl::pkey::PKey;
@@ -195,15 +193,70 @@ pub fn open(
     .map_err(|_| WireError::Decrypt)
 }
 
+/// Idle compressors and decompressors kept for reuse, at most this many of
+/// each.
+const POOL_MAX: usize = 64;
+
+static DEFLATERS: Mutex<Vec<Compress>> = Mutex::new(Vec::new());
+static INFLATERS: Mutex<Vec<Decompress>> = Mutex::new(Vec::new());
+
+fn take<T>(pool: &Mutex<Vec<T>>) -> Option<T> {
+    pool.lock().unwrap_or_else(|p| p.into_inner()).pop()
+}
+
+fn give_back<T>(pool: &Mutex<Vec<T>>, item: T) {
+    let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < POOL_MAX {
+        idle.push(item);
+    }
+}
+
+/// Builds a compressor or decompressor on a short-lived helper thread.
+/// flate2's pure-Rust backend builds its state by value on the caller's
+/// stack before boxing it (about 64 KiB for a compressor, 48 KiB for a
+/// decompressor, measured); built here, those pages never become resident
+/// in the long-lived session threads that compress and inflate. Together
+/// with the pools this also spares each message the allocation and zeroing
+/// of that state.
+fn build_off_stack<T: Send + 'static>(build: fn() -> T) -> T {
+    std::thread::Builder::new()
+        .name("flate-init".into())
+        // Unoptimised builds need over 256 KiB here; the thread is
+        // short-lived and only the touched pages are ever resident.
+        .stack_size(1024 * 1024)
+        .spawn(build)
+        .ok()
+        .and_then(|h| h.join().ok())
+        .unwrap_or_else(build)
+}
+
+fn new_compressor() -> Compress {
+    Compress::new(Compression::default(), false)
+}
+
+fn new_decompressor() -> Decompress {
+    Decompress::new(false)
+}
+
 /// Raw deflate (RFC 1951, no zlib or gzip wrapper) at the default level.
 pub fn deflate(data: &[u8]) -> Vec<u8> {
-    let mut enc = DeflateEncoder::new(
-        Vec::with_capacity(data.len() / 2 + 16),
-        Compression::default(),
-    );
-    // Writing into a Vec cannot fail.
-    enc.write_all(data).expect("deflate into memory");
-    enc.finish().expect("deflate into memory")
+    let mut c = take(&DEFLATERS).unwrap_or_else(|| build_off_stack(new_compressor));
+    let mut out = Vec::with_capacity(data.len() / 2 + 64);
+    loop {
+        let done = c.total_in() as usize;
+        // Compressing into memory cannot fail: the only errors are for
+        // misuse of the stream.
+        let status = c
+            .compress_vec(&data[done..], &mut out, FlushCompress::Finish)
+            .expect("deflate into memory");
+        if status == flate2::Status::StreamEnd {
+            break;
+        }
+        out.reserve(out.capacity().max(64));
+    }
+    c.reset();
+    give_back(&DEFLATERS, c);
+    out
 }
 
 /// Inflates a raw deflate stream of at most `cap` output bytes. A stream
@@ -211,20 +264,44 @@ pub fn deflate(data: &[u8]) -> Vec<u8> {
 /// inflate past `cap` is refused; no more than `cap + 1` bytes are ever
 /// allocated for the output.
 pub fn inflate(data: &[u8], cap: usize) -> Result<Vec<u8>, WireError> {
-    let mut dec = DeflateDecoder::new(data);
-    let mut out = Vec::new();
-    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-    (&mut dec)
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|e| WireError::Decompress(e.to_string()))?;
-    if out.len() > cap {
-        return Err(WireError::Decompress(format!("inflates past {cap} bytes")));
+    let mut d = take(&INFLATERS).unwrap_or_else(|| build_off_stack(new_decompressor));
+    let result = inflate_with(&mut d, data, cap);
+    d.reset(false);
+    give_back(&INFLATERS, d);
+    result
+}
+
+fn inflate_with(d: &mut Decompress, data: &[u8], cap: usize) -> Result<Vec<u8>, WireError> {
+    let limit = cap.saturating_add(1);
+    let mut out = Vec::with_capacity(limit.min(data.len().saturating_mul(4).max(256)));
+    loop {
+        let (in_before, out_before) = (d.total_in(), d.total_out());
+        let consumed = in_before as usize;
+        let status = d
+            // `Finish` would demand that all output fit the first buffer;
+            // `None` lets the output grow in steps.
+            .decompress_vec(&data[consumed..], &mut out, FlushDecompress::None)
+            .map_err(|e| WireError::Decompress(e.to_string()))?;
+        if out.len() > cap {
+            return Err(WireError::Decompress(format!("inflates past {cap} bytes")));
+        }
+        if status == flate2::Status::StreamEnd {
+            break;
+        }
+        if out.len() == out.capacity() {
+            // Room is what stopped it: grow, never past `cap + 1`.
+            let room = out.capacity().max(256).min(limit - out.len());
+            out.reserve_exact(room);
+        } else if d.total_in() == in_before && d.total_out() == out_before {
+            return Err(WireError::Decompress(
+                "the deflate stream is unfinished".into(),
+            ));
+        }
     }
-    if dec.total_in() != data.len() as u64 {
+    if d.total_in() != data.len() as u64 {
         return Err(WireError::Decompress(format!(
             "{} bytes after the end of the deflate stream",
-            data.len() as u64 - dec.total_in()
+            data.len() as u64 - d.total_in()
         )));
     }
     Ok(out)
@@ -309,6 +386,24 @@ mod tests {
                 Err(WireError::Decrypt)
             ));
         }
+    }
+
+    #[test]
+    fn pooled_streams_are_reset_between_uses() {
+        // Same input, same bytes, whether the compressor is fresh or reused.
+        let text = b"<message>hello hello</message>".repeat(40);
+        assert_eq!(deflate(&text), deflate(&text));
+        // A failed inflate leaves no state behind for the next one.
+        let z = deflate(&text);
+        assert!(inflate(&z[..z.len() / 2], 1 << 20).is_err());
+        assert!(inflate(&z, 10).is_err());
+        assert_eq!(inflate(&z, text.len()).unwrap(), text);
+        // Output larger than the first buffer grows in steps, up to the cap.
+        let big: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        assert_eq!(inflate(&deflate(&big), big.len()).unwrap(), big);
+        assert!(inflate(&deflate(&big), big.len() - 1).is_err());
     }
 
     #[test]

@@ -1,0 +1,445 @@
+//! Load runs for design.md §7: sessions and memory, message latency, login
+//! rate, login storm. Real parts throughout: PostgreSQL (a scratch cluster
+//! or `DATABASE_URL`), `cwa-sim`, `collabd`, `collab-dispatcher` as child
+//! processes, and `collabd::device::load` devices (a thread each) in this
+//! process.
+//!
+//! The runs are `#[ignore]`d: run them one at a time, in release, on an
+//! otherwise quiet machine, for example
+//!
+//! ```text
+//! cargo test --release --test load -- --ignored --nocapture --test-threads 1
+//! ```
+//!
+//! Every figure is printed on a `FIGURE` line, never asserted against a
+//! time; the correctness properties are asserted: every session signed in,
+//! no session ended behind the devices' backs, every message received
+//! exactly once, a login storm admits exactly `max_sessions`.
+//!
+//! Sizes (environment, defaults = the design's targets):
+//! `LOAD_SESSIONS` (5000), `LOAD_LOGIN_CONCURRENCY` (64), `LOAD_SETTLE_S`
+//! (10), `LOAD_IDLE` (1000), `LOAD_PAIRS` (10), `LOAD_RATE` (200),
+//! `LOAD_MESSAGES` (10000), `LOAD_DIRECT` (0: through the dispatcher; 1:
+//! straight to collabd), `LOAD_LOGINS` (2000), `LOAD_STORM_MAX` (500),
+//! `LOAD_PERF_DIR` (unset: no profile; else `perf record` of collabd
+//! during the login-rate and latency runs), `LOAD_STACK_KIB` (device threads here; default
+//! [`collabd::device::load::DEFAULT_STACK`]).
+
+mod support;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use collabd::device::load::{
+    generate_devices, login_burst, run_pairs, sim_users, Fleet, LoadDevice, LoadOptions,
+};
+use collabd::wire::Status;
+
+use support::loadrig::{
+    active_sessions, cpu_seconds, env_usize, provision, raise_nofile, sample, start_collabd,
+    start_dispatcher, system_threads, today, Daemon, Profiler,
+};
+use support::pg::migrated_database;
+use support::sim::SimProcess;
+use support::tls::TestCa;
+use support::tmp::TempDir;
+
+const INSTANCE: &str = "load1";
+
+/// The simulator's flags for every run: events returned at once
+/// (pollWaitTime 0, so a message is not held back by the client's wait
+/// between polls) and no connection limit.
+const SIM_FLAGS: &[&str] = &["--poll-wait-ms", "0", "--max-connections", "0"];
+
+fn build() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+fn options(addr: String) -> LoadOptions {
+    let mut o = LoadOptions::new(addr);
+    o.timeout = Duration::from_secs(120);
+    o.stack_size = env_usize("LOAD_STACK_KIB", o.stack_size / 1024) * 1024;
+    o
+}
+
+/// One stack: PostgreSQL with the devices provisioned, the simulator over
+/// HTTP or HTTPS, and collabd (with `extra` flags).
+struct Stack {
+    db_url: String,
+    sim: SimProcess,
+    collabd: Daemon,
+    _ca: Option<TestCa>,
+    dir: TempDir,
+}
+
+fn stack(devices: &[LoadDevice], max_sessions: usize, https: bool, extra: &[String]) -> Stack {
+    let nofile = raise_nofile();
+    eprintln!(
+        "open-file limit {nofile}; system threads now {}",
+        system_threads()
+    );
+    let dir = TempDir::new("load");
+    let (db_url, _db) = migrated_database();
+    let users = sim_users(devices);
+    let (sim, ca) = if https {
+        let ca = TestCa::new();
+        (SimProcess::start_tls(&users, &ca, SIM_FLAGS), Some(ca))
+    } else {
+        (SimProcess::start_with(&users, SIM_FLAGS), None)
+    };
+    provision(&db_url, INSTANCE, &sim.base_url(), max_sessions, devices);
+    let mut args = extra.to_vec();
+    if let Some(ca) = &ca {
+        args.push("--cwa-ca-file".into());
+        args.push(ca.ca_path.display().to_string());
+    }
+    let collabd = start_collabd(&db_url, INSTANCE, &args, &dir);
+    Stack {
+        db_url,
+        sim,
+        collabd,
+        _ca: ca,
+        dir,
+    }
+}
+
+/// Waits until the instance has written a heartbeat with its address, so
+/// the dispatcher can route to it.
+fn wait_for_heartbeat(db_url: &str) {
+    let mut client = postgres::Client::connect(db_url, postgres::NoTls).expect("connect");
+    let start = Instant::now();
+    loop {
+        let row = client
+            .query_one(
+                "SELECT heartbeat_at IS NOT NULL AND listen_addr IS NOT NULL AND healthy \
+                 FROM instance WHERE name = $1",
+                &[&INSTANCE],
+            )
+            .expect("read instance");
+        if row.get::<_, bool>(0) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "collabd wrote no heartbeat"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With `LOAD_PAUSE_S` set, waits that long so the processes can be
+/// inspected from outside (perf, /proc) while the load is up.
+fn pause_for_inspection(collabd_pid: u32) {
+    let pause = env_usize("LOAD_PAUSE_S", 0);
+    if pause > 0 {
+        eprintln!("pausing {pause} s; collabd pid {collabd_pid}");
+        thread::sleep(Duration::from_secs(pause as u64));
+    }
+}
+
+fn sessions_and_memory(https: bool) {
+    let n = env_usize("LOAD_SESSIONS", 5000);
+    let concurrency = env_usize("LOAD_LOGIN_CONCURRENCY", 64);
+    let settle = Duration::from_secs(env_usize("LOAD_SETTLE_S", 10) as u64);
+    let devices = generate_devices(n, 0x4000_0000, "LOAD").unwrap();
+    let s = stack(&devices, n, https, &[]);
+    wait_for_heartbeat(&s.db_url);
+    thread::sleep(Duration::from_secs(1));
+    let pid = s.collabd.pid();
+    let before = sample(pid);
+    eprintln!("collabd before the first login: {before}");
+
+    let mut opts = options(s.collabd.addr.to_string());
+    // Devices report their status well inside collabd's status timeout.
+    opts.status_interval = Some(Duration::from_secs(60));
+    let cpu0 = cpu_seconds(pid);
+    let fleet = Fleet::sign_in(&opts, &devices, concurrency).expect("start the fleet");
+    eprintln!(
+        "signed in: {} in {:.1} s",
+        fleet.logins,
+        fleet.sign_in_time.as_secs_f64()
+    );
+    assert_eq!(
+        fleet.logins.ok, n,
+        "every device signs in: {}",
+        fleet.logins
+    );
+    thread::sleep(settle);
+    let with = sample(pid);
+    let cpu1 = cpu_seconds(pid);
+    let me = sample(std::process::id());
+    let in_db = active_sessions(&s.db_url, INSTANCE);
+    pause_for_inspection(pid);
+    eprintln!("collabd with {n} sessions: {with}");
+    eprintln!(
+        "collabd resident memory by mapping:\n{}",
+        support::loadrig::smaps_summary(pid, 12)
+    );
+    eprintln!(
+        "collabd threads by name: {:?}",
+        support::loadrig::thread_names(pid)
+    );
+    eprintln!(
+        "collabd TCP sockets by remote port (sim {}): {:?}",
+        s.sim.addr().port(),
+        support::loadrig::sockets_by_remote_port(pid)
+    );
+    eprintln!("load client ({n} device threads): {me}");
+    eprintln!("system threads: {}", system_threads());
+
+    let sign_in = fleet.sign_in_time;
+    let report = fleet.stop();
+    thread::sleep(Duration::from_secs(2));
+    let after = sample(pid);
+    eprintln!("collabd after every logout: {after}");
+    eprintln!(
+        "events acknowledged: {}; logged out: {}; logout failures: {:?}; ended early: {:?}",
+        report.events, report.logged_out, report.logout_failures, report.ended_early
+    );
+
+    let per_session = (with.rss_kib as f64 - before.rss_kib as f64) / n as f64;
+    let per_session_pss = (with.pss_kib as f64 - before.pss_kib as f64) / n as f64;
+    let transport = if https { "HTTPS" } else { "HTTP" };
+    println!(
+        "FIGURE {} sessions-memory build={} cwa={transport} sessions={n} \
+         rss_before_kib={} rss_with_kib={} rss_per_session_kib={per_session:.1} \
+         pss_per_session_kib={per_session_pss:.1} threads={} fds={} rss_after_logout_kib={} \
+         sign_in_s={:.1} collabd_cpu_s_during_sign_in_and_settle={:.1}",
+        today(),
+        build(),
+        before.rss_kib,
+        with.rss_kib,
+        with.threads,
+        with.fds,
+        after.rss_kib,
+        sign_in.as_secs_f64(),
+        cpu1 - cpu0,
+    );
+    assert_eq!(in_db, n as i64, "the registry holds every session");
+    assert!(
+        report.ended_early.is_empty(),
+        "no session ends while its device is connected: {:?}",
+        report.ended_early
+    );
+    drop(s.sim);
+}
+
+#[test]
+#[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
+fn sessions_and_memory_over_http() {
+    sessions_and_memory(false);
+}
+
+#[test]
+#[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
+fn sessions_and_memory_over_https() {
+    sessions_and_memory(true);
+}
+
+#[test]
+#[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
+fn message_latency() {
+    let idle = env_usize("LOAD_IDLE", 1000);
+    let pairs = env_usize("LOAD_PAIRS", 10);
+    let rate = env_usize("LOAD_RATE", 200) as f64;
+    let messages = env_usize("LOAD_MESSAGES", 10_000);
+    let direct = env_usize("LOAD_DIRECT", 0) == 1;
+    let per_device = (messages / (2 * pairs)).max(1) as u64;
+    let devices = generate_devices(idle + 2 * pairs, 0x5000_0000, "LOAD").unwrap();
+    let s = stack(&devices, devices.len(), false, &[]);
+    wait_for_heartbeat(&s.db_url);
+    let dispatcher = (!direct).then(|| start_dispatcher(&s.db_url, devices.len() + 64, &s.dir));
+    let addr = match &dispatcher {
+        Some(d) => d.addr.to_string(),
+        None => s.collabd.addr.to_string(),
+    };
+    // Let the dispatcher read the instance table once.
+    thread::sleep(Duration::from_secs(1));
+    let mut opts = options(addr);
+    opts.status_interval = Some(Duration::from_secs(60));
+    let fleet = Fleet::sign_in(&opts, &devices[..idle], 64).expect("start the idle fleet");
+    assert_eq!(
+        fleet.logins.ok, idle,
+        "idle devices sign in: {}",
+        fleet.logins
+    );
+    thread::sleep(Duration::from_secs(2));
+
+    let pid = s.collabd.pid();
+    let cpu = |d: &Option<Daemon>| d.as_ref().map_or(0.0, |d| cpu_seconds(d.pid()));
+    let (c0, d0, me0) = (
+        cpu_seconds(pid),
+        cpu(&dispatcher),
+        cpu_seconds(std::process::id()),
+    );
+    let profile = Profiler::start(pid, "collabd-message-latency");
+    let t0 = Instant::now();
+    let report = run_pairs(
+        &opts,
+        &devices[idle..],
+        rate,
+        per_device,
+        Duration::from_secs(30),
+    )
+    .expect("run the pairs");
+    let wall = t0.elapsed().as_secs_f64();
+    drop(profile);
+    let (c1, d1, me1) = (
+        cpu_seconds(pid),
+        cpu(&dispatcher),
+        cpu_seconds(std::process::id()),
+    );
+    let idle_report = fleet.stop();
+    eprintln!(
+        "sent={} received={} lost={} duplicates={} send_failures={} send_rate={:.1}/s failures={:?}",
+        report.sent,
+        report.received,
+        report.lost,
+        report.duplicates,
+        report.send_failures,
+        report.send_rate(),
+        report.device_failures
+    );
+    let lat = report.latency.expect("some messages arrived");
+    eprintln!("latency: {lat}");
+    eprintln!(
+        "CPU seconds over {wall:.1} s: collabd {:.1}, dispatcher {:.1}, load client {:.1}",
+        c1 - c0,
+        d1 - d0,
+        me1 - me0
+    );
+    println!(
+        "FIGURE {} message-latency build={} path={} idle={idle} pairs={pairs} rate={:.1}/s \
+         messages={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} \
+         mean_ms={:.3} lost={} duplicates={}",
+        today(),
+        build(),
+        if direct {
+            "device-collabd-sim"
+        } else {
+            "device-dispatcher-collabd-sim"
+        },
+        report.send_rate(),
+        lat.count,
+        lat.p50.as_secs_f64() * 1e3,
+        lat.p90.as_secs_f64() * 1e3,
+        lat.p99.as_secs_f64() * 1e3,
+        lat.p999.as_secs_f64() * 1e3,
+        lat.max.as_secs_f64() * 1e3,
+        lat.mean.as_secs_f64() * 1e3,
+        report.lost,
+        report.duplicates,
+    );
+    assert!(
+        report.device_failures.is_empty(),
+        "{:?}",
+        report.device_failures
+    );
+    assert_eq!(
+        report.sent,
+        per_device * 2 * pairs as u64,
+        "every message sent"
+    );
+    assert_eq!(report.lost, 0, "no message lost");
+    assert_eq!(report.duplicates, 0, "no message delivered twice");
+    assert_eq!(report.received, report.sent, "every message received");
+    assert_eq!(report.send_failures, 0, "every send accepted");
+    assert!(
+        idle_report.ended_early.is_empty(),
+        "{:?}",
+        idle_report.ended_early
+    );
+}
+
+#[test]
+#[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
+fn login_rate() {
+    let m = env_usize("LOAD_LOGINS", 2000);
+    let c = env_usize("LOAD_LOGIN_CONCURRENCY", 64);
+    let devices = generate_devices(m, 0x6000_0000, "LOAD").unwrap();
+    let s = stack(&devices, m, false, &[]);
+    wait_for_heartbeat(&s.db_url);
+    thread::sleep(Duration::from_secs(1));
+    let pid = s.collabd.pid();
+    let profile = Profiler::start(pid, "collabd-login-rate");
+    let cpu0 = cpu_seconds(pid);
+    let report = login_burst(&options(s.collabd.addr.to_string()), &devices, c).expect("burst");
+    let cpu1 = cpu_seconds(pid);
+    drop(profile);
+    let lat = report.latency.expect("some logins succeeded");
+    eprintln!(
+        "{} in {:.2} s; connect-to-result {lat}; collabd CPU {:.1} s",
+        report.logins,
+        report.elapsed.as_secs_f64(),
+        cpu1 - cpu0
+    );
+    println!(
+        "FIGURE {} login-rate build={} logins={m} concurrency={c} ok={} seconds={:.2} \
+         logins_per_s={:.0} login_p50_ms={:.1} login_p99_ms={:.1}",
+        today(),
+        build(),
+        report.logins.ok,
+        report.elapsed.as_secs_f64(),
+        report.logins_per_second(),
+        lat.p50.as_secs_f64() * 1e3,
+        lat.p99.as_secs_f64() * 1e3,
+    );
+    assert_eq!(
+        report.logins.ok, m,
+        "every login admitted: {}",
+        report.logins
+    );
+    assert_eq!(active_sessions(&s.db_url, INSTANCE), m as i64);
+    drop(report.clients);
+}
+
+#[test]
+#[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
+fn login_storm_never_over_admits() {
+    let n = env_usize("LOAD_STORM_MAX", 500);
+    let devices = generate_devices(4 * n, 0x7000_0000, "LOAD").unwrap();
+    // Room for every storm connection to be answered, not closed at accept.
+    let extra = vec![
+        "--max-unauthenticated".to_string(),
+        (4 * n + 16).to_string(),
+    ];
+    let s = stack(&devices, n, false, &extra);
+    wait_for_heartbeat(&s.db_url);
+    thread::sleep(Duration::from_secs(1));
+    let report = login_burst(&options(s.collabd.addr.to_string()), &devices, 4 * n).expect("storm");
+    eprintln!(
+        "storm of {}: {} in {:.2} s",
+        4 * n,
+        report.logins,
+        report.elapsed.as_secs_f64()
+    );
+    let in_db = active_sessions(&s.db_url, INSTANCE);
+    println!(
+        "FIGURE {} login-storm build={} max_sessions={n} concurrent_logins={} admitted={} \
+         server_busy={} other={} seconds={:.2}",
+        today(),
+        build(),
+        4 * n,
+        report.logins.ok,
+        report.logins.refused_with(Status::ServerBusy),
+        report.logins.total() - report.logins.ok - report.logins.refused_with(Status::ServerBusy),
+        report.elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        report.logins.ok, n,
+        "exactly max_sessions admitted: {}",
+        report.logins
+    );
+    assert_eq!(
+        report.logins.refused_with(Status::ServerBusy),
+        3 * n,
+        "every other login is Server Busy: {}",
+        report.logins
+    );
+    assert_eq!(in_db, n as i64, "the registry holds exactly max_sessions");
+    drop(report.clients);
+}

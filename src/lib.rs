@@ -22,6 +22,8 @@
 //! - [`device`]: the device-side client library behind `collab-device`.
 //! - [`cwa`]: the CWA client, one per user session: sign-in (NTLMv2 / forms),
 //!   the command channel, the event long-poll, typed commands and events.
+//! - [`net`]: a server-side connection, plain TCP or TLS, shared by the
+//!   device listener and the simulator.
 //! - [`ntlm`]: both sides of NTLMv2 ([MS-NLMP]) for IIS-style HTTP
 //!   authentication, and the base64 of its headers.
 //! - [`sim`]: `cwa-sim`, the CWA 2007 + OCS simulator (HTTP server, NTLM and
@@ -34,6 +36,7 @@ pub mod cwa;
 pub mod demo;
 pub mod device;
 pub mod dispatcher;
+pub mod net;
 pub mod ntlm;
 pub mod ops;
 pub mod service;

@@ -135,29 +135,12 @@ impl Default for ListenerLimits {
     }
 }
 
-/// A device-link connection, plain or TLS.
-#[derive(Debug)]
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(native_tls::TlsStream<TcpStream>),
-}
+/// A device-link connection, plain or TLS ([`crate::net::Stream`]).
+pub use crate::net::Stream;
 
+/// What the device listener needs of a connection beyond reading and
+/// writing.
 impl Stream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref(),
-        }
-    }
-
-    /// Whether the connection is TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
-
     /// Set the timeout of every read (never `None`: every read is bounded).
     pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
         self.tcp().set_read_timeout(Some(timeout))
@@ -195,7 +178,7 @@ impl Stream {
             }
             Stream::Tls(s) => {
                 let socket = s.get_ref().try_clone()?;
-                let shared = Arc::new(Mutex::new(s));
+                let shared = Arc::new(Mutex::new(*s));
                 Ok((
                     ReadHalf::Tls {
                         shared: Arc::clone(&shared),
@@ -215,31 +198,6 @@ impl Stream {
             let _ = s.shutdown();
         }
         self.tcp().shutdown(Shutdown::Both)
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
     }
 }
 
@@ -711,7 +669,7 @@ fn run_connection(
     let stream = match tls {
         None => Stream::Plain(socket),
         Some(acceptor) => match acceptor.accept(socket) {
-            Ok(tls) => Stream::Tls(tls),
+            Ok(tls) => Stream::Tls(Box::new(tls)),
             Err(native_tls::HandshakeError::Failure(e)) => {
                 log::debug!("{peer}: TLS handshake failed: {e}");
                 return;

@@ -7,8 +7,7 @@
 //! stalls mid-way ends the connection.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{self, BufRead, BufReader, Write};
 
 /// Limits on one request.
 #[derive(Debug, Clone, Copy)]
@@ -34,47 +33,8 @@ impl Default for Limits {
     }
 }
 
-/// A connection: plain TCP or TLS over TCP.
-pub enum Stream {
-    /// Plain HTTP.
-    Plain(TcpStream),
-    /// HTTPS.
-    Tls(Box<native_tls::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    /// The underlying TCP socket (for timeouts and shutdown).
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref(),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
-    }
-}
+/// A connection: plain TCP or TLS over TCP ([`crate::net::Stream`]).
+pub use crate::net::Stream;
 
 /// One parsed request.
 #[derive(Debug, Clone)]

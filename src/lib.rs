@@ -22,8 +22,8 @@
 //! - [`device`]: the device-side client library behind `collab-device`.
 //! - [`cwa`]: the CWA client, one per user session: sign-in (NTLMv2 / forms),
 //!   the command channel, the event long-poll, typed commands and events.
-//! - [`net`]: a server-side connection, plain TCP or TLS, shared by the
-//!   device listener and the simulator.
+//! - [`net`]: a connection, plain TCP or TLS, shared by the device
+//!   listener, the simulator and the dispatcher's link to collabd.
 //! - [`ntlm`]: both sides of NTLMv2 ([MS-NLMP]) for IIS-style HTTP
 //!   authentication, and the base64 of its headers.
 //! - [`sim`]: `cwa-sim`, the CWA 2007 + OCS simulator (HTTP server, NTLM and

@@ -1,8 +1,8 @@
-//! A server-side TCP connection, plain or TLS over TCP, as collabd's device
-//! listener and cwa-sim accept it: one enum with `Read` and `Write`, so the
-//! code that reads requests or frames is written once for both transports.
-//! What each server needs beyond that (timeouts, halves for two threads)
-//! lives with that server.
+//! A TCP connection, plain or TLS over TCP, as collabd's device listener
+//! and cwa-sim accept it and as the dispatcher opens it to collabd: one enum
+//! with `Read` and `Write`, so the code that reads requests or frames is
+//! written once for both transports. What each program needs beyond that
+//! (timeouts, halves for two threads, half-close) lives with that program.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;

@@ -76,56 +76,9 @@ impl RelayObserver for RecordDir {
     }
 }
 
-/// The link to collabd: plain TCP or TLS over TCP.
-pub enum Upstream {
-    /// Plain TCP (collabd on the same host or a trusted network).
-    Plain(TcpStream),
-    /// TLS (`--upstream-tls`).
-    Tls(Box<native_tls::TlsStream<TcpStream>>),
-}
-
-impl Upstream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Upstream::Plain(s) => s,
-            Upstream::Tls(s) => s.get_ref(),
-        }
-    }
-
-    fn shutdown_write(&mut self) {
-        if let Upstream::Tls(s) = self {
-            // close_notify first so collabd sees a clean TLS end, not a
-            // truncation; a full send buffer only loses the courtesy.
-            let _ = s.shutdown();
-        }
-        let _ = self.tcp().shutdown(Shutdown::Write);
-    }
-}
-
-impl Read for Upstream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Upstream::Plain(s) => s.read(buf),
-            Upstream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Upstream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Upstream::Plain(s) => s.write(buf),
-            Upstream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Upstream::Plain(s) => s.flush(),
-            Upstream::Tls(s) => s.flush(),
-        }
-    }
-}
+/// The link to collabd: plain TCP or TLS over TCP (`--upstream-tls`); the
+/// same connection type the servers use, seen from the client side.
+pub type Upstream = crate::net::Stream;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -206,7 +159,12 @@ impl End for TcpStream {
 
 impl End for Upstream {
     fn close_write(&mut self) {
-        self.shutdown_write();
+        if let Upstream::Tls(s) = self {
+            // close_notify first so collabd sees a clean TLS end, not a
+            // truncation; a full send buffer only loses the courtesy.
+            let _ = s.shutdown();
+        }
+        let _ = self.tcp().shutdown(Shutdown::Write);
     }
 }
 

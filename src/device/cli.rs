@@ -359,7 +359,7 @@ fn session_loop(
                 Ok(line) => {
                     line_no += 1;
                     if out.script {
-                        if script_line(client, &line, line_no, out)? {
+                        if script_line(client, &line, line_no, out, ui)? {
                             return Ok(());
                         }
                     } else if ui.line(client, &line, out)? {
@@ -395,6 +395,39 @@ fn lost(e: DeviceError, out: &mut Output) -> CliError {
     err
 }
 
+/// A write to the service failed. The service may have said its last word
+/// (session ended, service stopping) and closed the link just before, so
+/// read what is still queued: the user learns why the session ended rather
+/// than only that the connection was lost.
+fn write_failed(
+    client: &mut DeviceClient,
+    e: DeviceError,
+    out: &mut Output,
+    ui: &mut Interactive,
+) -> CliError {
+    // Bounded: a few queued messages, each within half a second.
+    for _ in 0..16 {
+        let m = match client.poll(Duration::from_millis(500)) {
+            Ok(Some(m)) => m,
+            _ => break,
+        };
+        out.message(&m, ui);
+        match m {
+            ServiceMessage::SessionEnded { status, reason } => {
+                return CliError::Ended(status, reason)
+            }
+            ServiceMessage::ServiceStopping => {
+                return CliError::Ended(
+                    Status::ServiceStopping,
+                    Status::ServiceStopping.text().into(),
+                )
+            }
+            _ => {}
+        }
+    }
+    lost(e, out)
+}
+
 fn handle_message(
     client: &mut DeviceClient,
     m: ServiceMessage,
@@ -405,7 +438,9 @@ fn handle_message(
     out.message(&m, ui);
     match m {
         ServiceMessage::Event { seq, .. } if !manual_ack => {
-            client.ack(seq).map_err(|e| lost(e, out))?;
+            if let Err(e) = client.ack(seq) {
+                return Err(write_failed(client, e, out, ui));
+            }
             out.record(Line::new("acked").kv("seq", &seq.to_string()).done());
             Ok(())
         }
@@ -424,6 +459,7 @@ fn script_line(
     line: &str,
     line_no: u64,
     out: &mut Output,
+    ui: &mut Interactive,
 ) -> Result<bool, CliError> {
     let action =
         Record::parse(line).and_then(|r| r.map(|r| lineformat::parse_action(&r)).transpose());
@@ -463,7 +499,7 @@ fn script_line(
             out.record(rec);
             Ok(false)
         }
-        Err(e) => Err(lost(e, out)),
+        Err(e) => Err(write_failed(client, e, out, ui)),
     }
 }
 
@@ -642,7 +678,11 @@ impl Interactive {
             },
             "coverage" => {
                 match Coverage::from_name(first) {
-                    Some(c) => client.send_status(c).map_err(|e| lost(e, out))?,
+                    Some(c) => {
+                        if let Err(e) = client.send_status(c) {
+                            return Err(write_failed(client, e, out, self));
+                        }
+                    }
                     None => out.human("coverage: in-coverage dormant active"),
                 }
                 None
@@ -671,7 +711,10 @@ impl Interactive {
                 DeviceCommand::StartConversation { to, .. } => Some(to.join(", ")),
                 _ => None,
             };
-            let id = client.send_command(c).map_err(|e| lost(e, out))?;
+            let id = match client.send_command(c) {
+                Ok(id) => id,
+                Err(e) => return Err(write_failed(client, e, out, self)),
+            };
             if let Some(to) = start_to {
                 self.pending_start.insert(id, to);
             }

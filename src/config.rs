@@ -161,6 +161,7 @@ pub const KEYS: &[&str] = &[
     "status_timeout_ms",
     "shutdown_grace_ms",
     "heartbeat_interval_ms",
+    "instance_lost_after_ms",
     "thread_stack_kib",
 ];
 
@@ -212,6 +213,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Instance heartbeat and settings refresh period (default 5 s).
     pub heartbeat_interval: Duration,
+    /// Another instance whose heartbeat is older than this is taken as lost
+    /// and its sessions are ended in the registry (default 15 s, the
+    /// dispatcher's default for a stale heartbeat).
+    pub instance_lost_after: Duration,
     /// Stack size of connection and session threads (default 512 KiB: a
     /// login runs the TLS handshake, a CWA sign-in and Config DB queries,
     /// which need about 384 KiB in a debug build).
@@ -235,6 +240,7 @@ impl fmt::Debug for Config {
             .field("status_timeout", &self.status_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("instance_lost_after", &self.instance_lost_after)
             .field("thread_stack_size", &self.thread_stack_size)
             .finish()
     }
@@ -647,6 +653,28 @@ fn resolve(
         100,
         3_600_000,
     )?);
+    let lost_origin = raw.get("instance_lost_after_ms").map(|(_, o)| o.clone());
+    let instance_lost_after = Duration::from_millis(number(
+        &mut raw,
+        "instance_lost_after_ms",
+        15_000,
+        1_000,
+        86_400_000,
+    )?);
+    if instance_lost_after <= heartbeat_interval * 2 {
+        let message = format!(
+            "{} ms is not more than twice heartbeat_interval_ms ({} ms): \
+             a live instance would be taken for lost",
+            instance_lost_after.as_millis(),
+            heartbeat_interval.as_millis()
+        );
+        return Err(match lost_origin {
+            Some(origin) => invalid("instance_lost_after_ms", &origin, message),
+            None => ConfigError::Usage(format!(
+                "heartbeat_interval_ms is too long for the default instance_lost_after_ms: {message}"
+            )),
+        });
+    }
     let thread_stack_size = number(&mut raw, "thread_stack_kib", 512, 64, 16_384)? as usize * 1024;
     debug_assert!(raw.is_empty(), "every key is resolved: {:?}", raw.keys());
     Ok(Config {
@@ -664,6 +692,7 @@ fn resolve(
         status_timeout,
         shutdown_grace,
         heartbeat_interval,
+        instance_lost_after,
         thread_stack_size,
     })
 }
@@ -873,6 +902,15 @@ mod tests {
             (vec!["--tls-cert", "/c.pem"], "tls_key must be set too"),
             (vec!["--log-level", "loud"], "log_level"),
             (vec!["--instance", "bad name"], "instance"),
+            (
+                vec![
+                    "--instance-lost-after-ms",
+                    "1000",
+                    "--heartbeat-interval-ms",
+                    "500",
+                ],
+                "not more than twice heartbeat_interval_ms",
+            ),
         ] {
             let mut all = vec!["-c", p];
             all.extend(args);

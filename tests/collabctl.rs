@@ -105,7 +105,10 @@ fn populated() -> String {
 fn migrate_applies_once_then_reports_up_to_date() {
     let url = fresh_database();
     let first = ok(&url, &["migrate"]);
-    assert_eq!(first, "applied 0001_initial\n");
+    assert_eq!(
+        first,
+        "applied 0001_initial\napplied 0002_session_end_requests\n"
+    );
     let dump = dump_tables(&url);
     assert_eq!(ok(&url, &["migrate"]), "schema is up to date\n");
     assert_eq!(dump_tables(&url), dump);
@@ -220,6 +223,7 @@ fn instances_end_to_end() {
             "instance_added",
             "instance_changed",
             "instance_added",
+            "schema_migrated",
             "schema_migrated"
         ]
     );
@@ -414,6 +418,19 @@ fn users_devices_sessions_and_audit_end_to_end() {
             .count(),
         2
     );
+    // The holding instance's heartbeat age beside each session: bcs2 never
+    // wrote one; bcs1 did.
+    db.write_heartbeat("bcs1", "127.0.0.1:3200", 1, Some(10), true)
+        .unwrap();
+    let listed = ok(&url, &["sessions"]);
+    assert!(
+        listed.lines().next().unwrap().contains("HEARTBEAT"),
+        "{listed}"
+    );
+    let bcs1 = listed.lines().find(|l| l.contains("bcs1 ")).unwrap();
+    assert!(bcs1.contains("s ago"), "{listed}");
+    let bcs2 = listed.lines().find(|l| l.contains("bcs2 ")).unwrap();
+    assert!(bcs2.contains("never"), "{listed}");
 
     let audit = ok(&url, &["audit", "--limit", "3"]);
     let rows: Vec<&str> = audit.lines().collect();
@@ -425,6 +442,30 @@ fn users_devices_sessions_and_audit_end_to_end() {
     assert!(rows[1].contains(" instance_added ") && rows[1].contains(" bcs2 "));
     assert!(rows[2].contains(" device_removed ") && rows[2].contains(" ffffffff "));
     assert!(rows[3].contains(" device_added "));
+    // session end: by PIN or by ID, audited with the reason, shown as
+    // pending until the instance ends it.
+    let asked = ok(
+        &url,
+        &["session", "end", "2100000a", "--reason", "lost phone"],
+    );
+    assert_eq!(
+        asked,
+        format!("session {s1}: end requested; its instance ends it at its next heartbeat\n")
+    );
+    let listed = ok(&url, &["sessions", "--instance", "bcs1"]);
+    assert!(listed.contains("ending: lost phone"), "{listed}");
+    let s2 = db.list_sessions(Some("bcs2")).unwrap()[0].id;
+    ok(&url, &["session", "end", &s2.to_string()]);
+    assert_eq!(
+        db.session(s2).unwrap().end_requested.as_deref(),
+        Some("ended by an administrator")
+    );
+    let audit = ok(&url, &["audit", "--limit", "2"]);
+    assert!(
+        audit.contains("session_end_requested") && audit.contains("lost phone (by collabctl"),
+        "{audit}"
+    );
+
     let full = ok(&url, &["audit"]);
     assert!(!full.contains(&"ab".repeat(32)), "audit shows a key");
     for event in [
@@ -452,7 +493,7 @@ fn the_database_comes_from_the_environment_and_help_needs_none() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "applied 0001_initial\n"
+        "applied 0001_initial\napplied 0002_session_end_requests\n"
     );
     let help = collabctl(None, &["--help"]);
     assert_eq!(help.code, 0);
@@ -532,6 +573,25 @@ fn bad_input_is_refused_and_changes_nothing() {
             "unexpected argument",
         ),
         (&["sessions", "bcs1"], 64, "unexpected argument"),
+        (&["session"], 64, "needs a subcommand"),
+        (&["session", "end"], 64, "missing PIN|SESSION-ID"),
+        (
+            &["session", "kill", "2100000a"],
+            64,
+            "unknown session subcommand",
+        ),
+        (&["session", "end", "zz"], 65, "neither a PIN"),
+        (&["session", "end", "-5"], 65, "neither a PIN"),
+        (
+            &["session", "end", "2100000a", "--reason", " "],
+            65,
+            "must not be empty",
+        ),
+        (
+            &["session", "end", "2100000c"],
+            65,
+            "not found: active session",
+        ),
         (
             &["audit", "--limit", "5", "--limit", "6"],
             64,

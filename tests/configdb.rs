@@ -53,19 +53,22 @@ fn a_failing_migration_leaves_the_schema_as_it_was() {
     db.add_user("CORP\\alice", "sip:alice@corp.example.com", true)
         .unwrap();
     let before = dump_tables(&url);
-    let broken = [
-        MIGRATIONS[0],
-        Migration {
-            version: 2,
-            name: "broken",
-            sql: "CREATE TABLE extra (x int); \
-                  ALTER TABLE app_user ADD COLUMN nickname text; \
-                  INSERT INTO extra VALUES (1 / 0);",
-        },
-    ];
+    // The next version after the real ones.
+    let next = MIGRATIONS.len() as i32 + 1;
+    let mut broken = MIGRATIONS.to_vec();
+    broken.push(Migration {
+        version: next,
+        name: "broken",
+        sql: "CREATE TABLE extra (x int); \
+              ALTER TABLE app_user ADD COLUMN nickname text; \
+              INSERT INTO extra VALUES (1 / 0);",
+    });
     let err = db.migrate_with(&broken).unwrap_err();
     assert!(matches!(err, DbError::Query(_)), "{err:?}");
-    assert!(err.to_string().contains("0002_broken"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{next:04}_broken")),
+        "{err}"
+    );
     assert_eq!(dump_tables(&url), before);
     let has_nickname: bool = db
         .client()
@@ -79,17 +82,15 @@ fn a_failing_migration_leaves_the_schema_as_it_was() {
     assert!(!has_nickname);
     // The connection is still usable and the lock was released: a good
     // migration 2 now applies.
-    let good = [
-        MIGRATIONS[0],
-        Migration {
-            version: 2,
-            name: "good",
-            sql: "CREATE TABLE extra (x int);",
-        },
-    ];
+    let mut good = MIGRATIONS.to_vec();
+    good.push(Migration {
+        version: next,
+        name: "good",
+        sql: "CREATE TABLE extra (x int);",
+    });
     let applied = db.migrate_with(&good).unwrap();
     assert_eq!(applied.len(), 1);
-    assert_eq!(applied[0].version, 2);
+    assert_eq!(applied[0].version, next);
 }
 
 #[test]
@@ -448,6 +449,7 @@ fn admin_changes_are_audited_without_secrets() {
             "device_added",
             "user_added",
             "instance_added",
+            "schema_migrated",
             "schema_migrated"
         ]
     );
@@ -560,4 +562,146 @@ fn a_killed_process_leaves_no_cluster_behind() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn sessions_of_a_lost_instance_are_ended_once_and_a_live_instance_reclaims_its_own() {
+    let (url, mut db) = migrated_database();
+    for name in ["live", "dead", "quiet"] {
+        db.add_instance(name, &settings("https://cwa")).unwrap();
+        db.write_heartbeat(name, "127.0.0.1:1", 0, Some(10), true)
+            .unwrap();
+    }
+    let on_dead: Vec<i64> = (0..20)
+        .map(|i| {
+            db.session_started("dead", "CORP\\alice", 0x2100_0000 + i)
+                .unwrap()
+        })
+        .collect();
+    let on_quiet = db
+        .session_started("quiet", "CORP\\bob", 0x2200_0000)
+        .unwrap();
+    let on_live = db
+        .session_started("live", "CORP\\carol", 0x2300_0000)
+        .unwrap();
+    db.client()
+        .execute(
+            "UPDATE instance SET heartbeat_at = now() - interval '1 minute' \
+             WHERE name IN ('dead', 'quiet')",
+            &[],
+        )
+        .unwrap();
+
+    // Two noticers at once (an instance and a dispatcher): every row is
+    // ended, and audited, exactly once.
+    let noticers: Vec<_> = ["live", "dispatcher"]
+        .into_iter()
+        .map(|by| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut db = ConfigDb::connect(&url).unwrap();
+                db.end_sessions_of_lost_instances(30_000, by).unwrap()
+            })
+        })
+        .collect();
+    let mut ended = std::collections::BTreeMap::new();
+    for n in noticers {
+        for (instance, count) in n.join().unwrap() {
+            *ended.entry(instance).or_insert(0) += count;
+        }
+    }
+    assert_eq!(
+        ended.into_iter().collect::<Vec<_>>(),
+        [("dead".to_string(), 20), ("quiet".to_string(), 1)]
+    );
+    for id in on_dead.iter().chain([&on_quiet]) {
+        let s = db.session(*id).unwrap();
+        assert_eq!(s.state, SessionState::Ended);
+        assert_eq!(
+            s.end_reason.as_deref(),
+            Some(collabd::configdb::INSTANCE_LOST)
+        );
+    }
+    assert_eq!(db.session(on_live).unwrap().state, SessionState::Active);
+    let audited = db
+        .list_audit(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.event == "session_ended")
+        .count();
+    assert_eq!(audited, 21);
+    assert!(db
+        .end_sessions_of_lost_instances(30_000, "live")
+        .unwrap()
+        .is_empty());
+
+    // "quiet" was alive after all (its database link was down): it puts
+    // back the rows of the sessions it still holds, and only those.
+    assert_eq!(
+        db.reclaim_sessions("quiet", &[on_quiet, on_live]).unwrap(),
+        1
+    );
+    assert_eq!(db.session(on_quiet).unwrap().state, SessionState::Active);
+    assert_eq!(db.session(on_quiet).unwrap().end_reason, None);
+    assert_eq!(db.reclaim_sessions("quiet", &[on_quiet]).unwrap(), 0);
+}
+
+#[test]
+fn end_requests_name_live_sessions_and_are_audited() {
+    use collabd::configdb::SessionTarget;
+    let (_url, mut db) = migrated_database();
+    db.add_instance("a", &settings("https://cwa")).unwrap();
+    db.add_user("CORP\\alice", "sip:alice@corp", true).unwrap();
+    db.add_user("CORP\\bob", "sip:bob@corp", true).unwrap();
+    db.add_device(0x2100_000a, "CORP\\alice").unwrap();
+    db.add_device(0x2100_000b, "CORP\\bob").unwrap();
+    let alice = db.session_started("a", "CORP\\alice", 0x2100_000a).unwrap();
+    let bob = db.session_started("a", "CORP\\bob", 0x2100_000b).unwrap();
+    assert!(db.end_requests("a").unwrap().is_empty());
+
+    assert_eq!(
+        db.request_session_end(SessionTarget::Id(alice), "lost phone", "ops")
+            .unwrap(),
+        [alice]
+    );
+    assert!(matches!(
+        db.request_session_end(SessionTarget::Id(999_999), "x", "ops"),
+        Err(DbError::NotFound { .. })
+    ));
+    assert!(matches!(
+        db.request_session_end(SessionTarget::Pin(0x3000_0000), "x", "ops"),
+        Err(DbError::NotFound { .. })
+    ));
+    // `user revoke` requests the end of the user's sessions too.
+    db.set_im_enabled("corp\\BOB", false).unwrap();
+    let requests = db.end_requests("a").unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].id, alice);
+    assert_eq!(requests[0].reason, "lost phone");
+    assert_eq!(requests[0].by, "ops");
+    assert_eq!(requests[1].id, bob);
+    assert_eq!(requests[1].reason, "user revoked");
+    assert!(
+        requests[1].by.starts_with("database role "),
+        "{:?}",
+        requests[1]
+    );
+    let listed = db.list_sessions(Some("a")).unwrap();
+    assert_eq!(listed[0].end_requested.as_deref(), Some("lost phone"));
+    assert_eq!(listed[0].instance_heartbeat_age_ms, None);
+
+    // Once ended, a session is no longer asked for.
+    assert!(db
+        .session_ended(alice, "ended by an administrator")
+        .unwrap());
+    assert_eq!(db.end_requests("a").unwrap().len(), 1);
+    let audited: Vec<String> = db
+        .list_audit(100)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.event == "session_end_requested")
+        .map(|r| r.event.reason.unwrap_or_default())
+        .collect();
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert!(audited.iter().any(|r| r.contains("lost phone (by ops)")));
 }

@@ -796,3 +796,108 @@ fn tls_on_the_device_link_and_https_to_cwa_with_a_private_ca() {
     assert_eq!(finish(a).0, 0);
     assert_eq!(finish(b).0, 0);
 }
+
+#[test]
+fn administrators_end_live_sessions_and_the_devices_are_told_why() {
+    use collabd::configdb::SessionTarget;
+    let (mut stack, devices) = stack_with(&["alice", "bob", "carol"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    let (mut bob, _) = stack.signed_in(&devices[1]);
+    let (mut carol, _) = stack.signed_in(&devices[2]);
+    assert_eq!(stack.active_sessions(), 3);
+
+    // collabctl session end PIN --reason ...
+    let ids = stack
+        .db
+        .request_session_end(SessionTarget::Pin(devices[0].pin), "phone lost", "the test")
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    let ended = alice.expect("ended ");
+    assert!(
+        ended.starts_with(
+            "ended code=310 name=SessionEnded reason=ended\\sby\\san\\sadministrator:\\sphone\\slost"
+        ),
+        "{ended}"
+    );
+    assert_eq!(finish(alice).0, 5);
+
+    // collabctl device remove PIN
+    stack.db.remove_device(devices[1].pin).unwrap();
+    let ended = bob.expect("ended ");
+    assert!(ended.contains("device\\sremoved"), "{ended}");
+    assert_eq!(finish(bob).0, 5);
+
+    // collabctl user revoke LOGIN
+    stack
+        .db
+        .set_im_enabled(&devices[2].user.login, false)
+        .unwrap();
+    let ended = carol.expect("ended ");
+    assert!(ended.contains("user\\srevoked"), "{ended}");
+    assert_eq!(finish(carol).0, 5);
+
+    wait_until("every registry row to be ended", || {
+        stack.active_sessions() == 0
+    });
+    for (dev, why) in devices
+        .iter()
+        .zip(["phone lost", "device removed", "user revoked"])
+    {
+        assert!(stack.audited("session_ended_by_admin", dev.pin, why));
+    }
+    let requested = stack
+        .db
+        .list_audit(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.event == "session_end_requested")
+        .count();
+    assert_eq!(requested, 3);
+    wait_until("the CWA sessions to be signed out", || {
+        stack.sim.status().get("sessions").map(String::as_str) == Some("0")
+    });
+    // Nothing left to end: a request names no active session.
+    assert!(stack
+        .db
+        .request_session_end(SessionTarget::Pin(devices[0].pin), "again", "the test")
+        .is_err());
+}
+
+#[test]
+fn a_killed_instance_leaves_no_active_session_once_another_notices() {
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let (alice, _) = stack.signed_in(&devices[0]);
+    let mut other_settings = settings(Some(10));
+    other_settings.cwa_url = stack.sim.base_url();
+    stack.db.add_instance("survivor", &other_settings).unwrap();
+    let mut survivor = support::collabd::Collabd::start(
+        &stack.dir,
+        &stack.db_url,
+        &["--instance", "survivor", "--instance-lost-after-ms", "1500"],
+    );
+    assert_eq!(stack.active_sessions(), 1);
+
+    assert_eq!(stack.collabd().signal_and_wait(libc::SIGKILL), None);
+    drop(alice);
+    wait_until("the killed instance's session to be ended", || {
+        stack.active_sessions() == 0
+    });
+    let rows: Vec<_> = stack
+        .db
+        .list_audit(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.event == "session_ended" && r.event.pin == Some(devices[0].pin))
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let reason = rows[0].event.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("instance lost") && reason.contains("survivor"),
+        "{reason}"
+    );
+    let noticed = format!("instance {} lost", support::collabd::INSTANCE);
+    assert!(survivor.log().contains(&noticed), "{}", survivor.log());
+    assert_eq!(survivor.signal_and_wait(libc::SIGTERM), Some(0));
+}

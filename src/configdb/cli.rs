@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use super::{
     format_pin, generate_transport_key, parse_cwa_url, parse_hex_key, parse_instance_name,
     parse_login, parse_pin, parse_sip_uri, AuthMode, ConfigDb, DbError, Instance, InstanceChange,
-    InstanceSettings,
+    InstanceSettings, SessionTarget,
 };
 
 /// Environment variable holding the database URL when `--database` is not
@@ -130,6 +130,7 @@ commands:
   device list
   device remove PIN
   sessions [--instance NAME]
+  session end PIN|SESSION-ID [--reason TEXT]
   audit [--limit N]
   demo [--dir DIR] [--listen-dispatcher ADDR] [--listen-collabd ADDR] [--keep]
        (a throwaway database, cwa-sim, collabd and collab-dispatcher on this
@@ -286,7 +287,34 @@ enum Command {
     DeviceList,
     DeviceRemove(u32),
     Sessions(Option<String>),
+    SessionEnd(SessionTarget, String),
     Audit(u32),
+}
+
+/// The reason `session end` records when none is given.
+const DEFAULT_END_REASON: &str = "ended by an administrator";
+
+/// `session end`'s target: exactly eight hex digits are a device PIN (as
+/// everywhere in collabctl); any other run of decimal digits is a session
+/// ID (an eight-digit ID is written with a leading zero).
+fn parse_session_target(text: &str) -> Result<SessionTarget, CliError> {
+    if text.len() == 8 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(SessionTarget::Pin(parse_pin(text)?));
+    }
+    match text.parse::<i64>() {
+        Ok(id) if id > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(SessionTarget::Id(id)),
+        _ => Err(bad(format!(
+            "{text:?} is neither a PIN (8 hex digits) nor a session ID (digits)"
+        ))),
+    }
+}
+
+/// Who runs this collabctl, for the audit of `session end`: the operating
+/// system user (from the environment, which an administrator's shell sets).
+fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 const INSTANCE_OPTIONS: &[&str] = &[
@@ -500,6 +528,22 @@ impl Command {
                     options.get("instance").map(str::to_string),
                 ))
             }
+            "session" => match sub(1, "end")? {
+                "end" => {
+                    let options = Options::parse(&words[2..], &["reason"])?;
+                    let target =
+                        parse_session_target(&options.positionals(&["PIN|SESSION-ID"])?[0])?;
+                    let reason = match options.get("reason") {
+                        Some(r) if r.trim().is_empty() => {
+                            return Err(bad("--reason must not be empty"))
+                        }
+                        Some(r) => r.to_string(),
+                        None => DEFAULT_END_REASON.to_string(),
+                    };
+                    Ok(Command::SessionEnd(target, reason))
+                }
+                other => Err(usage(format!("unknown session subcommand {other:?}"))),
+            },
             "audit" => {
                 let options = Options::parse(&words[1..], &["limit"])?;
                 options.positionals(&[])?;
@@ -649,6 +693,10 @@ impl Command {
                             s.coverage.to_string(),
                             format_time(s.started_at_ms),
                             format_time(s.last_status_at_ms),
+                            s.instance_heartbeat_age_ms
+                                .map_or("never".to_string(), format_age),
+                            s.end_requested
+                                .map_or("-".to_string(), |r| format!("ending: {r}")),
                         ]
                     })
                     .collect();
@@ -662,9 +710,20 @@ impl Command {
                         "COVERAGE",
                         "STARTED",
                         "LAST STATUS",
+                        "HEARTBEAT",
+                        "NOTE",
                     ],
                     rows,
                 )?;
+            }
+            Command::SessionEnd(target, reason) => {
+                let by = format!("collabctl, user {}", os_user());
+                for id in db.request_session_end(target, &reason, &by)? {
+                    writeln!(
+                        out,
+                        "session {id}: end requested; its instance ends it at its next heartbeat"
+                    )?;
+                }
             }
             Command::Audit(limit) => {
                 let rows = db
@@ -870,6 +929,12 @@ fn table(out: &mut dyn Write, headers: &[&str], rows: Vec<Vec<String>>) -> Resul
 pub fn format_time(epoch_ms: i64) -> String {
     let t = crate::ops::utc::Utc::from_epoch_ms(epoch_ms);
     format!("{} {}Z", t.date(), t.time())
+}
+
+/// A heartbeat's age for `sessions`: how long ago, in seconds.
+fn format_age(ms: i64) -> String {
+    let ms = ms.max(0);
+    format!("{}.{}s ago", ms / 1000, (ms % 1000) / 100)
 }
 
 #[cfg(test)]

@@ -23,11 +23,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Add new files here; never edit an applied one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../sql/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../sql/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "session_end_requests",
+        sql: include_str!("../../sql/0002_session_end_requests.sql"),
+    },
+];
 
 /// A migration that this run applied.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,7 +33,8 @@ mod validate;
 pub use instances::{AuthMode, Instance, InstanceChange, InstanceSettings};
 pub use migrate::{AppliedMigration, Migration, MIGRATIONS};
 pub use registry::{
-    AuditEvent, AuditRecord, Coverage, InstanceHealth, SessionRecord, SessionState,
+    AuditEvent, AuditRecord, Coverage, EndRequest, InstanceHealth, SessionRecord, SessionState,
+    SessionTarget, INSTANCE_LOST,
 };
 pub use users::{Device, DeviceSummary, User};
 pub use validate::{

@@ -89,7 +89,37 @@ pub struct SessionRecord {
     pub started_at_ms: i64,
     pub ended_at_ms: Option<i64>,
     pub end_reason: Option<String>,
+    /// An administrator asked to end the session (`collabctl session end`,
+    /// `device remove`, `user revoke`): the reason given, until the
+    /// instance holding it ends it.
+    pub end_requested: Option<String>,
+    /// Milliseconds since the holding instance's last heartbeat, by the
+    /// database's clock (`None`: it never wrote one).
+    pub instance_heartbeat_age_ms: Option<i64>,
 }
+
+/// Which live session(s) an administrator means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionTarget {
+    /// The active session of this device.
+    Pin(u32),
+    /// The session with this registry id.
+    Id(i64),
+}
+
+/// A session whose end an administrator requested, as its instance reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndRequest {
+    /// The registry id.
+    pub id: i64,
+    pub reason: String,
+    /// Who asked (for the audit).
+    pub by: String,
+}
+
+/// The reason written on sessions of an instance whose heartbeat went
+/// stale (`end_reason`, and the audit's `session_ended` reason).
+pub const INSTANCE_LOST: &str = "instance lost";
 
 /// A live instance as the dispatcher sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,13 +203,69 @@ pub(crate) fn audit_in<C: GenericClient>(
     Ok(())
 }
 
+/// The columns [`session_from_row`] reads, from `session s JOIN instance i`.
 fn session_columns() -> String {
     format!(
-        "id, instance, login, pin, state, coverage, {}, {}, {}, end_reason",
-        epoch_ms("last_status_at"),
-        epoch_ms("started_at"),
-        epoch_ms("ended_at")
+        "s.id, s.instance, s.login, s.pin, s.state, s.coverage, {}, {}, {}, s.end_reason, \
+         s.end_requested_reason, (extract(epoch from (now() - i.heartbeat_at)) * 1000)::bigint",
+        epoch_ms("s.last_status_at"),
+        epoch_ms("s.started_at"),
+        epoch_ms("s.ended_at")
     )
+}
+
+const SESSION_FROM: &str = "session s JOIN instance i ON i.name = s.instance";
+
+/// Marks the active sessions matched by `filter` (an SQL condition on `s`,
+/// with `$1` its parameter) for ending, inside `tx`, and audits each as
+/// `session_end_requested`. Returns the ids marked.
+fn request_end_in<C: GenericClient>(
+    tx: &mut C,
+    filter: &str,
+    param: &(dyn postgres::types::ToSql + Sync),
+    reason: &str,
+    by: &str,
+) -> Result<Vec<i64>, DbError> {
+    let sql = format!(
+        "UPDATE session s SET end_requested_at = now(), end_requested_reason = $2, \
+         end_requested_by = $3 WHERE s.state = 'active' AND {filter} \
+         RETURNING s.id, s.instance, s.login, s.pin"
+    );
+    let rows = tx
+        .query(sql.as_str(), &[param, &bounded(reason), &bounded(by)])
+        .map_err(|e| classify(e, "requesting session end"))?;
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.get(0);
+        let mut event = AuditEvent::new("session_end_requested");
+        event.instance = Some(row.get(1));
+        event.login = Some(row.get(2));
+        event.pin = Some(pin_from(row.get(3))?);
+        event.reason = Some(format!("session {id}: {reason} (by {by})"));
+        audit_in(tx, &event)?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Requests the end of `login`'s active sessions (user revoked), in `tx`.
+pub(crate) fn request_end_of_user_in<C: GenericClient>(
+    tx: &mut C,
+    login: &str,
+    reason: &str,
+    by: &str,
+) -> Result<Vec<i64>, DbError> {
+    request_end_in(tx, "lower(s.login) = lower($1)", &login, reason, by)
+}
+
+/// Requests the end of device `pin`'s active sessions, in `tx`.
+pub(crate) fn request_end_of_device_in<C: GenericClient>(
+    tx: &mut C,
+    pin: u32,
+    reason: &str,
+    by: &str,
+) -> Result<Vec<i64>, DbError> {
+    request_end_in(tx, "s.pin = $1", &i64::from(pin), reason, by)
 }
 
 fn session_from_row(row: &Row) -> Result<SessionRecord, DbError> {
@@ -200,6 +286,8 @@ fn session_from_row(row: &Row) -> Result<SessionRecord, DbError> {
         started_at_ms: row.get(7),
         ended_at_ms: row.get(8),
         end_reason: row.get(9),
+        end_requested: row.get(10),
+        instance_heartbeat_age_ms: row.get(11),
     })
 }
 
@@ -280,8 +368,9 @@ impl ConfigDb {
             self.instance(name)?;
         }
         let sql = format!(
-            "SELECT {} FROM session WHERE state = 'active' AND ($1::text IS NULL OR instance = $1) \
-             ORDER BY started_at, id",
+            "SELECT {} FROM {SESSION_FROM} \
+             WHERE s.state = 'active' AND ($1::text IS NULL OR s.instance = $1) \
+             ORDER BY s.started_at, s.id",
             session_columns()
         );
         let rows = self
@@ -293,7 +382,10 @@ impl ConfigDb {
 
     /// One session by id, active or ended.
     pub fn session(&mut self, id: i64) -> Result<SessionRecord, DbError> {
-        let sql = format!("SELECT {} FROM session WHERE id = $1", session_columns());
+        let sql = format!(
+            "SELECT {} FROM {SESSION_FROM} WHERE s.id = $1",
+            session_columns()
+        );
         let row = self
             .client
             .query_opt(sql.as_str(), &[&id])
@@ -315,6 +407,116 @@ impl ConfigDb {
             )
             .map_err(|e| classify(e, "finding session"))?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Asks the instance holding the targeted active session to end it
+    /// (within one heartbeat) with `reason`; `by` names who asked. One
+    /// transaction with its audit rows. Returns the ids marked; NotFound
+    /// when no active session matches.
+    pub fn request_session_end(
+        &mut self,
+        target: SessionTarget,
+        reason: &str,
+        by: &str,
+    ) -> Result<Vec<i64>, DbError> {
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(|e| classify(e, "requesting session end"))?;
+        let ids = match target {
+            SessionTarget::Pin(pin) => request_end_of_device_in(&mut tx, pin, reason, by)?,
+            SessionTarget::Id(id) => request_end_in(&mut tx, "s.id = $1", &id, reason, by)?,
+        };
+        if ids.is_empty() {
+            return Err(DbError::not_found(match target {
+                SessionTarget::Pin(pin) => format!(
+                    "active session for device PIN {}",
+                    super::validate::format_pin(pin)
+                ),
+                SessionTarget::Id(id) => format!("active session {id}"),
+            }));
+        }
+        tx.commit()
+            .map_err(|e| classify(e, "requesting session end"))?;
+        Ok(ids)
+    }
+
+    /// The end requests for `instance`'s active sessions, oldest first.
+    pub fn end_requests(&mut self, instance: &str) -> Result<Vec<EndRequest>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, end_requested_reason, coalesce(end_requested_by, '') FROM session \
+                 WHERE instance = $1 AND state = 'active' AND end_requested_at IS NOT NULL \
+                 ORDER BY end_requested_at, id",
+                &[&instance],
+            )
+            .map_err(|e| classify(e, "reading end requests"))?;
+        Ok(rows
+            .iter()
+            .map(|row| EndRequest {
+                id: row.get(0),
+                reason: row.get(1),
+                by: row.get(2),
+            })
+            .collect())
+    }
+
+    /// Ends, with reason [`INSTANCE_LOST`], every active session of every
+    /// instance other than `noticed_by` whose heartbeat is older than
+    /// `lost_after_ms` (by the database's clock), auditing each as
+    /// `session_ended`. Any number of instances and dispatchers may call
+    /// this at once: a row is ended, and audited, by exactly one of them
+    /// (the UPDATE re-checks `state` under the row lock). Returns how many
+    /// sessions were ended, per instance.
+    pub fn end_sessions_of_lost_instances(
+        &mut self,
+        lost_after_ms: u64,
+        noticed_by: &str,
+    ) -> Result<Vec<(String, u64)>, DbError> {
+        let lost_after = i64::try_from(lost_after_ms).unwrap_or(i64::MAX / 2);
+        let rows = self
+            .client
+            .query(
+                "WITH lost AS ( \
+                   SELECT name FROM instance WHERE name <> $2 AND heartbeat_at IS NOT NULL \
+                     AND heartbeat_at <= now() - $1::bigint * interval '1 millisecond'), \
+                 ended AS ( \
+                   UPDATE session SET state = 'ended', ended_at = now(), end_reason = $3 \
+                   WHERE state = 'active' AND instance IN (SELECT name FROM lost) \
+                   RETURNING id, instance, login, pin), \
+                 audited AS ( \
+                   INSERT INTO audit_event (instance, login, pin, event, reason) \
+                   SELECT instance, login, pin, 'session_ended', \
+                          $3 || ' (session ' || id || ', noticed by ' || $2 || ')' FROM ended) \
+                 SELECT instance, count(*) FROM ended GROUP BY instance ORDER BY instance",
+                &[&lost_after, &bounded(noticed_by), &INSTANCE_LOST],
+            )
+            .map_err(|e| classify(e, "ending sessions of lost instances"))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let n: i64 = row.get(1);
+                (row.get(0), u64::try_from(n).unwrap_or(0))
+            })
+            .collect())
+    }
+
+    /// Marks `ids`, sessions this instance holds alive, active again where
+    /// another party ended them as [`INSTANCE_LOST`] while this instance
+    /// could not write its heartbeat (a database outage): the registry
+    /// follows the truth again. Returns how many rows it restored.
+    pub fn reclaim_sessions(&mut self, instance: &str, ids: &[i64]) -> Result<u64, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.client
+            .execute(
+                "UPDATE session SET state = 'active', ended_at = NULL, end_reason = NULL \
+                 WHERE instance = $1 AND id = ANY($2) AND state = 'ended' AND end_reason = $3",
+                &[&instance, &ids, &INSTANCE_LOST],
+            )
+            .map_err(|e| classify(e, "reclaiming sessions"))
     }
 
     /// The instance's heartbeat: where it listens, how many sessions it

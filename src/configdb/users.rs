@@ -8,9 +8,9 @@ collabctl); listings never carry them.
 
 use std::fmt;
 
-use postgres::{Row, Transaction};
+use postgres::{GenericClient, Row, Transaction};
 
-use super::registry::audit_in;
+use super::registry::{audit_in, request_end_of_device_in, request_end_of_user_in};
 use super::validate::{format_pin, generate_transport_key, parse_login, parse_sip_uri};
 use super::{classify, epoch_ms, AuditEvent, ConfigDb, DbError};
 
@@ -147,8 +147,12 @@ impl ConfigDb {
         } else {
             "user_revoked"
         });
-        event.login = Some(stored);
+        event.login = Some(stored.clone());
         audit_in(&mut tx, &event)?;
+        if !enabled {
+            let by = database_role(&mut tx)?;
+            request_end_of_user_in(&mut tx, &stored, "user revoked", &by)?;
+        }
         tx.commit().map_err(|e| classify(e, "changing user"))
     }
 
@@ -240,6 +244,9 @@ impl ConfigDb {
         event.login = Some(row.get(0));
         event.pin = Some(pin);
         audit_in(&mut tx, &event)?;
+        // A device that may no longer sign in may not stay signed in either.
+        let by = database_role(&mut tx)?;
+        request_end_of_device_in(&mut tx, pin, "device removed", &by)?;
         tx.commit().map_err(|e| classify(e, "removing device"))
     }
 
@@ -295,4 +302,13 @@ impl ConfigDb {
 
 pub(crate) fn pin_from(value: i64) -> Result<u32, DbError> {
     u32::try_from(value).map_err(|_| DbError::bad(format!("stored PIN {value} is not 32-bit")))
+}
+
+/// Who is making this change, for the audit of end requests: the database
+/// role collabctl connected as.
+fn database_role<C: GenericClient>(tx: &mut C) -> Result<String, DbError> {
+    let row = tx
+        .query_one("SELECT session_user::text", &[])
+        .map_err(|e| classify(e, "reading the database role"))?;
+    Ok(format!("database role {}", row.get::<_, String>(0)))
 }

@@ -167,6 +167,14 @@ impl ServiceContext {
         self.sessions().get(&id).cloned()
     }
 
+    /// The live sessions' ids with their registry rows (those written).
+    pub fn registry_rows(&self) -> Vec<(SessionId, i64)> {
+        self.sessions()
+            .values()
+            .filter_map(|s| s.registry_id().map(|row| (s.id(), row)))
+            .collect()
+    }
+
     /// Sessions not yet finished.
     pub fn live_sessions(&self) -> usize {
         self.sessions().len()

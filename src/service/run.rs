@@ -26,7 +26,7 @@ use std::fmt;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{self, Command, Config};
 use crate::configdb::pool::{Pool, PoolError};
@@ -310,11 +310,13 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
         let interval = config.heartbeat_interval;
         let advertise = advertise.clone();
         let ca_file = config.cwa_ca_file.clone();
+        let mut upkeep = RegistryUpkeep::new(config.instance_lost_after);
         std::thread::Builder::new()
             .name("heartbeat".into())
             .stack_size(config.thread_stack_size)
             .spawn(move || loop {
-                heartbeat_once(&ctx, &advertise, true);
+                let written = heartbeat_once(&ctx, &advertise, true);
+                upkeep.after_heartbeat(&ctx, written);
                 refresh_instance(&ctx, ca_file.as_deref());
                 let kicked = kick.wait(interval);
                 if shutdown.is_requested() {
@@ -394,7 +396,8 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     Ok(())
 }
 
-fn heartbeat_once(ctx: &ServiceContext, advertise: &str, healthy: bool) {
+/// Writes the heartbeat; returns whether it reached the Config DB.
+fn heartbeat_once(ctx: &ServiceContext, advertise: &str, healthy: bool) -> bool {
     let (in_use, limit) = ctx.table.usage();
     let healthy = healthy && !ctx.is_stopping();
     let written = ctx.with_db(Duration::from_secs(5), |db| {
@@ -406,10 +409,99 @@ fn heartbeat_once(ctx: &ServiceContext, advertise: &str, healthy: bool) {
             healthy,
         )
     });
-    if let Err(e) = written {
+    if let Err(e) = &written {
         log::warn!("heartbeat not written: {e}");
     }
     let _ = notify::notify(&[NotifyState::Status(format!("{in_use} of {limit} sessions"))]);
+    written.is_ok()
+}
+
+/// What the heartbeat thread keeps true in the registry besides the
+/// heartbeat itself (collabd(8), "The registry"): sessions of instances
+/// whose heartbeat went stale are ended as `instance lost`; this
+/// instance's own sessions, if another party ended them that way while its
+/// heartbeat could not be written, are made active again; and
+/// administrators' end requests reach the sessions they name.
+struct RegistryUpkeep {
+    lost_after: Duration,
+    last_written: Instant,
+}
+
+impl RegistryUpkeep {
+    fn new(lost_after: Duration) -> RegistryUpkeep {
+        RegistryUpkeep {
+            lost_after,
+            last_written: Instant::now(),
+        }
+    }
+
+    fn after_heartbeat(&mut self, ctx: &ServiceContext, written: bool) {
+        if !written {
+            return;
+        }
+        // Out of touch for longer than half the loss threshold: another
+        // instance or a dispatcher may have taken this one for lost.
+        let out_of_touch = self.last_written.elapsed() > self.lost_after / 2;
+        self.last_written = Instant::now();
+        let wait = Duration::from_secs(5);
+        if out_of_touch {
+            let rows: Vec<i64> = ctx
+                .registry_rows()
+                .into_iter()
+                .map(|(_, row)| row)
+                .collect();
+            match ctx.with_db(wait, |db| db.reclaim_sessions(&ctx.instance, &rows)) {
+                Ok(0) => {}
+                Ok(n) => log::warn!("{n} live sessions were marked lost while the Config DB was out of reach; marked active again"),
+                Err(e) => log::warn!("cannot check this instance's sessions in the registry: {e}"),
+            }
+        }
+        let lost_after_ms = u64::try_from(self.lost_after.as_millis()).unwrap_or(u64::MAX);
+        match ctx.with_db(wait, |db| {
+            db.end_sessions_of_lost_instances(lost_after_ms, &ctx.instance)
+        }) {
+            Ok(lost) => {
+                for (instance, n) in lost {
+                    log::warn!("instance {instance} lost (no heartbeat for {lost_after_ms} ms): ended its {n} sessions in the registry");
+                }
+            }
+            Err(e) => log::warn!("cannot end the sessions of lost instances: {e}"),
+        }
+        let requests = match ctx.with_db(wait, |db| db.end_requests(&ctx.instance)) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("cannot read end requests: {e}");
+                return;
+            }
+        };
+        if requests.is_empty() {
+            return;
+        }
+        let live = ctx.registry_rows();
+        for request in requests {
+            let holder = live.iter().find(|(_, row)| *row == request.id);
+            log::info!(
+                "session row {} ended by {}: {}",
+                request.id,
+                request.by,
+                request.reason
+            );
+            match holder {
+                Some((id, _)) => {
+                    ctx.table
+                        .end(*id, EndReason::Administrative(request.reason.clone()));
+                }
+                // No live session holds the row (it is finishing, or the
+                // row outlived its session): end the row itself.
+                None => {
+                    let text = EndReason::Administrative(request.reason).to_string();
+                    if let Err(e) = ctx.with_db(wait, |db| db.session_ended(request.id, &text)) {
+                        log::warn!("registry end of row {} not recorded: {e}", request.id);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn refresh_instance(ctx: &ServiceContext, ca_file: Option<&std::path::Path>) {

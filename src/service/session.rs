@@ -234,6 +234,11 @@ impl Session {
         self.handle.id()
     }
 
+    /// The session's row in the Config DB registry, once it was written.
+    pub fn registry_id(&self) -> Option<i64> {
+        self.registry_id
+    }
+
     /// The device PIN.
     pub fn pin(&self) -> u32 {
         self.pin
@@ -670,6 +675,7 @@ impl Session {
             EndReason::CwaSessionLost(_) => "cwa_session_lost",
             EndReason::BufferOverflow { .. } => "buffer_overflow",
             EndReason::ServiceStopping => "service_stopping",
+            EndReason::Administrative(_) => "session_ended_by_admin",
             EndReason::Closed => "session_ended",
         };
         self.ctx

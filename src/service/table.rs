@@ -229,6 +229,9 @@ pub enum EndReason {
     },
     /// The service is shutting down (device status 311).
     ServiceStopping,
+    /// An administrator ended the session (`collabctl session end`,
+    /// `device remove`, `user revoke`), with the reason given.
+    Administrative(String),
     /// The session thread ended without giving a reason (it returned early
     /// or panicked); recorded by [`SlotGuard`]'s drop.
     Closed,
@@ -269,6 +272,7 @@ impl fmt::Display for EndReason {
                 "event buffer overflow: {events} events not acknowledged by the device"
             ),
             EndReason::ServiceStopping => f.write_str("the service is stopping"),
+            EndReason::Administrative(why) => write!(f, "ended by an administrator: {why}"),
             EndReason::Closed => f.write_str("session closed"),
         }
     }

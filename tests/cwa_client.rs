@@ -1167,6 +1167,73 @@ fn sim_conversation_over_https_with_the_test_ca() {
     conversation(&sim, Some(&ca));
 }
 
+/// Every sign-in made from one configuration shares its TLS context: later
+/// connections resume a cached TLS session, yet certificates are still
+/// verified (a server the configured CA does not vouch for is refused while
+/// the context is in use) and each user keeps their own connections.
+#[test]
+fn sim_shared_tls_context_resumes_verifies_and_keeps_users_apart() {
+    let ca = TestCa::new();
+    let sim = Sim::start_tls(USERS, &ca, &FAST);
+    let config = sim_config(&sim.base_url(), Some(&ca));
+    let alice = sign_in(&config, r"CONTOSO\alice", "pw-alice");
+    let bob = sign_in(&config, r"CONTOSO\bob", "pw-bob");
+    let (mut a, a_events) = alice.split();
+    let (mut b, b_events) = bob.split();
+    let mut ap = Pump::start(a_events);
+    let mut bp = Pump::start(b_events);
+    ap.wait("alice's configuration", |e| {
+        matches!(e, Event::Configuration(_))
+    });
+    bp.wait("bob's configuration", |e| {
+        matches!(e, Event::Configuration(_))
+    });
+    for (channel, pump) in [(&mut a, &mut ap), (&mut b, &mut bp)] {
+        let rid = accepted(channel.send(&Command::PublishPresence {
+            availability: 3500,
+            note: None,
+        }));
+        succeeded(pump, rid, CommandKind::PublishPresence);
+    }
+    // Both users' event GETs are held and their command connections are
+    // pooled: still one user per connection.
+    assert_connections_unshared(&sim, &["sip:alice@contoso.com", "sip:bob@contoso.com"]);
+    let conns = sim.connections();
+    assert!(conns.iter().all(|c| c.tls), "{conns:#?}");
+    let handshakes = config.transport.tls_handshakes();
+    assert!(
+        handshakes.full >= 1 && handshakes.resumed >= 1,
+        "later connections resume the first TLS session: {handshakes:?}"
+    );
+
+    // A server whose certificate comes from another CA, reached through the
+    // same shared context: refused, and the context keeps serving.
+    let stranger_ca = TestCa::new();
+    let stranger = Sim::start_tls(USERS, &stranger_ca, &FAST);
+    let to_stranger = ClientConfig {
+        base_url: stranger.base_url(),
+        ..config.clone()
+    };
+    let e = sign_in_error(&to_stranger, r"CONTOSO\carol", "pw-carol");
+    assert!(matches!(e, SignInError::Tls(_)), "{e:?}");
+    assert_eq!(e.device_status(), 306);
+    assert!(stranger.connections().iter().all(|c| c.users().is_empty()));
+    let carol = sign_in(&config, r"CONTOSO\carol", "pw-carol");
+    assert_eq!(carol.info().own_uri, "sip:carol@contoso.com");
+    assert_connections_unshared(
+        &sim,
+        &[
+            "sip:alice@contoso.com",
+            "sip:bob@contoso.com",
+            "sip:carol@contoso.com",
+        ],
+    );
+    let (mut c, _c_events) = carol.split();
+    c.sign_out().expect("carol signs out");
+    a.sign_out().expect("alice signs out");
+    b.sign_out().expect("bob signs out");
+}
+
 #[test]
 fn sim_forms_fallback_for_an_iwa_no_user() {
     let sim = Sim::start_with(USERS, &FAST);

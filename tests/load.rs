@@ -20,7 +20,8 @@
 //! `LOAD_SESSIONS` (5000), `LOAD_LOGIN_CONCURRENCY` (64), `LOAD_SETTLE_S`
 //! (10), `LOAD_IDLE` (1000), `LOAD_PAIRS` (10), `LOAD_RATE` (200),
 //! `LOAD_MESSAGES` (10000), `LOAD_DIRECT` (0: through the dispatcher; 1:
-//! straight to collabd), `LOAD_LOGINS` (2000), `LOAD_STORM_MAX` (500),
+//! straight to collabd), `LOAD_LOGINS` (2000; 1000 over HTTPS),
+//! `LOAD_STORM_MAX` (500),
 //! `LOAD_PERF_DIR` (unset: no profile; else `perf record` of collabd
 //! during the login-rate and latency runs), `LOAD_STACK_KIB` (device threads here; default
 //! [`collabd::device::load::DEFAULT_STACK`]).
@@ -387,6 +388,58 @@ fn login_rate() {
         report.logins_per_second(),
         lat.p50.as_secs_f64() * 1e3,
         lat.p99.as_secs_f64() * 1e3,
+    );
+    assert_eq!(
+        report.logins.ok, m,
+        "every login admitted: {}",
+        report.logins
+    );
+    assert_eq!(active_sessions(&s.db_url, INSTANCE), m as i64);
+    drop(report.clients);
+}
+
+/// The login rate with collabd signing in to the simulator over HTTPS:
+/// `LOAD_LOGINS` devices (default 1000), `LOAD_LOGIN_CONCURRENCY` at a
+/// time, each session kept open. Prints the rate, collabd's CPU per
+/// sign-in, the refusals by status, and the sign-in latency; then asserts
+/// that none was refused.
+#[test]
+#[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
+fn login_rate_over_https() {
+    let m = env_usize("LOAD_LOGINS", 1000);
+    let c = env_usize("LOAD_LOGIN_CONCURRENCY", 64);
+    let devices = generate_devices(m, 0x6800_0000, "LOAD").unwrap();
+    let s = stack(&devices, m, true, &[]);
+    wait_for_heartbeat(&s.db_url);
+    thread::sleep(Duration::from_secs(1));
+    let pid = s.collabd.pid();
+    let profile = Profiler::start(pid, "collabd-login-rate-https");
+    let cpu0 = cpu_seconds(pid);
+    let report = login_burst(&options(s.collabd.addr.to_string()), &devices, c).expect("burst");
+    let cpu1 = cpu_seconds(pid);
+    drop(profile);
+    let refused: usize = report.logins.refused.values().sum();
+    let failed: usize = report.logins.failed.values().sum();
+    let cpu_ms_per_login = (cpu1 - cpu0) * 1e3 / report.logins.ok.max(1) as f64;
+    let (p50, p99) = report.latency.as_ref().map_or((f64::NAN, f64::NAN), |l| {
+        (l.p50.as_secs_f64() * 1e3, l.p99.as_secs_f64() * 1e3)
+    });
+    eprintln!(
+        "{} in {:.2} s; collabd CPU {:.1} s; collabd now: {}",
+        report.logins,
+        report.elapsed.as_secs_f64(),
+        cpu1 - cpu0,
+        sample(pid)
+    );
+    println!(
+        "FIGURE {} login-rate build={} cwa=HTTPS logins={m} concurrency={c} ok={} refused={refused} \
+         failed={failed} seconds={:.2} logins_per_s={:.0} collabd_cpu_ms_per_login={cpu_ms_per_login:.2} \
+         login_p50_ms={p50:.1} login_p99_ms={p99:.1}",
+        today(),
+        build(),
+        report.logins.ok,
+        report.elapsed.as_secs_f64(),
+        report.logins_per_second(),
     );
     assert_eq!(
         report.logins.ok, m,

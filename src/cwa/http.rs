@@ -2,20 +2,23 @@
 //!
 //! One [`Http`] per session: its own ureq agent, hence its own connection
 //! pool, so a connection that NTLM authenticated for one user is never
-//! reused for another. The agent uses native-tls, chosen explicitly, with
-//! verification on and roots from the platform or from the configured CA
-//! file; no proxy from the environment; no redirects followed (a redirect
-//! is reported to the caller, who treats it as a protocol error); status
-//! codes are returned, not turned into errors; and every body is read to
-//! its end, within a size bound, so the connection returns to the pool.
-//! That last point is what keeps the three NTLM legs on one connection.
+//! reused for another. The agent's connections come from the instance's
+//! shared transport (`transport.rs`: one TLS context with verification on
+//! and roots from the system or the configured CA file, TLS session
+//! resumption, no resolver thread); no proxy from the environment; no
+//! redirects followed (a redirect is reported to the caller, who treats it
+//! as a protocol error); status codes are returned, not turned into errors;
+//! and every body is read to its end, within a size bound, so the
+//! connection returns to the pool. That last point is what keeps the three
+//! NTLM legs on one connection.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig, TlsProvider};
 use ureq::Agent;
 
+use super::transport::{CwaConnector, NameResolver, TlsFailure};
 use super::ClientConfig;
 
 /// Each connection's input and output buffer (see [`Http::new`]).
@@ -101,6 +104,7 @@ fn classify(e: ureq::Error) -> HttpFailure {
             HttpFailure::TooLarge(format!("response head of {n} bytes (limit {limit})"))
         }
         ureq::Error::BodyStalled => HttpFailure::Timeout("response body stalled".into()),
+        ureq::Error::Other(e) if e.is::<TlsFailure>() => HttpFailure::Tls(e.to_string()),
         other => HttpFailure::Protocol(other.to_string()),
     }
 }
@@ -133,31 +137,8 @@ impl Http {
         {
             return Err(format!("CWA URL {base:?} has no host"));
         }
-        let roots = match &config.ca_file {
-            None => RootCerts::PlatformVerifier,
-            Some(path) => {
-                let pem =
-                    std::fs::read(path).map_err(|e| format!("CA file {}: {e}", path.display()))?;
-                let mut certs = Vec::new();
-                for item in parse_pem(&pem) {
-                    match item {
-                        Ok(PemItem::Certificate(c)) => certs.push(c),
-                        Ok(_) => {}
-                        Err(e) => return Err(format!("CA file {}: {e}", path.display())),
-                    }
-                }
-                if certs.is_empty() {
-                    return Err(format!("CA file {} holds no certificate", path.display()));
-                }
-                RootCerts::Specific(std::sync::Arc::new(certs))
-            }
-        };
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::NativeTls)
-            .root_certs(roots)
-            .build();
-        let agent: Agent = Agent::config_builder()
-            .tls_config(tls)
+        let context = config.transport.context(config.ca_file.as_deref())?;
+        let agent_config = Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
             .max_redirects(0)
@@ -170,20 +151,26 @@ impl Http {
             // zero-filled when first used, so resident: 256 KiB of every
             // session's footprint. CWA's headers are a few hundred bytes
             // and bodies are read in chunks, so 16 KiB each is ample
-            // (measured: about 200 KiB less resident per session).
+            // (measured: about 200 KiB less resident per session). They
+            // exist only while a request or response is in flight: the
+            // transport gives them back when the connection idles.
             .input_buffer_size(CONNECTION_BUFFER)
             .output_buffer_size(CONNECTION_BUFFER)
             // A response header must fit the input buffer; refuse a larger
             // one by name rather than as a stalled read.
             .max_response_header_size(CONNECTION_BUFFER / 2)
             .timeout_connect(Some(config.connect_timeout))
-            .timeout_resolve(Some(config.connect_timeout))
             .timeout_send_request(Some(config.send_timeout))
             .timeout_send_body(Some(config.send_timeout))
             .timeout_recv_response(Some(config.recv_timeout))
             .timeout_recv_body(Some(config.recv_timeout))
-            .build()
-            .into();
+            .build();
+        // The TLS context is the instance's; the pool is this session's.
+        let agent = Agent::with_parts(
+            agent_config,
+            CwaConnector::new(Arc::clone(&context)),
+            NameResolver::new(context),
+        );
         Ok(Http {
             agent,
             base,

@@ -4,9 +4,10 @@ service" protocol (Microsoft's Unified Communications AJAX SDK, 2007
 release), one client per user session.
 
 This module owns everything between a signed-in user and one CWA server:
-the per-session HTTP agent (ureq 3 over native-tls, verification always
-on), sign-in (NTLMv2 on `/iwa/logon.html`, forms on `/forms/logon.html`),
-`initiateSession`, the command channel (POST
+the per-session HTTP agent (ureq 3) over a transport shared by every
+session of an instance (one OpenSSL context, verification always on, TLS
+session resumption), sign-in (NTLMv2 on `/iwa/logon.html`, forms on
+`/forms/logon.html`), `initiateSession`, the command channel (POST
 `/cwa/MainCommandHandler.ashx`), the event channel (GET
 `/cwa/AsyncDataChannel.ashx`), typed commands and events, ticket rotation,
 back-off and sign-out. It never imports the service, the device protocol
@@ -48,7 +49,9 @@ A [`CwaSession`] is split into a [`CommandChannel`] and an
 the ticket, the sid and the rid bookkeeping behind one mutex that is never
 held across a request, and one ureq agent whose pool holds at most two
 connections (one GET, one POST). A CWA connection is never shared between
-users: each session has its own agent, hence its own pool.
+users: each session has its own agent, hence its own pool. What sessions
+share is [`ClientConfig::transport`]: the TLS context, the TLS sessions to
+resume and resolved names, none of which carries a user's authentication.
 
 # Errors and device statuses
 
@@ -66,6 +69,7 @@ mod http;
 mod response;
 mod session;
 mod signin;
+mod transport;
 mod xmlguard;
 
 use std::fmt;
@@ -81,6 +85,7 @@ pub use event::{
 };
 pub use response::{CommandReply, Outcome};
 pub use session::{CommandChannel, CwaSession, EventChannel, SessionInfo};
+pub use transport::{SharedTransport, TlsHandshakes, NAME_TTL};
 
 /// How collabd signs a user in to CWA (the Config DB's `instance.auth_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -164,9 +169,13 @@ pub struct ClientConfig {
     pub base_url: String,
     /// Which sign-in methods to try.
     pub auth_mode: AuthMode,
-    /// A PEM file of CA certificates to trust instead of the platform's
+    /// A PEM file of CA certificates to trust instead of the system's
     /// roots (for a private CA). Verification is never turned off.
     pub ca_file: Option<PathBuf>,
+    /// The TLS context (trust anchors, TLS session cache) and name cache
+    /// shared by every session signed in with this configuration or a
+    /// clone of it. Each session still has its own connections.
+    pub transport: SharedTransport,
     /// TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
     /// Sending the request head and body.
@@ -200,6 +209,7 @@ impl Default for ClientConfig {
             base_url: "https://localhost".to_string(),
             auth_mode: AuthMode::IwaThenForms,
             ca_file: None,
+            transport: SharedTransport::new(),
             connect_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             recv_timeout: Duration::from_secs(30),

@@ -133,8 +133,13 @@ impl ServiceContext {
     /// admission), CWA settings to the next sign-in.
     pub fn apply_instance(&self, instance: &Instance, ca_file: Option<&std::path::Path>) {
         self.table.set_limits(limits_of(instance));
-        *self.cwa.write().unwrap_or_else(|p| p.into_inner()) =
-            CwaSettings::from_instance(instance, ca_file);
+        let mut next = CwaSettings::from_instance(instance, ca_file);
+        let mut cwa = self.cwa.write().unwrap_or_else(|p| p.into_inner());
+        // Keep the TLS context and its sessions to resume: a re-read row
+        // does not change them (a changed CA file is noticed by the
+        // context itself).
+        next.client.transport = cwa.client.transport.clone();
+        *cwa = next;
     }
 
     /// Whether shutdown has started (new logins get 311).

@@ -183,7 +183,7 @@ pub(super) fn serve(
         return;
     }
     log::debug!(
-        "conn {connection} PIN {pin_text} from {peer}: handshake with instance {} at {}",
+        "conn {connection} PIN {pin_text}: handshake with instance {} at {} (peer {peer})",
         target.name,
         target.addr
     );
@@ -267,13 +267,13 @@ pub(super) fn serve(
         Some(code) => {
             let name = Status::from_code(code).map_or("unknown status", Status::name);
             refusal_info!(
-                "conn {connection} PIN {pin_text} from {peer} -> {}: refused by the instance \
+                "conn {connection} PIN {pin_text} ended (peer {peer}, instance {}): refused \
                  with {code} {name}; {end} ({up} bytes up, {down} down)",
                 target.name
             );
         }
         None => log::info!(
-            "conn {connection} PIN {pin_text} from {peer} -> {}: {end} ({up} bytes up, {down} down)",
+            "conn {connection} PIN {pin_text} ended (peer {peer}, instance {}): {end} ({up} bytes up, {down} down)",
             target.name
         ),
     }

@@ -3,7 +3,8 @@
 //! heartbeats, devices and sessions in a real PostgreSQL: the paths that a
 //! real collabd does not produce on demand or that are cheaper this way
 //! (stale and unhealthy rows, instances that refuse, drop or stop, bad first
-//! frames, 309, 312, 307, the connection cap, upstream TLS, exit codes).
+//! frames, 309, 312, 307, the connection cap, upstream TLS, exit codes,
+//! the drain on SIGTERM).
 //!
 //! Spreading devices, returning to the session's instance, moving off a
 //! killed instance and the no-plaintext proof run against real collabd
@@ -254,6 +255,50 @@ fn sigterm_exits_zero_and_bad_settings_have_their_exit_codes() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(71));
+}
+
+#[test]
+fn sigterm_drains_open_relays_then_exits() {
+    let (url, _db) = migrated_database();
+    let _a = TestInstance::start(&url, "alpha", Behaviour::Serve, 0, 100);
+    let devices = provision(&url, 0xc000, 2);
+
+    // A grace far longer than the test: the dispatcher can only exit early
+    // because its last relay ended.
+    let mut dispatcher = Dispatcher::start(&url, &["--drain-grace-ms", "3600000"]);
+    let (pin, key, user) = &devices[0];
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    login(&mut link, &url, user, "secret").unwrap();
+    dispatcher.signal(libc::SIGTERM);
+    wait_until("the dispatcher to stop accepting", || {
+        TcpStream::connect(dispatcher.addr).is_err()
+    });
+    // The open relay goes on while the dispatcher drains.
+    say(&mut link, "still relayed while draining").unwrap();
+    assert!(dispatcher.exited().is_none(), "{}", dispatcher.log());
+    drop(link);
+    wait_until("the dispatcher to exit once its relay ended", || {
+        dispatcher.exited().is_some()
+    });
+    assert_eq!(dispatcher.exited().unwrap().code(), Some(0));
+    let log = dispatcher.log();
+    // (The probes that found the listener still open count too.)
+    assert!(log.contains("connections for up to 3600000 ms"), "{log}");
+    assert!(log.contains("every connection ended"), "{log}");
+
+    // A relay that outlives the grace is cut, and the exit is still clean.
+    let mut dispatcher = Dispatcher::start(&url, &["--drain-grace-ms", "300"]);
+    let (pin, key, user) = &devices[1];
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    login(&mut link, &url, user, "secret").unwrap();
+    dispatcher.signal(libc::SIGTERM);
+    wait_until("the dispatcher to exit after the grace", || {
+        dispatcher.exited().is_some()
+    });
+    assert_eq!(dispatcher.exited().unwrap().code(), Some(0));
+    assert!(say(&mut link, "after the cut").is_err());
+    let log = dispatcher.log();
+    assert!(log.contains("1 connections cut"), "{log}");
 }
 
 #[test]

@@ -6,7 +6,12 @@
 //!
 //! Which instance holds a device's session is read from the Config DB's
 //! `session` table; what the instances advertise from their `instance`
-//! rows. Waits are generous and only bound a broken build; nothing is timed.
+//! rows. Waits are generous and only bound a broken build; nothing is timed
+//! (the attack test prints how long the honest sign-in took).
+//!
+//! Also here: collabd's refusals delivered through the dispatcher, and
+//! held or trickled handshakes from many addresses that must not lock an
+//! honest device out.
 
 mod support;
 
@@ -570,4 +575,165 @@ fn a_device_whose_link_drops_resumes_on_the_instance_holding_its_session() {
         assert_eq!(code, 0, "{lines:?}");
     }
     c.assert_no_plaintext();
+}
+
+/// Through the dispatcher, collabd's refusal of an oversized frame reaches
+/// the device every time, although collabd closes with the rest of the
+/// frame unread (a reset) while the device is still sending.
+#[test]
+fn every_refusal_of_an_oversized_frame_reaches_the_device() {
+    const NAMES: [&str; 4] = ["alice", "bob", "carol", "dave"];
+    const TRIES: usize = 20;
+    let c = Cluster::new(&NAMES, 10, 10);
+    c.wait_live(ALPHA);
+    let addr = c.dispatcher.addr;
+    let outcomes: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = NAMES
+            .iter()
+            .map(|name| {
+                let dev = c.device(name).clone();
+                scope.spawn(move || {
+                    (0..TRIES)
+                        .map(|_| oversized_frame_outcome(addr, dev.pin, &dev.key))
+                        .collect::<Vec<String>>()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let all: Vec<String> = outcomes.into_iter().flatten().collect();
+    let delivered = all.iter().filter(|o| o.as_str() == "refused 308").count();
+    println!("refusals delivered: {delivered} of {}", all.len());
+    assert_eq!(delivered, NAMES.len() * TRIES, "{all:?}");
+    let log = c.dispatcher.log();
+    assert!(log.contains("): refused with 308 ProtocolError"), "{log}");
+}
+
+/// Handshakes, then sends a frame whose length field is over the limit,
+/// followed by far more bytes than collabd reads; returns what came back.
+fn oversized_frame_outcome(addr: SocketAddr, pin: u32, key: &[u8; 32]) -> String {
+    use std::io::Write;
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut channel = wire::connect(stream, pin, key).expect("handshake");
+    let header = wire::Header::new(FrameType::Data, pin, 1);
+    let mut bytes = ((wire::MAX_FRAME_LEN + 1) as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&header.to_bytes());
+    bytes.resize(256 * 1024, 0x42);
+    // The write fails once the link is closed; the refusal was sent before.
+    let _ = channel.get_mut().write_all(&bytes);
+    match wire::read_frame(channel.get_mut(), wire::MAX_FRAME_LEN) {
+        Ok(frame) => match frame.refusal() {
+            Ok((status, _)) => format!("refused {}", status.code()),
+            Err(_) => format!("{:?} frame", frame.header.frame_type),
+        },
+        Err(e) => format!("no refusal: {e}"),
+    }
+}
+
+/// 1,000 connections from 16 addresses hold a Hello for a provisioned PIN
+/// or trickle one byte every 2 s; an honest device from another address
+/// signs in meanwhile, and every attack connection is closed or refused.
+#[test]
+fn held_and_trickled_handshakes_from_16_addresses_lock_nobody_out() {
+    use std::io::{Read, Write};
+    const ADDRESSES: u8 = 16;
+    const CONNECTIONS: usize = 1000;
+    let c = Cluster::new(&["alice", "mallory"], 10, 10);
+    c.wait_live(ALPHA);
+    let addr = c.dispatcher.addr;
+    let target = c.device("mallory").pin;
+    // The PIN travels in clear; the key is what an attacker lacks.
+    let hello = wire::Frame::new(
+        wire::Header::new(FrameType::Hello, target, 0),
+        vec![7; wire::frame::RANDOM_LEN],
+    )
+    .to_bytes();
+    let mut held = Vec::new();
+    let mut trickling = Vec::new();
+    for i in 0..CONNECTIONS {
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % ADDRESSES as usize) as u8);
+        // Each address both holds and trickles.
+        let mut s = support::dispatch::connect_from(source, addr).expect("connect");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.set_nonblocking(false).unwrap();
+        if (i / ADDRESSES as usize) % 2 == 0 {
+            let _ = s.write_all(&hello);
+            held.push(s);
+        } else {
+            let _ = s.write_all(&hello[..1]);
+            trickling.push((s, 1usize));
+        }
+    }
+    // One byte every 2 s on each trickling connection, while the honest
+    // device signs in.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (stop, hello) = (&stop, &hello);
+    let (trickled, elapsed) = std::thread::scope(|scope| {
+        let trickler = scope.spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(2));
+                for (s, sent) in trickling.iter_mut() {
+                    if *sent < hello.len() && s.write_all(&hello[*sent..*sent + 1]).is_ok() {
+                        *sent += 1;
+                    }
+                }
+            }
+            trickling
+        });
+        let start = std::time::Instant::now();
+        let (alice, holder) = c.sign_in("alice");
+        let elapsed = start.elapsed();
+        assert_eq!(holder, ALPHA);
+        let (code, lines) = finish(alice);
+        assert_eq!(code, 0, "{lines:?}");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (trickler.join().unwrap(), elapsed)
+    });
+    println!(
+        "honest sign-in with {CONNECTIONS} attack connections from {ADDRESSES} addresses: {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    // Every attack connection ends: refused (301), or closed, after at
+    // most a Challenge.
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for mut s in held.into_iter().chain(trickled.into_iter().map(|(s, _)| s)) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("an attack connection was neither closed nor refused: {e}"),
+            }
+        }
+        let mut rest = &got[..];
+        let mut kinds = Vec::new();
+        while let Ok(frame) = wire::read_frame(&mut rest, wire::MAX_FRAME_LEN) {
+            kinds.push(match frame.refusal() {
+                Ok((status, _)) => format!("refused {}", status.code()),
+                Err(_) => format!("{:?}", frame.header.frame_type),
+            });
+        }
+        assert!(rest.is_empty(), "partial frame: {got:?}");
+        assert!(
+            kinds.is_empty() || kinds == ["Challenge"] || kinds == ["refused 301"],
+            "{kinds:?}"
+        );
+        let key = if kinds.is_empty() {
+            "closed".to_string()
+        } else {
+            kinds.join(", ")
+        };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    println!("attack connections: {outcomes:?}");
+    assert_eq!(outcomes.values().sum::<usize>(), CONNECTIONS);
+    let log = c.dispatcher.log();
+    assert!(log.contains("still in their handshake"), "{log}");
+    assert!(log.contains("handshake failed: no Confirm"), "{log}");
 }

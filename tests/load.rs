@@ -24,7 +24,9 @@
 //! `LOAD_STORM_MAX` (500),
 //! `LOAD_PERF_DIR` (unset: no profile; else `perf record` of collabd
 //! during the login-rate and latency runs), `LOAD_STACK_KIB` (device threads here; default
-//! [`collabd::device::load::DEFAULT_STACK`]).
+//! [`collabd::device::load::DEFAULT_STACK`]), `LOAD_RELAYS` (5000) and
+//! `LOAD_RELAY_UPSTREAM` (`stub`, default: a stand-in collabd in this
+//! process; `collabd`: the real one with cwa-sim) for the dispatcher run.
 
 mod support;
 
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 use collabd::device::load::{
     generate_devices, login_burst, run_pairs, sim_users, Fleet, LoadDevice, LoadOptions,
 };
-use collabd::wire::Status;
+use collabd::wire::{self, Status};
 
 use support::loadrig::{
     active_sessions, cpu_seconds, env_usize, provision, raise_nofile, sample, start_collabd,
@@ -495,4 +497,217 @@ fn login_storm_never_over_admits() {
     );
     assert_eq!(in_db, n as i64, "the registry holds exactly max_sessions");
     drop(report.clients);
+}
+
+/// The dispatcher's own cost per relayed device: `LOAD_RELAYS` devices
+/// (default 5,000) connect through `collab-dispatcher`, pass the real
+/// handshake, exchange a message, and stay connected while the dispatcher's
+/// resident memory, descriptors and threads are read from `/proc`; then
+/// every relay is shown to be still alive with one more round trip.
+///
+/// Upstream (`LOAD_RELAY_UPSTREAM`): `stub` (default) is a stand-in collabd
+/// in this process, one small thread per connection speaking the real
+/// handshake and echoing each message; `collabd` is the real collabd with
+/// cwa-sim and signed-in devices. The dispatcher does the same work either
+/// way (PIN lookup, instance choice, handshake frames, byte relay); the
+/// stand-in exists because 5,000 signed-in collabd sessions plus the
+/// dispatcher plus one thread per load device do not fit in this machine's
+/// thread and file budget (see the README).
+#[test]
+#[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
+fn dispatcher_relays() {
+    let n = env_usize("LOAD_RELAYS", 5000);
+    let upstream = std::env::var("LOAD_RELAY_UPSTREAM").unwrap_or_else(|_| "stub".into());
+    let devices = generate_devices(n, 0x3800_0000, "LOAD").unwrap();
+    let nofile = raise_nofile();
+    eprintln!(
+        "open-file limit {nofile}; system threads now {}",
+        system_threads()
+    );
+    match upstream.as_str() {
+        "stub" => relays_to_stub(&devices),
+        "collabd" => relays_to_collabd(&devices),
+        other => panic!("LOAD_RELAY_UPSTREAM={other:?}: use stub or collabd"),
+    }
+}
+
+/// The figure line and the dispatcher's breakdown.
+fn report_relays(upstream: &str, n: usize, pid: u32, before: &support::loadrig::ProcSample) {
+    let with = sample(pid);
+    eprintln!("dispatcher with {n} relays: {with}");
+    eprintln!(
+        "dispatcher resident memory by mapping:\n{}",
+        support::loadrig::smaps_summary(pid, 8)
+    );
+    eprintln!(
+        "dispatcher threads by name: {:?}",
+        support::loadrig::thread_names(pid)
+    );
+    eprintln!("system threads: {}", system_threads());
+    let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
+    println!(
+        "FIGURE {} dispatcher-relays build={} upstream={upstream} relays={n} \
+         rss_before_kib={} rss_with_kib={} rss_per_relay_kib={:.1} pss_per_relay_kib={:.1} \
+         fds_per_relay={:.2} threads_per_relay={:.2} threads={} fds={}",
+        today(),
+        build(),
+        before.rss_kib,
+        with.rss_kib,
+        per(with.rss_kib, before.rss_kib),
+        per(with.pss_kib, before.pss_kib),
+        per(with.fds, before.fds),
+        per(with.threads, before.threads),
+        with.threads,
+        with.fds,
+    );
+}
+
+fn relays_to_stub(devices: &[LoadDevice]) {
+    use std::collections::HashMap;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let n = devices.len();
+    let dir = TempDir::new("load-relays");
+    let (db_url, _db) = migrated_database();
+    provision(&db_url, INSTANCE, "https://cwa.invalid", n, devices);
+    let keys: Arc<HashMap<u32, [u8; 32]>> =
+        Arc::new(devices.iter().map(|d| (d.pin, d.transport_key)).collect());
+
+    // The stand-in collabd: the real handshake, then an echo of every
+    // message, one 128 KiB-stack thread per connection.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in");
+    let stub_addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    {
+        let (keys, served) = (keys.clone(), served.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (keys, served) = (keys.clone(), served.clone());
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
+                let _ = thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || {
+                        let Ok(mut channel) = wire::accept(stream, |pin| {
+                            keys.get(&pin).copied().ok_or(Status::UnknownDevice)
+                        }) else {
+                            return;
+                        };
+                        served.fetch_add(1, Ordering::Relaxed);
+                        while let Ok(payload) = channel.recv() {
+                            if channel.send(&payload).is_err() {
+                                return;
+                            }
+                        }
+                    });
+            }
+        });
+    }
+    // Its heartbeat, fresh for the whole run.
+    let beating = Arc::new(AtomicBool::new(true));
+    let heart = {
+        let (db_url, beating) = (db_url.clone(), beating.clone());
+        thread::spawn(move || {
+            let mut db = collabd::configdb::ConfigDb::connect(&db_url).expect("connect");
+            while beating.load(Ordering::Relaxed) {
+                db.write_heartbeat(INSTANCE, &stub_addr.to_string(), 0, Some(n as u32), true)
+                    .expect("heartbeat");
+                thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let dispatcher = start_dispatcher(&db_url, n + 64, &dir);
+    thread::sleep(Duration::from_secs(2));
+    let pid = dispatcher.pid();
+    let before = sample(pid);
+    eprintln!("dispatcher before the first device: {before}");
+
+    // Devices connect 16 at a time, each through the whole handshake and
+    // one message round trip, then stay connected and idle.
+    let t0 = Instant::now();
+    let workers = 16;
+    let channels: Vec<_> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let addr = dispatcher.addr;
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    for d in devices.iter().skip(w).step_by(workers) {
+                        let stream = std::net::TcpStream::connect(addr).expect("connect");
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(120)))
+                            .unwrap();
+                        let mut channel = wire::connect(stream, d.pin, &d.transport_key)
+                            .unwrap_or_else(|e| panic!("{:08x}: handshake: {e}", d.pin));
+                        let hello = b"<status coverage=\"dormant\"/>";
+                        channel.send(hello).expect("send");
+                        assert_eq!(channel.recv().expect("echo"), hello);
+                        mine.push(channel);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    eprintln!(
+        "{} devices relayed in {:.1} s; the stand-in served {}",
+        channels.len(),
+        t0.elapsed().as_secs_f64(),
+        served.load(Ordering::Relaxed)
+    );
+    assert_eq!(channels.len(), n);
+    thread::sleep(Duration::from_secs(env_usize("LOAD_SETTLE_S", 10) as u64));
+    pause_for_inspection(pid);
+    report_relays("stub", n, pid, &before);
+
+    // Every relay is still alive.
+    let mut alive = 0;
+    for mut channel in channels {
+        let ping = b"<ack seq=\"0\"/>";
+        if channel.send(ping).is_ok() && channel.recv().is_ok_and(|p| p == ping) {
+            alive += 1;
+        }
+    }
+    assert_eq!(alive, n, "every relay still carries a message");
+    beating.store(false, Ordering::Relaxed);
+    heart.join().unwrap();
+}
+
+fn relays_to_collabd(devices: &[LoadDevice]) {
+    let n = devices.len();
+    let s = stack(devices, n, false, &[]);
+    wait_for_heartbeat(&s.db_url);
+    let dispatcher = start_dispatcher(&s.db_url, n + 64, &s.dir);
+    thread::sleep(Duration::from_secs(2));
+    let pid = dispatcher.pid();
+    let before = sample(pid);
+    eprintln!("dispatcher before the first device: {before}");
+    let mut opts = options(dispatcher.addr.to_string());
+    opts.status_interval = Some(Duration::from_secs(60));
+    let fleet = Fleet::sign_in(&opts, devices, 64).expect("start the fleet");
+    eprintln!(
+        "signed in through the dispatcher: {} in {:.1} s",
+        fleet.logins,
+        fleet.sign_in_time.as_secs_f64()
+    );
+    assert_eq!(
+        fleet.logins.ok, n,
+        "every device signs in: {}",
+        fleet.logins
+    );
+    thread::sleep(Duration::from_secs(env_usize("LOAD_SETTLE_S", 10) as u64));
+    pause_for_inspection(pid);
+    report_relays("collabd", n, pid, &before);
+    eprintln!("collabd: {}", sample(s.collabd.pid()));
+    let report = fleet.stop();
+    assert!(
+        report.ended_early.is_empty(),
+        "no session ends while its device is connected: {:?}",
+        report.ended_early
+    );
 }

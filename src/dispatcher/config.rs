@@ -10,10 +10,20 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3101";
 /// An instance whose heartbeat is older than this is skipped.
 pub const DEFAULT_STALE_AFTER_MS: u64 = 15_000;
-/// Concurrent device connections (each is one relay thread).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 2_000;
-/// The device's first frame must arrive within this.
-pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Concurrent device connections (each is one relay thread): room for
+/// 5,000 devices (one CWA 2007 front end's worth) with some to spare.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 6_000;
+/// The device's whole first frame (its Hello) must arrive within this.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 5_000;
+/// After collabd's Challenge reached the device, its Confirm must arrive
+/// within this.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Connections from one source address that have not yet had their Confirm
+/// relayed. 16 addresses at this cap hold 64 of collabd's default 256
+/// `max_unauthenticated` slots.
+pub const DEFAULT_MAX_PENDING_PER_ADDRESS: u32 = 4;
+/// On SIGTERM, how long open relays may go on before they are cut.
+pub const DEFAULT_DRAIN_GRACE_MS: u64 = 10_000;
 /// A relay with no byte in either direction for this long is closed.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 600_000;
 /// Connecting to an instance (and its TLS handshake) and waiting for its
@@ -38,6 +48,13 @@ pub struct DispatcherConfig {
     pub max_connections: usize,
     /// Deadline for the device's first frame (`--header-timeout-ms`).
     pub header_timeout: Duration,
+    /// Deadline for the device's Confirm after the Challenge was passed on
+    /// (`--handshake-timeout-ms`).
+    pub handshake_timeout: Duration,
+    /// Pending connections per source address (`--max-pending-per-address`).
+    pub max_pending_per_address: u32,
+    /// How long relays may go on after SIGTERM (`--drain-grace-ms`).
+    pub drain_grace: Duration,
     /// Relay closed after this long with no traffic (`--idle-timeout-ms`).
     pub idle_timeout: Duration,
     /// Connect, TLS handshake and first reply from an instance
@@ -67,6 +84,9 @@ impl fmt::Debug for DispatcherConfig {
             .field("stale_after", &self.stale_after)
             .field("max_connections", &self.max_connections)
             .field("header_timeout", &self.header_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_pending_per_address", &self.max_pending_per_address)
+            .field("drain_grace", &self.drain_grace)
             .field("idle_timeout", &self.idle_timeout)
             .field("upstream_timeout", &self.upstream_timeout)
             .field("refresh", &self.refresh)
@@ -80,7 +100,7 @@ impl fmt::Debug for DispatcherConfig {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// Run the dispatcher.
-    Run(DispatcherConfig),
+    Run(Box<DispatcherConfig>),
     /// Print usage and exit 0.
     Help,
     /// Print the version and exit 0.
@@ -128,6 +148,8 @@ impl std::error::Error for ConfigError {}
 pub const USAGE: &str = "\
 usage: collab-dispatcher [--listen ADDR] [--database URL] [--stale-after-ms N]
                          [--max-connections N] [--header-timeout-ms N]
+                         [--handshake-timeout-ms N]
+                         [--max-pending-per-address N] [--drain-grace-ms N]
                          [--idle-timeout-ms N] [--upstream-timeout-ms N]
                          [--refresh-ms N] [--upstream-tls [--upstream-ca FILE]]
                          [--record-dir DIR]
@@ -147,6 +169,9 @@ where
     let mut stale_after_ms = DEFAULT_STALE_AFTER_MS;
     let mut max_connections = DEFAULT_MAX_CONNECTIONS;
     let mut header_timeout_ms = DEFAULT_HEADER_TIMEOUT_MS;
+    let mut handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    let mut max_pending_per_address = u64::from(DEFAULT_MAX_PENDING_PER_ADDRESS);
+    let mut drain_grace_ms = DEFAULT_DRAIN_GRACE_MS;
     let mut idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
     let mut upstream_timeout_ms = DEFAULT_UPSTREAM_TIMEOUT_MS;
     let mut refresh_ms = DEFAULT_REFRESH_MS;
@@ -181,6 +206,19 @@ where
             }
             "--header-timeout-ms" => {
                 header_timeout_ms = positive("--header-timeout-ms", &value("--header-timeout-ms")?)?
+            }
+            "--handshake-timeout-ms" => {
+                handshake_timeout_ms =
+                    positive("--handshake-timeout-ms", &value("--handshake-timeout-ms")?)?
+            }
+            "--max-pending-per-address" => {
+                max_pending_per_address = positive(
+                    "--max-pending-per-address",
+                    &value("--max-pending-per-address")?,
+                )?
+            }
+            "--drain-grace-ms" => {
+                drain_grace_ms = positive("--drain-grace-ms", &value("--drain-grace-ms")?)?
             }
             "--idle-timeout-ms" => {
                 idle_timeout_ms = positive("--idle-timeout-ms", &value("--idle-timeout-ms")?)?
@@ -224,6 +262,8 @@ where
     for (flag, ms) in [
         ("--stale-after-ms", stale_after_ms),
         ("--header-timeout-ms", header_timeout_ms),
+        ("--handshake-timeout-ms", handshake_timeout_ms),
+        ("--drain-grace-ms", drain_grace_ms),
         ("--idle-timeout-ms", idle_timeout_ms),
         ("--upstream-timeout-ms", upstream_timeout_ms),
         ("--refresh-ms", refresh_ms),
@@ -235,6 +275,12 @@ where
             });
         }
     }
+    if max_pending_per_address > 1_000_000 {
+        return Err(ConfigError::BadValue {
+            flag: "--max-pending-per-address",
+            why: format!("{max_pending_per_address} is more than 1000000"),
+        });
+    }
     if max_connections > 1_000_000 {
         return Err(ConfigError::BadValue {
             flag: "--max-connections",
@@ -242,18 +288,21 @@ where
         });
     }
 
-    Ok(Command::Run(DispatcherConfig {
+    Ok(Command::Run(Box::new(DispatcherConfig {
         listen,
         database_url,
         stale_after: Duration::from_millis(stale_after_ms),
         max_connections,
         header_timeout: Duration::from_millis(header_timeout_ms),
+        handshake_timeout: Duration::from_millis(handshake_timeout_ms),
+        max_pending_per_address: max_pending_per_address as u32,
+        drain_grace: Duration::from_millis(drain_grace_ms),
         idle_timeout: Duration::from_millis(idle_timeout_ms),
         upstream_timeout: Duration::from_millis(upstream_timeout_ms),
         refresh: Duration::from_millis(refresh_ms),
         upstream_tls: upstream_tls.then_some(UpstreamTls { ca_file }),
         record_dir,
-    }))
+    })))
 }
 
 fn positive(flag: &'static str, text: &str) -> Result<u64, ConfigError> {
@@ -287,6 +336,9 @@ mod tests {
         assert_eq!(cfg.database_url, "postgres://x");
         assert_eq!(cfg.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(cfg.upstream_tls, None);
+        assert_eq!(cfg.max_pending_per_address, 4);
+        assert_eq!(cfg.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.drain_grace, Duration::from_secs(10));
     }
 
     #[test]
@@ -300,6 +352,11 @@ mod tests {
                 "500",
                 "--max-connections",
                 "3",
+                "--max-pending-per-address=2",
+                "--handshake-timeout-ms",
+                "700",
+                "--drain-grace-ms",
+                "0900",
                 "--upstream-tls",
                 "--upstream-ca",
                 "/tmp/ca.pem",
@@ -312,6 +369,9 @@ mod tests {
         assert_eq!(cfg.database_url, "postgres://flag");
         assert_eq!(cfg.stale_after, Duration::from_millis(500));
         assert_eq!(cfg.max_connections, 3);
+        assert_eq!(cfg.max_pending_per_address, 2);
+        assert_eq!(cfg.handshake_timeout, Duration::from_millis(700));
+        assert_eq!(cfg.drain_grace, Duration::from_millis(900));
         assert_eq!(
             cfg.upstream_tls,
             Some(UpstreamTls {

@@ -1,14 +1,17 @@
 //! One device connection, start to end: read the device's first frame
 //! (the clear `Hello`) within the header timeout, look its PIN up, try the
 //! chosen instances in order until one answers, forward both first frames
-//! unchanged, then hand the pair to the relay.
+//! unchanged, pass the device's `Confirm` on within the handshake timeout
+//! (after which the connection no longer counts as pending for its
+//! address), then hand the pair to the relay.
 //!
 //! What the device is told (clear `Refused` frames, see
 //! `man/collab-dispatcher.8`): 308 ProtocolError for a first frame that is
-//! not a well-formed `Hello`; 312 UnknownDevice for a PIN with no `device`
-//! row; 307 ConfigUnavailable when the PIN cannot be looked up; 309
-//! NoInstance when no live instance accepted the connection. Silence is
-//! dropped at the header timeout without a word.
+//! not a well-formed `Hello`, or a second frame that is not a `Confirm`; 312
+//! UnknownDevice for a PIN with no `device` row; 307 ConfigUnavailable when
+//! the PIN cannot be looked up; 309 NoInstance when no live instance
+//! accepted the connection. Silence is dropped at the header or handshake
+//! timeout without a word.
 //!
 //! An instance "accepted" the connection once it sent its first frame and
 //! that frame is not a refusal that another instance may not share (301
@@ -16,6 +19,11 @@
 //! device has received nothing, so trying the next instance is invisible to
 //! it. Every other first frame, a refusal included, is the instance's answer
 //! and is relayed.
+//!
+//! Every connection that does not end in a normal close is logged at info
+//! with the peer's address (rate-limited, see [`super::limits`]): refusals,
+//! timeouts, a device that gives up in the handshake, and a relay that
+//! collabd ended with a `Refused` frame, with its status.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -26,27 +34,39 @@ use crate::wire::status::Status;
 use crate::wire::WireError;
 
 use super::directory::DeviceRoute;
-use super::relay::{relay, Direction, Upstream};
+use super::limits::{refusal_info, PendingSlot};
+use super::relay::{relay, Direction, RelayEnd, Upstream};
 use super::route::Target;
 use super::Shared;
 
 /// How long a `Refused` frame may take to leave; the device is being
 /// dropped anyway, so a full window must not hold the thread.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Before closing a device that may still be sending, how long its input
+/// is read and dropped, so that the close is a FIN after our last bytes
+/// rather than a reset that can destroy them.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// At most this much of a device's input is read and dropped while
+/// lingering.
+const CLOSE_LINGER_BYTES: usize = 64 * 1024;
 
-/// Runs one device connection to its end. Never panics on input; every
-/// outcome is logged at debug (routine) or info (refusals) level.
-pub(super) fn serve(shared: &Shared, mut device: TcpStream, connection: u64) {
-    let peer = device
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+/// Runs one device connection to its end. Never panics on input.
+/// `pending` is the connection's place under the per-address cap, given
+/// back once its Confirm has been relayed.
+pub(super) fn serve(
+    shared: &Shared,
+    mut device: TcpStream,
+    peer: SocketAddr,
+    pending: PendingSlot,
+    connection: u64,
+) {
     let _ = device.set_nodelay(true);
 
     let hello = match read_first_frame(&mut device, shared.config.header_timeout) {
         Ok(frame) if frame.header.frame_type == FrameType::Hello => frame,
         Ok(frame) => {
-            log::info!(
-                "conn {connection} from {peer}: first frame is {:?}, not Hello",
+            refusal_info!(
+                "conn {connection} from {peer}: refused 308: first frame is {:?}, not Hello",
                 frame.header.frame_type
             );
             refuse(
@@ -58,7 +78,10 @@ pub(super) fn serve(shared: &Shared, mut device: TcpStream, connection: u64) {
             return;
         }
         Err(WireError::Timeout) => {
-            log::info!("conn {connection} from {peer}: no first frame within the header timeout");
+            refusal_info!(
+                "conn {connection} from {peer}: closed: no whole Hello within {} ms",
+                shared.config.header_timeout.as_millis()
+            );
             return;
         }
         Err(WireError::Closed) => {
@@ -66,12 +89,12 @@ pub(super) fn serve(shared: &Shared, mut device: TcpStream, connection: u64) {
             return;
         }
         Err(e @ (WireError::BadFrame(_) | WireError::TooLarge { .. })) => {
-            log::info!("conn {connection} from {peer}: bad first frame: {e}");
+            refusal_info!("conn {connection} from {peer}: refused 308: bad first frame: {e}");
             refuse(&mut device, 0, Status::ProtocolError, &e.to_string());
             return;
         }
         Err(e) => {
-            log::info!("conn {connection} from {peer}: reading first frame: {e}");
+            refusal_info!("conn {connection} from {peer}: reading first frame: {e}");
             return;
         }
     };
@@ -82,7 +105,9 @@ pub(super) fn serve(shared: &Shared, mut device: TcpStream, connection: u64) {
     let session_holder = match shared.directory.lookup(pin, lookup_deadline) {
         Ok(DeviceRoute::Known { session_holder }) => session_holder,
         Ok(DeviceRoute::Unknown) => {
-            log::info!("conn {connection} from {peer}: PIN {pin_text} is not provisioned");
+            refusal_info!(
+                "conn {connection} PIN {pin_text} from {peer}: refused 312: not provisioned"
+            );
             refuse(
                 &mut device,
                 pin,
@@ -92,7 +117,7 @@ pub(super) fn serve(shared: &Shared, mut device: TcpStream, connection: u64) {
             return;
         }
         Err(e) => {
-            log::warn!("conn {connection} PIN {pin_text}: {e}");
+            log::warn!("conn {connection} PIN {pin_text} from {peer}: refused 307: {e}");
             refuse(
                 &mut device,
                 pin,
@@ -121,7 +146,8 @@ pub(super) fn serve(shared: &Shared, mut device: TcpStream, connection: u64) {
     }
     let Some((target, mut upstream, reply)) = chosen else {
         log::warn!(
-            "conn {connection} PIN {pin_text}: no live instance accepted ({} tried)",
+            "conn {connection} PIN {pin_text} from {peer}: refused 309: no live instance \
+             accepted ({} tried)",
             targets.len()
         );
         refuse(
@@ -141,14 +167,93 @@ pub(super) fn serve(shared: &Shared, mut device: TcpStream, connection: u64) {
     }
     let _ = device.set_write_timeout(Some(shared.config.upstream_timeout));
     if let Err(e) = device.write_all(&reply_bytes) {
-        log::info!("conn {connection} PIN {pin_text}: device gone before the reply: {e}");
+        log::info!(
+            "conn {connection} PIN {pin_text} from {peer}: device gone before the reply: {e}"
+        );
         return;
     }
+    if let Ok((status, text)) = reply.refusal() {
+        refusal_info!(
+            "conn {connection} PIN {pin_text} from {peer}: refused by instance {} with {} {}: {text}",
+            target.name,
+            status.code(),
+            status.name()
+        );
+        linger_close(&mut device);
+        return;
+    }
+    log::debug!(
+        "conn {connection} PIN {pin_text}: handshake with instance {} at {} (peer {peer})",
+        target.name,
+        target.addr
+    );
+
+    // The device's Confirm, whole, within the handshake timeout: a device
+    // that holds no key cannot go further, so this is where a held or
+    // trickled connection is cut.
+    let confirm = match read_first_frame(&mut device, shared.config.handshake_timeout) {
+        Ok(frame) if frame.header.frame_type == FrameType::Confirm => frame,
+        Ok(frame) => {
+            refusal_info!(
+                "conn {connection} PIN {pin_text} from {peer}: refused 308: {:?} instead of \
+                 Confirm",
+                frame.header.frame_type
+            );
+            refuse(
+                &mut device,
+                pin,
+                Status::ProtocolError,
+                "the second frame must be a Confirm",
+            );
+            return;
+        }
+        Err(WireError::Timeout) => {
+            refusal_info!(
+                "conn {connection} PIN {pin_text} from {peer}: handshake failed: no Confirm \
+                 within {} ms",
+                shared.config.handshake_timeout.as_millis()
+            );
+            return;
+        }
+        Err(WireError::Closed) => {
+            refusal_info!(
+                "conn {connection} PIN {pin_text} from {peer}: handshake failed: the device \
+                 closed after the Challenge (it did not accept the instance's key \
+                 confirmation, or gave up)"
+            );
+            return;
+        }
+        Err(e @ (WireError::BadFrame(_) | WireError::TooLarge { .. })) => {
+            refusal_info!("conn {connection} PIN {pin_text} from {peer}: refused 308: {e}");
+            refuse(&mut device, pin, Status::ProtocolError, &e.to_string());
+            return;
+        }
+        Err(e) => {
+            refusal_info!("conn {connection} PIN {pin_text} from {peer}: handshake failed: {e}");
+            return;
+        }
+    };
+    let confirm_bytes = confirm.to_bytes();
+    if let Some(observer) = observer {
+        observer.relayed(connection, Direction::Upstream, &confirm_bytes);
+    }
+    if let Err(e) = upstream
+        .write_all(&confirm_bytes)
+        .and_then(|()| upstream.flush())
+    {
+        log::warn!(
+            "conn {connection} PIN {pin_text} from {peer}: instance {} gone in the handshake: {e}",
+            target.name
+        );
+        return;
+    }
+    pending.release();
     log::info!(
         "conn {connection} PIN {pin_text} from {peer} -> instance {} at {}",
         target.name,
         target.addr
     );
+
     let (end, counts) = relay(
         &mut device,
         &mut upstream,
@@ -156,12 +261,25 @@ pub(super) fn serve(shared: &Shared, mut device: TcpStream, connection: u64) {
         observer,
         connection,
     );
-    log::info!(
-        "conn {connection} PIN {pin_text} -> {}: {end} ({} bytes up, {} down)",
-        target.name,
-        counts.up + hello_bytes.len() as u64,
-        counts.down + reply_bytes.len() as u64
-    );
+    let up = counts.up + (hello_bytes.len() + confirm_bytes.len()) as u64;
+    let down = counts.down + reply_bytes.len() as u64;
+    match counts.refused {
+        Some(code) => {
+            let name = Status::from_code(code).map_or("unknown status", Status::name);
+            refusal_info!(
+                "conn {connection} PIN {pin_text} ended (peer {peer}, instance {}): refused \
+                 with {code} {name}; {end} ({up} bytes up, {down} down)",
+                target.name
+            );
+        }
+        None => log::info!(
+            "conn {connection} PIN {pin_text} ended (peer {peer}, instance {}): {end} ({up} bytes up, {down} down)",
+            target.name
+        ),
+    }
+    if !matches!(end, RelayEnd::Idle) {
+        linger_close(&mut device);
+    }
 }
 
 /// Connects to `target`, forwards the device's first frame and reads the
@@ -315,13 +433,23 @@ fn refuse(device: &mut TcpStream, pin: u32, status: Status, text: &str) {
     if let Err(e) = device.write_all(&frame.to_bytes()) {
         log::debug!("refusal {} not delivered: {e}", status.code());
     }
-    // Close our side first and linger briefly for the device's close, so
-    // the refusal is not lost to a reset if the device sent more bytes.
+    linger_close(device);
+}
+
+/// Closes our sending half and reads (and drops) what the device still
+/// sends, briefly, so that the bytes we sent last are not lost to a reset
+/// caused by unread input when the socket is closed.
+fn linger_close(device: &mut TcpStream) {
+    let _ = device.set_nonblocking(false);
     let _ = device.shutdown(std::net::Shutdown::Write);
-    let _ = device.set_read_timeout(Some(REFUSAL_WRITE_TIMEOUT));
+    let deadline = Instant::now() + CLOSE_LINGER;
     let mut sink = [0u8; 512];
     let mut drained = 0usize;
-    while drained < 64 * 1024 {
+    while drained < CLOSE_LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || device.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match device.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,

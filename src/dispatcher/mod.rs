@@ -9,26 +9,39 @@ the instance that holds its live session.
 
 Threads: one accept thread; one refresher thread that re-reads the instance
 table every `--refresh-ms` (or at once on SIGHUP) into the [`route::Router`]
-cache; one signal thread; one thread per device connection
-([`CONNECTION_STACK`] bytes of stack), which routes and then relays both
-directions itself (see [`relay`]). Concurrent connections are capped by
-`--max-connections` with RAII permits; a device over the cap is told 301
-ServerBusy by one refuser thread (bounded queue) and closed.
+cache; the signal thread of [`crate::ops::signals`]; one refuser thread; one
+thread per device connection ([`CONNECTION_STACK`] bytes of stack), which
+routes, passes the handshake on and then relays both directions itself (see
+[`relay`]). Concurrent connections are capped by `--max-connections`, and
+connections still in their handshake by `--max-pending-per-address` per
+source address (see [`limits`]); a device over either cap is told 301
+ServerBusy by the refuser thread (bounded queue) and closed, without a
+thread of its own.
+
+On SIGTERM or SIGINT the dispatcher drains: it stops accepting, lets open
+connections finish for up to `--drain-grace-ms`, then exits (cutting what
+is left). Logging goes through [`crate::ops::logging`], with journald
+priority prefixes when stderr is the journal.
 
 Submodules: [`config`] (flags), [`route`] (instance choice), [`directory`]
-(Config DB reads), [`relay`] (byte copy and the recording hook), and the
-private `connection` (one device connection from first frame to end).
+(Config DB reads), [`relay`] (byte copy and the recording hook), [`limits`]
+(caps and the refusal log's rate limit), and the private `connection` (one
+device connection from first frame to end).
 */
 
 use std::fmt;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::ops::logging;
+use crate::ops::signals::{self, AfterSignal, BlockedSignals, Shutdown, Signal};
 
 use crate::wire::frame::Frame;
 use crate::wire::status::Status;
@@ -36,19 +49,22 @@ use crate::wire::status::Status;
 pub mod config;
 mod connection;
 pub mod directory;
+pub(crate) mod limits;
 pub mod relay;
 pub mod route;
 
 use config::{Command, ConfigError, DispatcherConfig, DATABASE_URL_ENV, USAGE};
 use directory::Directory;
+use limits::{refusal_info, PendingByAddress, Permits};
 use relay::{RecordDir, RelayObserver};
 use route::Router;
 
-/// Stack of each connection thread. Relay buffers live on the heap; the
-/// stack holds the routing path, including the PostgreSQL client's
-/// `block_on` for the PIN lookup, which stays far below this.
+/// Stack of each connection thread (reserved; only what the deepest call
+/// touched stays resident). Relay buffers live on the heap; the stack holds
+/// the routing path, including the PostgreSQL client's `block_on` for the
+/// PIN lookup and the upstream TLS handshake, which stay far below this.
 pub const CONNECTION_STACK: usize = 256 * 1024;
-/// Stack of the refresher and signal threads.
+/// Stack of the refresher and refuser threads.
 const SERVICE_STACK: usize = 256 * 1024;
 
 /// Exit status for a bad command line (sysexits EX_USAGE).
@@ -116,41 +132,6 @@ pub(crate) struct Shared {
     refresh_now: (Mutex<bool>, Condvar),
 }
 
-/// Counts open device connections against `--max-connections`.
-struct Permits {
-    open: AtomicUsize,
-    max: usize,
-}
-
-/// One open connection's place under the cap; released on drop.
-struct Permit(Arc<Permits>);
-
-impl Permits {
-    fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let mut current = self.open.load(Ordering::Relaxed);
-        loop {
-            if current >= self.max {
-                return None;
-            }
-            match self.open.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(Permit(self.clone())),
-                Err(now) => current = now,
-            }
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The program: parses `args` (without the program name), runs until
 /// SIGTERM or SIGINT, and returns the exit status. `main` is this.
 pub fn main_with_args(args: Vec<String>) -> ExitCode {
@@ -173,10 +154,24 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
         }
         Command::Run(config) => config,
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
-    match run(config) {
+    // Before any thread exists (the logger's included), so that every
+    // thread inherits the mask and only the signal thread takes them.
+    let signals = match signals::block_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("collab-dispatcher: blocking signals: {e}");
+            return ExitCode::from(EXIT_OSERR);
+        }
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "info".to_string());
+    if let Err(e) = logging::init(&filter) {
+        eprintln!("collab-dispatcher: RUST_LOG: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match run(*config, signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -186,13 +181,11 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
     }
 }
 
-/// Runs the dispatcher until SIGTERM or SIGINT. Prints
+/// Runs the dispatcher until SIGTERM or SIGINT, then drains. Prints
 /// `listening on ADDR` on standard output once the listener is bound (with
-/// the real port when `--listen` asked for port 0).
-pub fn run(config: DispatcherConfig) -> Result<(), DispatchError> {
-    // Block the signals before any thread exists, so every thread inherits
-    // the mask and only the signal thread receives them.
-    let signals = block_signals()?;
+/// the real port when `--listen` asked for port 0). `signals` must have
+/// been blocked before any thread was started.
+pub fn run(config: DispatcherConfig, signals: BlockedSignals) -> Result<(), DispatchError> {
     let listener = TcpListener::bind(&config.listen).map_err(|error| DispatchError::Bind {
         addr: config.listen.clone(),
         error,
@@ -211,14 +204,19 @@ pub fn run(config: DispatcherConfig) -> Result<(), DispatchError> {
         move || refresher(&shared, refresh)
     })?;
     let refuser = spawn_refuser()?;
-    spawn_named("signals", SERVICE_STACK, {
+    let shutdown = Shutdown::new();
+    let listener_fd = listener.as_raw_fd();
+    signals::spawn_signal_thread(signals, {
         let shared = shared.clone();
-        move || signal_loop(&shared, signals)
-    })?;
+        let shutdown = shutdown.clone();
+        move |signal| on_signal(&shared, &shutdown, listener_fd, signal)
+    })
+    .map_err(|e| DispatchError::Os(format!("cannot start the signal thread: {e}")))?;
 
     log::info!(
-        "listening on {local}; max {} connections, stale after {} ms{}",
+        "listening on {local}; max {} connections, {} pending per address, stale after {} ms{}",
         shared.config.max_connections,
+        shared.config.max_pending_per_address,
         shared.config.stale_after.as_millis(),
         if shared.tls.is_some() {
             ", TLS to collabd"
@@ -228,8 +226,58 @@ pub fn run(config: DispatcherConfig) -> Result<(), DispatchError> {
     );
     println!("listening on {local}");
     let _ = std::io::stdout().flush();
-    accept_loop(&shared, listener, local, refuser);
+    let permits = Permits::new(shared.config.max_connections);
+    accept_loop(&shared, &listener, local, refuser, &permits, &shutdown);
+    drop(listener);
+    drain(&permits, shared.config.drain_grace);
     Ok(())
+}
+
+/// SIGHUP re-reads the instance table now; SIGTERM and SIGINT start the
+/// drain: the flag is raised and the listening socket shut down, which
+/// wakes the accept thread (accept(2) then fails) and refuses new
+/// connections from then on.
+fn on_signal(
+    shared: &Shared,
+    shutdown: &Shutdown,
+    listener_fd: i32,
+    signal: Signal,
+) -> AfterSignal {
+    if signal.is_shutdown() {
+        log::info!("{signal}: no longer accepting; draining");
+        shutdown.request();
+        // SAFETY: shutdown(2) on the listening socket, which lives until
+        // the accept loop has returned (after the flag was raised).
+        unsafe { libc::shutdown(listener_fd, libc::SHUT_RDWR) };
+        return AfterSignal::Stop;
+    }
+    log::info!("{signal}: re-reading the instance table");
+    let (flag, cond) = &shared.refresh_now;
+    *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    cond.notify_one();
+    AfterSignal::Continue
+}
+
+/// Waits until every connection has ended or `grace` has passed; what is
+/// still open then is cut when the process exits.
+fn drain(permits: &Permits, grace: Duration) {
+    let open = permits.open();
+    if open == 0 {
+        log::info!("stopped; no connection was open");
+        return;
+    }
+    log::info!(
+        "draining {open} connections for up to {} ms",
+        grace.as_millis()
+    );
+    let deadline = Instant::now() + grace;
+    while permits.open() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    match permits.open() {
+        0 => log::info!("stopped; every connection ended within the drain grace"),
+        left => log::info!("stopped; {left} connections cut at the end of the drain grace"),
+    }
 }
 
 fn build_shared(config: DispatcherConfig) -> Result<Shared, DispatchError> {
@@ -282,24 +330,35 @@ fn build_shared(config: DispatcherConfig) -> Result<Shared, DispatchError> {
 
 fn accept_loop(
     shared: &Arc<Shared>,
-    listener: TcpListener,
+    listener: &TcpListener,
     local: SocketAddr,
-    refuser: std::sync::mpsc::SyncSender<TcpStream>,
+    refuser: std::sync::mpsc::SyncSender<(TcpStream, Refusal)>,
+    permits: &Arc<Permits>,
+    shutdown: &Shutdown,
 ) {
-    let permits = Arc::new(Permits {
-        open: AtomicUsize::new(0),
-        max: shared.config.max_connections,
-    });
+    let pending = PendingByAddress::new(shared.config.max_pending_per_address);
     let next_id = AtomicU64::new(1);
-    for stream in listener.incoming() {
-        let device = match stream {
-            Ok(s) => s,
+    loop {
+        let accepted = listener.accept();
+        if shutdown.is_requested() {
+            return;
+        }
+        let (device, peer) = match accepted {
+            Ok(pair) => pair,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("accept on {local}: {e}");
                 thread::sleep(Duration::from_millis(100));
                 continue;
             }
+        };
+        let Some(slot) = pending.try_acquire(peer.ip()) else {
+            refusal_info!(
+                "refused {peer}: {} connections from its address are still in their handshake",
+                pending.cap()
+            );
+            let _ = refuser.try_send((device, Refusal::PendingPerAddress));
+            continue;
         };
         let Some(permit) = permits.try_acquire() else {
             over_capacity(device, shared.config.max_connections, &refuser);
@@ -314,7 +373,7 @@ fn accept_loop(
                 let _permit = permit;
                 // A bug in one connection must not take the others down.
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    connection::serve(&shared_for_thread, device, connection)
+                    connection::serve(&shared_for_thread, device, peer, slot, connection)
                 }));
                 if outcome.is_err() {
                     log::error!("conn {connection}: internal error (panic); connection closed");
@@ -323,6 +382,27 @@ fn accept_loop(
         if let Err(e) = spawned {
             log::error!("conn {connection}: cannot start its thread: {e}");
         }
+    }
+}
+
+/// Why a device is turned away at accept.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// `--max-connections` reached.
+    ConnectionCap,
+    /// Its address has `--max-pending-per-address` handshakes in progress.
+    PendingPerAddress,
+}
+
+impl Refusal {
+    fn frame(self) -> Vec<u8> {
+        let text = match self {
+            Refusal::ConnectionCap => "the dispatcher is at its connection limit",
+            Refusal::PendingPerAddress => {
+                "too many connections from your address are still in their handshake"
+            }
+        };
+        Frame::refused(0, Status::ServerBusy, text).to_bytes()
     }
 }
 
@@ -338,16 +418,11 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 /// passes): closing a socket with unread input would send a reset that can
 /// destroy the refusal before the device reads it. One thread and a bounded
 /// queue, so a flood over the cap costs no more threads.
-fn spawn_refuser() -> Result<std::sync::mpsc::SyncSender<TcpStream>, DispatchError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<TcpStream>(REFUSAL_QUEUE);
+fn spawn_refuser() -> Result<std::sync::mpsc::SyncSender<(TcpStream, Refusal)>, DispatchError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(TcpStream, Refusal)>(REFUSAL_QUEUE);
     spawn_named("refuser", SERVICE_STACK, move || {
-        let frame = Frame::refused(
-            0,
-            Status::ServerBusy,
-            "the dispatcher is at its connection limit",
-        )
-        .to_bytes();
-        for mut device in rx {
+        for (mut device, refusal) in rx {
+            let frame = refusal.frame();
             let _ = device.set_write_timeout(Some(REFUSAL_LINGER));
             let _ = device.set_read_timeout(Some(REFUSAL_LINGER));
             if device.write_all(&frame).is_err() {
@@ -369,7 +444,11 @@ fn spawn_refuser() -> Result<std::sync::mpsc::SyncSender<TcpStream>, DispatchErr
 
 /// Hands a device over the cap to the refuser, never blocking the accept
 /// thread.
-fn over_capacity(device: TcpStream, max: usize, refuser: &std::sync::mpsc::SyncSender<TcpStream>) {
+fn over_capacity(
+    device: TcpStream,
+    max: usize,
+    refuser: &std::sync::mpsc::SyncSender<(TcpStream, Refusal)>,
+) {
     // At most one line a second: a flood over the cap must not become a
     // flood in the journal.
     static LAST_WARNED_SECS: AtomicU64 = AtomicU64::new(0);
@@ -382,7 +461,7 @@ fn over_capacity(device: TcpStream, max: usize, refuser: &std::sync::mpsc::SyncS
         log::warn!("connection cap of {max} reached; {refused} devices refused so far");
     }
     // A full queue drops the socket: the device sees the link close.
-    let _ = refuser.try_send(device);
+    let _ = refuser.try_send((device, Refusal::ConnectionCap));
 }
 
 /// What the refresher thread keeps between two reads.
@@ -465,57 +544,4 @@ fn spawn_named(
         .spawn(body)
         .map(|_| ())
         .map_err(|e| DispatchError::Os(format!("cannot start the {name} thread: {e}")))
-}
-
-/// The signals the dispatcher handles, blocked in every thread.
-struct SignalSet(libc::sigset_t);
-
-// SAFETY: a sigset_t is plain data.
-unsafe impl Send for SignalSet {}
-
-fn block_signals() -> Result<SignalSet, DispatchError> {
-    // SAFETY: sigset_t is initialised by sigemptyset before use, and
-    // pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(DispatchError::Os(format!(
-                "blocking signals: {}",
-                std::io::Error::from_raw_os_error(rc)
-            )));
-        }
-        Ok(SignalSet(set))
-    }
-}
-
-/// SIGHUP re-reads the instance table now; SIGTERM and SIGINT end the
-/// process (relays are cut; devices reconnect through another dispatcher
-/// or this one once restarted).
-fn signal_loop(shared: &Shared, signals: SignalSet) {
-    loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: the set is initialised and `sig` is a valid out pointer.
-        let rc = unsafe { libc::sigwait(&signals.0, &mut sig) };
-        if rc != 0 {
-            log::error!("sigwait: {}", std::io::Error::from_raw_os_error(rc));
-            return;
-        }
-        match sig {
-            libc::SIGHUP => {
-                log::info!("SIGHUP: re-reading the instance table");
-                let (flag, cond) = &shared.refresh_now;
-                *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                cond.notify_one();
-            }
-            _ => {
-                log::info!("signal {sig}: stopping");
-                std::process::exit(0);
-            }
-        }
-    }
 }

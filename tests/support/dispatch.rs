@@ -132,6 +132,17 @@ impl Dispatcher {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends a signal and returns at once.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Sends a signal and waits for the exit status.
     pub fn signal_and_wait(mut self, signal: libc::c_int) -> std::process::ExitStatus {
         // SAFETY: plain kill(2) on our own child's pid.
@@ -527,6 +538,53 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
             Err(e) => panic!("waiting for the dispatcher to close: {e}"),
         }
+    }
+}
+
+/// A TCP connection to `to` from the local address `source` (any
+/// 127.0.0.x works on Linux loopback), for tests of per-address limits.
+pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = to else {
+        panic!("connect_from needs an IPv4 destination, not {to}");
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket owned by the TcpStream at once (closed on
+    // every error path by its drop); bind and connect get valid sockaddr_in
+    // values and their true length.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let src = sockaddr(source, 0);
+        if libc::bind(
+            fd,
+            &src as *const libc::sockaddr_in as *const libc::sockaddr,
+            len,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let dst = sockaddr(*to.ip(), to.port());
+        if libc::connect(
+            fd,
+            &dst as *const libc::sockaddr_in as *const libc::sockaddr,
+            len,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
     }
 }
 

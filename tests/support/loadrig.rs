@@ -216,8 +216,10 @@ pub fn start_collabd(db_url: &str, instance: &str, extra: &[String], dir: &TempD
     Daemon::start("collabd", env!("CARGO_BIN_EXE_collabd"), &args, &[], dir)
 }
 
-/// `collab-dispatcher` on 127.0.0.1:0 with room for `connections` relays,
-/// no recording, logging at warn.
+/// `collab-dispatcher` on 127.0.0.1:0 with room for `connections` relays
+/// (every load device connects from 127.0.0.1, so the cap on handshakes in
+/// progress per address is lifted to that too), no recording, logging at
+/// warn.
 pub fn start_dispatcher(db_url: &str, connections: usize, dir: &TempDir) -> Daemon {
     let args: Vec<String> = vec![
         "--listen".into(),
@@ -227,6 +229,8 @@ pub fn start_dispatcher(db_url: &str, connections: usize, dir: &TempDir) -> Daem
         "--refresh-ms".into(),
         "200".into(),
         "--max-connections".into(),
+        connections.to_string(),
+        "--max-pending-per-address".into(),
         connections.to_string(),
     ];
     Daemon::start(

@@ -877,28 +877,12 @@ fn hello(addr: std::net::SocketAddr, pin: u32) -> TcpStream {
 }
 
 #[test]
-fn a_wrong_key_or_no_key_proof_is_refused_and_audited_with_the_address() {
+fn a_wrong_key_or_no_key_proof_is_refused_and_audited_at_a_bounded_rate() {
     use collabd::wire::{write_frame, Frame, FrameType, Header};
     let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
     stack.start_collabd(&["--key-proof-timeout-ms", "300"]);
     let addr = stack.collabd.as_ref().unwrap().addr;
     let pin = devices[0].pin;
-
-    // A Confirm that does not prove the key.
-    let mut s = hello(addr, pin);
-    write_frame(
-        &mut s,
-        &Frame::new(Header::new(FrameType::Confirm, pin, 0), vec![0u8; 32]),
-    )
-    .unwrap();
-    let mut reply = Vec::new();
-    let _ = s.read_to_end(&mut reply);
-    let refused = collabd::wire::read_frame(&mut reply.as_slice(), 4096).unwrap();
-    assert_eq!(refused.header.frame_type, FrameType::Refused);
-    assert_eq!(refused.refusal().unwrap().0.code(), 308);
-    wait_until("the wrong key's audit row", || {
-        stack.audited("handshake_failed", pin, "from 127.0.0.1: wrong key")
-    });
 
     // A Hello, then silence: cut at the key-proof deadline, long before
     // the sign-in deadline (10 s).
@@ -908,6 +892,34 @@ fn a_wrong_key_or_no_key_proof_is_refused_and_audited_with_the_address() {
     wait_until("the missing key proof's audit row", || {
         stack.audited("handshake_failed", pin, "no key proof within 300 ms")
     });
+
+    // Confirms that do not prove the key, more than the audit rate allows.
+    for _ in 0..8 {
+        let mut s = hello(addr, pin);
+        write_frame(
+            &mut s,
+            &Frame::new(Header::new(FrameType::Confirm, pin, 0), vec![0u8; 32]),
+        )
+        .unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let refused = collabd::wire::read_frame(&mut reply.as_slice(), 4096).unwrap();
+        assert_eq!(refused.header.frame_type, FrameType::Refused);
+        assert_eq!(refused.refusal().unwrap().0.code(), 308);
+    }
+    wait_until("the wrong key's audit row", || {
+        stack.audited("handshake_failed", pin, "from 127.0.0.1: wrong key")
+    });
+    wait_until("the failures past the rate to be logged", || {
+        stack.collabd().log().contains("over the audit rate")
+    });
+    let rows = stack
+        .audit()
+        .iter()
+        .filter(|r| r.event.event == "handshake_failed" && r.event.pin == Some(pin))
+        .count();
+    assert_eq!(rows, 5, "at most 5 rows a minute per PIN");
+
     // The honest device still signs in.
     let (alice, _) = stack.signed_in(&devices[0]);
     assert_eq!(finish(alice).0, 0);

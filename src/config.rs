@@ -158,6 +158,7 @@ pub const KEYS: &[&str] = &[
     "log_level",
     "max_unauthenticated",
     "handshake_timeout_ms",
+    "key_proof_timeout_ms",
     "status_timeout_ms",
     "shutdown_grace_ms",
     "heartbeat_interval_ms",
@@ -205,6 +206,11 @@ pub struct Config {
     /// From connect to accepted login, and the per-read timeout until then
     /// (default 10 s).
     pub handshake_timeout: Duration,
+    /// From connect to the device's proof of its key (the handshake's
+    /// `Confirm`): a connection that has not proved it by then is cut, so
+    /// that held Hellos cannot keep the unauthenticated places (default
+    /// 3 s; at most `handshake_timeout`).
+    pub key_proof_timeout: Duration,
     /// After sign-in: a device that sends nothing for this long is taken as
     /// gone, and its session is marked out of coverage (default 120 s).
     pub status_timeout: Duration,
@@ -237,6 +243,7 @@ impl fmt::Debug for Config {
             .field("log_filter", &self.log_filter)
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("key_proof_timeout", &self.key_proof_timeout)
             .field("status_timeout", &self.status_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("heartbeat_interval", &self.heartbeat_interval)
@@ -637,6 +644,29 @@ fn resolve(
         100,
         600_000,
     )?);
+    let key_proof_origin = raw.get("key_proof_timeout_ms").map(|(_, o)| o.clone());
+    let key_proof_timeout = Duration::from_millis(number(
+        &mut raw,
+        "key_proof_timeout_ms",
+        3_000,
+        100,
+        600_000,
+    )?);
+    let key_proof_timeout = match key_proof_origin {
+        Some(origin) if key_proof_timeout > handshake_timeout => {
+            return Err(invalid(
+                "key_proof_timeout_ms",
+                &origin,
+                format!(
+                    "{} is longer than handshake_timeout_ms ({})",
+                    key_proof_timeout.as_millis(),
+                    handshake_timeout.as_millis()
+                ),
+            ))
+        }
+        // The default never outlasts a shorter sign-in deadline.
+        _ => key_proof_timeout.min(handshake_timeout),
+    };
     let status_timeout = Duration::from_millis(number(
         &mut raw,
         "status_timeout_ms",
@@ -689,6 +719,7 @@ fn resolve(
         log_filter,
         max_unauthenticated,
         handshake_timeout,
+        key_proof_timeout,
         status_timeout,
         shutdown_grace,
         heartbeat_interval,

@@ -18,7 +18,8 @@
 //! - [`service`]: collabd: the device listener, the session table and
 //!   admission, logins, the per-session relay to CWA, and the daemon.
 //! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
-//!   status codes, XML messages), specified in collab-protocol(7).
+//!   status codes, XML messages), specified in collab-protocol(7), and
+//!   the [`wire::Secret`] password type with the wiping allocator below.
 //! - [`device`]: the device-side client library behind `collab-device`.
 //! - [`cwa`]: the CWA client, one per user session: sign-in (NTLMv2 / forms),
 //!   the command channel, the event long-poll, typed commands and events.
@@ -43,3 +44,9 @@ pub mod service;
 pub mod sim;
 pub mod wire;
 pub mod xml;
+
+/// Every binary and test of the crate frees memory through this allocator,
+/// so a sign-in's password never lingers in a freed block (see
+/// [`wire::secret`]).
+#[global_allocator]
+static ALLOCATOR: wire::secret::WipingAllocator = wire::secret::WipingAllocator;

@@ -27,6 +27,8 @@ use openssl::hash::MessageDigest;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
 
+use crate::wire::secret::{wipe, wipe_vec, wipe_words};
+
 /// The largest NTLM message (raw bytes) either side accepts. Real messages
 /// are a few hundred bytes; the bound keeps garbage from costing memory.
 pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
@@ -194,7 +196,7 @@ pub fn authenticate_message(
     client_challenge: [u8; 8],
     timestamp: u64,
 ) -> Vec<u8> {
-    let key = ntowf_v2(password, user, domain);
+    let mut key = ntowf_v2(password, user, domain);
     let response = ntlmv2_response(
         &key,
         challenge.server_challenge,
@@ -202,6 +204,7 @@ pub fn authenticate_message(
         timestamp,
         &challenge.target_info,
     );
+    wipe(&mut key);
     let flags = (challenge.flags & CLIENT_FLAGS) | NEGOTIATE_UNICODE | NEGOTIATE_NTLM;
     let payloads: [Vec<u8>; 6] = [
         response.lm_response.to_vec(),
@@ -333,10 +336,15 @@ pub fn verify_ntlmv2(auth: &Authenticate, server_challenge: [u8; 8], password: &
 
 /// NTOWFv2: HMAC-MD5(MD4(UTF-16LE(password)), UTF-16LE(UPPER(user) + domain)).
 pub(crate) fn ntowf_v2(password: &str, user: &str, domain: &str) -> [u8; 16] {
-    let nt_hash = md4(&utf16le(password));
+    let mut unicode = utf16le(password);
+    let mut nt_hash = md4(&unicode);
+    // Both are as good as the password: gone before returning.
+    wipe_vec(&mut unicode);
     let mut identity = user.to_uppercase();
     identity.push_str(domain);
-    hmac_md5(&nt_hash, &[&utf16le(&identity)])
+    let key = hmac_md5(&nt_hash, &[&utf16le(&identity)]);
+    wipe(&mut nt_hash);
+    key
 }
 
 /// The results of the NTLMv2 computation for one challenge.
@@ -400,7 +408,9 @@ fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
 pub(crate) fn md4(data: &[u8]) -> [u8; 16] {
     let mut state: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
     let bit_len = (data.len() as u64).wrapping_mul(8);
-    let mut padded = data.to_vec();
+    // Sized once: no growth leaves a stray copy of the input.
+    let mut padded = Vec::with_capacity(data.len() + 72);
+    padded.extend_from_slice(data);
     padded.push(0x80);
     while padded.len() % 64 != 56 {
         padded.push(0);
@@ -488,7 +498,10 @@ pub(crate) fn md4(data: &[u8]) -> [u8; 16] {
         state[1] = state[1].wrapping_add(b);
         state[2] = state[2].wrapping_add(c);
         state[3] = state[3].wrapping_add(d);
+        // The block is (part of) a password in NT hashing.
+        wipe_words(&mut x);
     }
+    wipe_vec(&mut padded);
     let mut out = [0u8; 16];
     for (i, w) in state.iter().enumerate() {
         out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
@@ -666,7 +679,11 @@ fn decode_string(bytes: &[u8], flags: u32, name: &'static str) -> Result<String,
 }
 
 fn utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+    // Sized once (UTF-16 never takes more than twice the UTF-8 bytes), so
+    // no growth leaves a partial copy of a password behind.
+    let mut out = Vec::with_capacity(s.len() * 2);
+    out.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+    out
 }
 
 #[cfg(test)]

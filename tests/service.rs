@@ -798,6 +798,140 @@ fn tls_on_the_device_link_and_https_to_cwa_with_a_private_ca() {
 }
 
 #[test]
+fn a_wrong_password_at_the_limit_evicts_nobody() {
+    let (mut stack, devices) = stack_with(
+        &["alice", "bob"],
+        InstanceSettings {
+            max_sessions: Some(1),
+            idle_timeout_ms: Some(600_000),
+            ..InstanceSettings::default()
+        },
+    );
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    // Alice's device vanishes: her session is the one an admitted login
+    // would sign out.
+    alice.child.kill().unwrap();
+    let _ = alice.child.wait();
+    wait_until("alice's session to be out of coverage", || {
+        stack.session_coverage(devices[0].pin).as_deref() == Some("out")
+    });
+    let bob = &devices[1].user;
+    let mut wrong = stack.device_as(&devices[1], bob, "not-bobs-password", &[]);
+    let refused = wrong.expect("login ");
+    assert!(refused.starts_with("login refused code=303"), "{refused}");
+    assert_eq!(finish(wrong).0, 2);
+    assert!(stack.audited("login_refused", devices[1].pin, "303"));
+    // Nobody was signed out for it.
+    assert_eq!(
+        stack.session_coverage(devices[0].pin).as_deref(),
+        Some("out")
+    );
+    assert!(!stack.audited("evicted", devices[0].pin, ""));
+    // The right password is admitted, and only that signs Alice out.
+    let (bob_dev, _) = stack.signed_in(&devices[1]);
+    wait_until("alice's eviction to be recorded", || {
+        stack.audited("evicted", devices[0].pin, "out of coverage")
+    });
+    assert_eq!(finish(bob_dev).0, 0);
+}
+
+#[test]
+fn a_wrong_password_from_the_same_device_leaves_its_live_session_running() {
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    // Someone with the device's key but not the password signs in again.
+    let user = &devices[0].user;
+    let mut wrong = stack.device_as(&devices[0], user, "guess", &[]);
+    let refused = wrong.expect("login ");
+    assert!(refused.starts_with("login refused code=303"), "{refused}");
+    assert_eq!(finish(wrong).0, 2);
+    // The live session was not replaced: its device keeps working.
+    alice.send("presence availability=away");
+    let result = alice.expect("result ");
+    assert_eq!(field(&result, "status").as_deref(), Some("ok"), "{result}");
+    assert!(!stack.audited("replaced", devices[0].pin, ""));
+    assert_eq!(stack.active_sessions(), 1);
+    alice.send("logout");
+    let (code, lines) = finish(alice);
+    assert_eq!(code, 0, "{lines:?}");
+    wait_until("the logout audit", || {
+        stack.audited("logout", devices[0].pin, "")
+    });
+}
+
+/// A raw handshake for `pin` up to the Challenge; returns the stream.
+fn hello(addr: std::net::SocketAddr, pin: u32) -> TcpStream {
+    use collabd::wire::{write_frame, Frame, FrameReader, FrameType, Header, MAX_FRAME_LEN};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write_frame(
+        &mut s,
+        &Frame::new(Header::new(FrameType::Hello, pin, 0), vec![7u8; 32]),
+    )
+    .unwrap();
+    let challenge = FrameReader::new(MAX_FRAME_LEN).read(&mut s).unwrap();
+    assert_eq!(challenge.header.frame_type, FrameType::Challenge);
+    s
+}
+
+#[test]
+fn a_wrong_key_or_no_key_proof_is_refused_and_audited_at_a_bounded_rate() {
+    use collabd::wire::{write_frame, Frame, FrameType, Header};
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    stack.start_collabd(&["--key-proof-timeout-ms", "300"]);
+    let addr = stack.collabd.as_ref().unwrap().addr;
+    let pin = devices[0].pin;
+
+    // A Hello, then silence: cut at the key-proof deadline, long before
+    // the sign-in deadline (10 s).
+    let mut s = hello(addr, pin);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    wait_until("the missing key proof's audit row", || {
+        stack.audited("handshake_failed", pin, "no key proof within 300 ms")
+    });
+
+    // Confirms that do not prove the key, more than the audit rate allows.
+    for _ in 0..8 {
+        let mut s = hello(addr, pin);
+        write_frame(
+            &mut s,
+            &Frame::new(Header::new(FrameType::Confirm, pin, 0), vec![0u8; 32]),
+        )
+        .unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let refused = collabd::wire::read_frame(&mut reply.as_slice(), 4096).unwrap();
+        assert_eq!(refused.header.frame_type, FrameType::Refused);
+        assert_eq!(refused.refusal().unwrap().0.code(), 308);
+    }
+    wait_until("the wrong key's audit row", || {
+        stack.audited("handshake_failed", pin, "from 127.0.0.1: wrong key")
+    });
+    wait_until("the failures past the rate to be logged", || {
+        stack.collabd().log().contains("over the audit rate")
+    });
+    let rows = stack
+        .audit()
+        .iter()
+        .filter(|r| r.event.event == "handshake_failed" && r.event.pin == Some(pin))
+        .count();
+    assert_eq!(rows, 5, "at most 5 rows a minute per PIN");
+
+    // The honest device still signs in.
+    let (alice, _) = stack.signed_in(&devices[0]);
+    assert_eq!(finish(alice).0, 0);
+    let log = stack.collabd().log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("127.0.0.1") && l.contains("wrong key")),
+        "{log}"
+    );
+}
+
+#[test]
 fn administrators_end_live_sessions_and_the_devices_are_told_why() {
     use collabd::configdb::SessionTarget;
     let (mut stack, devices) = stack_with(&["alice", "bob", "carol"], settings(Some(10)));

@@ -57,7 +57,16 @@ fn handler(table: SessionTable, ended: Sender<(u32, EndReason)>) -> Handler {
             pin,
             login: login.to_string(),
         };
-        let admission = match table.admit(key, Instant::now()) {
+        // As collabd does: a place before the credentials are checked (a
+        // pause stands in for the CWA sign-in), the session only after.
+        let admission = match table.reserve(key, Instant::now()) {
+            Ok(reservation) => {
+                std::thread::sleep(Duration::from_millis(2));
+                reservation.commit(Instant::now())
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let admission = match admission {
             Ok(a) => a,
             Err(refusal) => {
                 let _ = writeln!(stream, "{}", refusal.status_code());

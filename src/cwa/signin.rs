@@ -11,6 +11,10 @@
 //! and `requestSucceeded`. The status mapping (401 bad credentials, 403 not
 //! enabled, 503 / 18101 busy) is PROPOSED there too; raw status and body
 //! are logged at debug level (never the request, which holds the password).
+//!
+//! The whole sign-in runs in a [`WipeScope`]: every buffer that held the
+//! password is zeroed when freed, and the forms logon's connection is not
+//! kept (see [`logon_forms`]).
 
 use xmltree::Element;
 
@@ -20,6 +24,7 @@ use super::http::{Http, HttpFailure, HttpReply};
 use super::response::{parse_logon, parse_session_accepted};
 use super::{xmlguard, AuthMode, ClientConfig, SignedInVia};
 use crate::ntlm;
+use crate::wire::secret::{wipe_vec, WipeScope};
 use crate::xml::{self, elem, text_elem, with_child};
 
 /// Where a successful logon leaves us.
@@ -50,6 +55,9 @@ pub(crate) fn sign_in(
     login: &str,
     password: &str,
 ) -> Result<SignedIn, SignInError> {
+    // Every block freed here may have held the password (request bodies,
+    // the NTLM hashing, the connection that carried the forms logon).
+    let _scope = WipeScope::enter();
     let http = Http::new(config).map_err(SignInError::Config)?;
     let logon = match config.auth_mode {
         AuthMode::Iwa => logon_iwa(&http, config, login, password)?,
@@ -139,11 +147,15 @@ fn logon_forms(http: &Http, login: &str, password: &str) -> Result<LogonOk, Sign
         with_child(Element::new("logon"), text_elem("user", login)),
         text_elem("password", password),
     );
-    let body = xml::to_string(&envelope(None, vec![logon])).into_bytes();
-    let reply = http
-        .post("/forms/logon.html", None, &[], &body)
-        .map_err(network_error)?;
-    judge_logon(&reply, SignedInVia::Forms)
+    let mut body = xml::to_string(&envelope(None, vec![logon])).into_bytes();
+    // The HTTP client copies the body into its connection's output buffer,
+    // which a pooled connection would keep for the session's life: this
+    // connection is closed after the reply, and its buffers freed (zeroed,
+    // inside the sign-in's wipe scope). The ticket, not the connection,
+    // carries the session.
+    let reply = http.post("/forms/logon.html", None, &[("Connection", "close")], &body);
+    wipe_vec(&mut body);
+    judge_logon(&reply.map_err(network_error)?, SignedInVia::Forms)
 }
 
 /// Classifies a logon reply.

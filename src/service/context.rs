@@ -5,19 +5,25 @@
 //! daemon's timeouts. Also the two Config DB writes every part makes:
 //! audit events and session registry updates, which are best effort (a
 //! running session carries on when PostgreSQL is down; the failure is
-//! logged).
+//! logged); and the Hellos' device lookups and the audit of failures,
+//! bounded as [`super::throttle`] says.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::configdb::pool::{Pool, PoolError};
-use crate::configdb::{AuditEvent, ConfigDb, DbError, Instance};
+use crate::configdb::{AuditEvent, ConfigDb, DbError, Device, Instance};
 use crate::cwa::ClientConfig;
+use crate::wire::{self, Status};
 
 use super::session::Session;
 use super::table::{Limits, SessionId, SessionTable};
+use super::throttle::{
+    AuditLimiter, AuditVerdict, DeviceCache, LookupBudget, KEY_LOOKUP_CONNECTIONS, KEY_LOOKUP_WAIT,
+};
 
 /// Config DB connections a collabd instance keeps for logins, registry
 /// writes, audit and the heartbeat.
@@ -74,6 +80,9 @@ pub struct Timeouts {
     pub status_timeout: Duration,
     /// Bound on a login's Config DB reads.
     pub login_db_wait: Duration,
+    /// From accept to the device's key proof (its `Confirm`): a connection
+    /// that has not proved the PIN's key by then is cut.
+    pub key_proof_timeout: Duration,
     /// Stack size of session and helper threads.
     pub thread_stack_size: usize,
 }
@@ -92,6 +101,9 @@ pub struct ServiceContext {
     stopping: AtomicBool,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     sessions_changed: Condvar,
+    devices: DeviceCache,
+    lookups: LookupBudget,
+    audit_limit: AuditLimiter,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -121,6 +133,9 @@ impl ServiceContext {
             stopping: AtomicBool::new(false),
             sessions: Mutex::new(HashMap::new()),
             sessions_changed: Condvar::new(),
+            devices: DeviceCache::default(),
+            lookups: LookupBudget::new(KEY_LOOKUP_CONNECTIONS),
+            audit_limit: AuditLimiter::default(),
         }
     }
 
@@ -222,6 +237,84 @@ impl ServiceContext {
         e.reason = (!reason.is_empty()).then(|| reason.to_string());
         if let Err(err) = self.with_db(DB_WRITE_WAIT, |db| db.audit(&e)) {
             log::warn!("audit {event} not recorded: {err}");
+        }
+    }
+
+    /// The device row for a Hello of `pin`: from the cache, or read within
+    /// the Hellos' share of the Config DB pool. The flag says whether it
+    /// came from the cache (a login then reads it again). The error is the
+    /// status to refuse the Hello with: 312 unknown, 301 too many Hellos
+    /// waiting for the Config DB, 307 the Config DB unavailable.
+    pub fn device_for_hello(&self, pin: u32, peer: SocketAddr) -> Result<(Device, bool), Status> {
+        if let Some(device) = self.devices.get(pin, Instant::now()) {
+            return Ok((device, true));
+        }
+        let Some(_turn) = self.lookups.turn(KEY_LOOKUP_WAIT) else {
+            log::info!(
+                "{peer}: device {} refused: too many Hellos waiting for the Config DB",
+                wire::format_pin(pin)
+            );
+            return Err(Status::ServerBusy);
+        };
+        match self.with_db(self.timeouts.login_db_wait, |db| db.device(pin)) {
+            Ok(device) => {
+                self.devices.put(device.clone(), Instant::now());
+                Ok((device, false))
+            }
+            Err(PoolError::Db(DbError::NotFound { .. })) => Err(Status::UnknownDevice),
+            Err(e) => {
+                log::warn!(
+                    "{peer}: device {} refused, Config DB unavailable: {e}",
+                    wire::format_pin(pin)
+                );
+                Err(Status::ConfigUnavailable)
+            }
+        }
+    }
+
+    /// Drop `pin`'s cached device row (its key did not match).
+    pub fn forget_device(&self, pin: u32) {
+        self.devices.forget(pin);
+    }
+
+    /// Record a failed handshake from `peer` (`pin` as its Hello claimed,
+    /// if it sent one): logged at info and audited as `handshake_failed`,
+    /// within the per-PIN and per-address rate of [`super::throttle`]
+    /// (past it, logged at debug only).
+    pub fn audit_handshake_failure(&self, pin: Option<u32>, peer: SocketAddr, reason: &str) {
+        self.audit_failure("handshake_failed", None, pin, peer, true, reason);
+    }
+
+    /// Record a refused login of `login` on the proved `pin` from `peer`:
+    /// logged at info and audited as `login_refused`, within the per-PIN
+    /// rate of [`super::throttle`]. `reason` never holds a password.
+    pub fn audit_login_refused(&self, login: &str, pin: u32, peer: SocketAddr, reason: &str) {
+        self.audit_failure("login_refused", Some(login), Some(pin), peer, false, reason);
+    }
+
+    fn audit_failure(
+        &self,
+        event: &str,
+        login: Option<&str>,
+        pin: Option<u32>,
+        peer: SocketAddr,
+        address_counts: bool,
+        reason: &str,
+    ) {
+        let who = pin.map_or_else(|| "-".to_string(), wire::format_pin);
+        let ip = address_counts.then_some(peer.ip());
+        match self.audit_limit.check(pin, ip, Instant::now()) {
+            AuditVerdict::Record { suppressed } => {
+                log::info!("{peer}: {event} {who}: {reason}");
+                let mut text = format!("from {}: {reason}", peer.ip());
+                if suppressed > 0 {
+                    text.push_str(&format!(" ({suppressed} earlier failures not audited)"));
+                }
+                self.audit(event, login, pin, &text);
+            }
+            AuditVerdict::Suppress => {
+                log::debug!("{peer}: {event} {who}: {reason} (over the audit rate)");
+            }
         }
     }
 }

@@ -1,32 +1,28 @@
-//! What a live session remembers of its user's password: a salted
-//! PBKDF2-HMAC-SHA256 hash, kept in memory only, so that a device that
-//! re-attaches to its session after a lost link can prove it still knows
-//! the password without collabd keeping the password itself. Only when the
-//! instance has `password_caching` on is the password also kept (in
-//! memory, never written anywhere), to sign in to CWA again after CWA lost
-//! the session.
+//! What a live session remembers of its user's password: an
+//! HMAC-SHA256 of it under a random key made once per process, kept in
+//! memory only, so that a device that re-attaches to its session after a
+//! lost link can prove it still knows the password without collabd
+//! keeping the password itself. The key never leaves the process and dies
+//! with it, so the tag is useless anywhere else; a slow password hash
+//! (which would protect a tag that leaks) buys nothing here and cost a
+//! login milliseconds of CPU.
 //!
-//! The hash costs [`PBKDF2_ITERATIONS`] iterations, once at login and once
-//! per resume: enough that a memory dump does not hand out passwords
-//! cheaply, small enough not to slow a login storm (a few milliseconds).
+//! Only when the instance has `password_caching` on is the password also
+//! kept (in memory, never written anywhere, wiped when the session ends),
+//! to sign in to CWA again after CWA lost the session.
 
 use std::fmt;
+use std::sync::OnceLock;
 
-use openssl::hash::MessageDigest;
-use openssl::pkcs5::pbkdf2_hmac;
-
+use crate::wire::crypto::hmac_sha256;
 use crate::wire::Secret;
 
-/// PBKDF2 iterations for the in-memory hash.
-pub const PBKDF2_ITERATIONS: usize = 4096;
-
-const SALT_LEN: usize = 16;
-const HASH_LEN: usize = 32;
+const KEY_LEN: usize = 32;
+const TAG_LEN: usize = 32;
 
 /// The in-memory proof of a session's password.
 pub struct Credential {
-    salt: [u8; SALT_LEN],
-    hash: [u8; HASH_LEN],
+    tag: [u8; TAG_LEN],
     cached: Option<Secret>,
 }
 
@@ -38,50 +34,50 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// The hash or the random source failed (OpenSSL error text).
+/// The MAC or the random source failed (OpenSSL error text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialError(pub String);
 
 impl fmt::Display for CredentialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "password hash: {}", self.0)
+        write!(f, "password tag: {}", self.0)
     }
 }
 
 impl std::error::Error for CredentialError {}
 
-fn derive(password: &str, salt: &[u8]) -> Result<[u8; HASH_LEN], CredentialError> {
-    let mut hash = [0u8; HASH_LEN];
-    pbkdf2_hmac(
-        password.as_bytes(),
-        salt,
-        PBKDF2_ITERATIONS,
-        MessageDigest::sha256(),
-        &mut hash,
-    )
-    .map_err(|e| CredentialError(e.to_string()))?;
-    Ok(hash)
+/// This process's MAC key, drawn on first use.
+fn process_key() -> Result<&'static [u8; KEY_LEN], CredentialError> {
+    static KEY: OnceLock<[u8; KEY_LEN]> = OnceLock::new();
+    if let Some(key) = KEY.get() {
+        return Ok(key);
+    }
+    let mut key = [0u8; KEY_LEN];
+    openssl::rand::rand_bytes(&mut key).map_err(|e| CredentialError(e.to_string()))?;
+    // Another thread may have won the race; either key is as good.
+    Ok(KEY.get_or_init(|| key))
+}
+
+fn tag_of(password: &Secret) -> Result<[u8; TAG_LEN], CredentialError> {
+    hmac_sha256(process_key()?, password.expose().as_bytes())
+        .map_err(|e| CredentialError(e.to_string()))
 }
 
 impl Credential {
-    /// Hashes `password` with a fresh random salt; keeps the password too
-    /// when `cache` is set (the instance's `password_caching`).
+    /// Tags `password`; keeps a copy of the password too when `cache` is
+    /// set (the instance's `password_caching`).
     pub fn new(password: &Secret, cache: bool) -> Result<Credential, CredentialError> {
-        let mut salt = [0u8; SALT_LEN];
-        openssl::rand::rand_bytes(&mut salt).map_err(|e| CredentialError(e.to_string()))?;
-        let hash = derive(password.expose(), &salt)?;
         Ok(Credential {
-            salt,
-            hash,
+            tag: tag_of(password)?,
             cached: cache.then(|| password.clone()),
         })
     }
 
     /// Whether `password` is the one this credential was made from
-    /// (constant-time comparison of the hashes).
+    /// (constant-time comparison of the tags).
     pub fn verify(&self, password: &Secret) -> bool {
-        match derive(password.expose(), &self.salt) {
-            Ok(hash) => openssl::memcmp::eq(&hash, &self.hash),
+        match tag_of(password) {
+            Ok(tag) => openssl::memcmp::eq(&tag, &self.tag),
             Err(_) => false,
         }
     }
@@ -106,8 +102,11 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
         let cached = Credential::new(&Secret::new("pw"), true).unwrap();
         assert_eq!(cached.cached_password().unwrap().expose(), "pw");
-        // Fresh salt: the same password hashes differently each time.
+        // One key per process: the same password gives the same tag, and
+        // the tag is not a plain hash of the password.
         let again = Credential::new(&Secret::new("s3cret"), false).unwrap();
-        assert_ne!(again.hash, c.hash);
+        assert_eq!(again.tag, c.tag);
+        let plain = openssl::sha::sha256(b"s3cret");
+        assert_ne!(plain, c.tag);
     }
 }

@@ -360,6 +360,8 @@ pub type Handler = Arc<dyn Fn(Incoming) + Send + Sync>;
 pub struct PendingPermit {
     shared: Arc<Shared>,
     conn: u64,
+    accepted: Instant,
+    sign_in_deadline: Instant,
 }
 
 impl PendingPermit {
@@ -367,6 +369,28 @@ impl PendingPermit {
     /// `max_unauthenticated` and is no longer cut at the sign-in deadline.
     pub fn release(self) {
         drop(self);
+    }
+
+    /// When the connection was accepted.
+    pub fn accepted(&self) -> Instant {
+        self.accepted
+    }
+
+    /// `handshake_timeout` after accept: the latest the connection may
+    /// hold this permit.
+    pub fn sign_in_deadline(&self) -> Instant {
+        self.sign_in_deadline
+    }
+
+    /// Move the instant at which the watchdog cuts the connection if it
+    /// still holds this permit (e.g. a shorter deadline for one step of
+    /// the handshake); never later than [`sign_in_deadline`](Self::sign_in_deadline).
+    pub fn cut_at(&self, at: Instant) {
+        let at = at.min(self.sign_in_deadline);
+        if let Some(record) = self.shared.lock().map.get_mut(&self.conn) {
+            record.deadline = Some(at);
+        }
+        self.shared.changed.notify_all();
     }
 }
 
@@ -585,6 +609,8 @@ fn accept_loop(listener: Listener, shared: &Arc<Shared>, handler: Handler) {
             }
         };
         // Admit into the unauthenticated set, or close at once.
+        let accepted = Instant::now();
+        let sign_in_deadline = accepted + limits.handshake_timeout;
         let conn = {
             let mut conns = shared.lock();
             if conns.pending >= limits.max_unauthenticated {
@@ -617,7 +643,7 @@ fn accept_loop(listener: Listener, shared: &Arc<Shared>, handler: Handler) {
                 conn,
                 Record {
                     socket: clone,
-                    deadline: Some(Instant::now() + limits.handshake_timeout),
+                    deadline: Some(sign_in_deadline),
                 },
             );
             conn
@@ -626,6 +652,8 @@ fn accept_loop(listener: Listener, shared: &Arc<Shared>, handler: Handler) {
         let permit = PendingPermit {
             shared: Arc::clone(shared),
             conn,
+            accepted,
+            sign_in_deadline,
         };
         let guard = ConnGuard {
             shared: Arc::clone(shared),

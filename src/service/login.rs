@@ -1,11 +1,18 @@
 //! One device connection, from the handshake to a running session
-//! (collabd(8), "The session flow"):
+//! (collabd(8), "The session flow" and "Sign-in under attack"):
 //!
-//! 1. the handshake ([`wire::accept`]) with the PIN's transport key from
-//!    the Config DB: an unknown PIN is refused 312, an unreachable Config
-//!    DB 307, a stopping service 311 (clear `Refused` frames, so that the
-//!    dispatcher can try another instance);
-//! 2. the login message, within the listener's sign-in deadline;
+//! 1. the handshake ([`wire::accept`]) with the PIN's transport key, from
+//!    a short-lived cache or the Config DB within the Hellos' share of it
+//!    ([`ServiceContext::device_for_hello`]): an unknown PIN is refused
+//!    312, too many Hellos waiting for the Config DB 301, an unreachable
+//!    Config DB 307, a stopping service 311 (clear `Refused` frames, so
+//!    that the dispatcher can try another instance). The device must
+//!    prove the key (its `Confirm`) within the key-proof deadline, much
+//!    shorter than the sign-in deadline; a wrong key or no proof in time
+//!    is logged and audited (rate-limited) with the peer's address;
+//! 2. the login message, within the listener's sign-in deadline, read and
+//!    handled inside a [`WipeScope`] so that every buffer that held the
+//!    password is zeroed when freed;
 //! 3. the Config DB checks, before admission so that a login refused anyway
 //!    never signs another session out: the login must be the user the PIN
 //!    is registered to (304), who must be allowed the collaboration client
@@ -14,25 +21,33 @@
 //!    when the password matches the session's (303 otherwise), replaying
 //!    unacknowledged events; a resume of a session that is gone starts a
 //!    new one;
-//! 5. admission in the session table (301 Server Busy, 300 Failed);
+//! 5. a place reserved in the session table (301 Server Busy, 300
+//!    Failed), which ends nobody;
 //! 6. CWA sign-in with the instance's URL, auth mode and CA (303, 305,
-//!    306, 308 from the CWA client's classification); the slot is freed on
-//!    any failure;
-//! 7. the accepted login result with the session id and SIP URI, the
+//!    306, 308 from the CWA client's classification); the place is given
+//!    back on any failure;
+//! 7. admission committed: only now is the device's own old session
+//!    replaced, or an idle one signed out at the limit; if the room is gone
+//!    and nobody can be signed out, the new CWA session is signed out and
+//!    the login refused 301;
+//! 8. the accepted login result with the session id and SIP URI, the
 //!    registry row and the `login_admitted` audit; then the event thread
-//!    starts and this thread becomes the link thread.
+//!    starts and this thread becomes the link thread, the password gone
+//!    unless the instance caches passwords.
 //!
 //! Every refusal after the handshake is a login result with its status,
 //! and is audited as `login_refused` with the status and reason (never the
-//! password).
+//! password), at most as often as [`super::throttle`] allows.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::configdb::pool::PoolError;
 use crate::configdb::{logins_match, DbError, Device};
 use crate::cwa::CwaSession;
-use crate::wire::{self, DeviceMessage, Resume, Secret, ServiceMessage, Status};
+use crate::wire::secret::WipeScope;
+use crate::wire::{self, DeviceMessage, Resume, Secret, ServiceMessage, Status, WireError};
 
 use super::context::{ServiceContext, DB_WRITE_WAIT};
 use super::credential::Credential;
@@ -64,38 +79,33 @@ pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
         peer,
         permit,
     } = incoming;
-    let mut device: Option<Device> = None;
+    // A connection earns its place by proving the PIN's key quickly; only
+    // then does it get the rest of the sign-in deadline for its login.
+    let key_proof = ctx.timeouts.key_proof_timeout;
+    permit.cut_at(permit.accepted() + key_proof);
+    let mut hello_pin: Option<u32> = None;
+    let mut device: Option<(Device, bool)> = None;
     let lookup = |pin: u32| {
+        hello_pin = Some(pin);
         if ctx.is_stopping() {
             return Err(Status::ServiceStopping);
         }
-        match ctx.with_db(ctx.timeouts.login_db_wait, |db| db.device(pin)) {
-            Ok(d) => {
-                let key = d.transport_key;
-                device = Some(d);
-                Ok(key)
-            }
-            Err(PoolError::Db(DbError::NotFound { .. })) => {
-                log::info!("{peer}: unknown device {}", wire::format_pin(pin));
-                Err(Status::UnknownDevice)
-            }
-            Err(e) => {
-                log::warn!(
-                    "{peer}: device {} refused, Config DB unavailable: {e}",
-                    wire::format_pin(pin)
-                );
-                Err(Status::ConfigUnavailable)
-            }
-        }
+        let (d, cached) = ctx.device_for_hello(pin, peer)?;
+        let key = d.transport_key;
+        device = Some((d, cached));
+        Ok(key)
     };
     let channel = match wire::accept(stream, lookup) {
         Ok(channel) => channel,
         Err(e) => {
-            log::debug!("{peer}: handshake failed: {e}");
+            handshake_failed(ctx, peer, hello_pin, device.is_some(), &permit, &e);
             return;
         }
     };
-    let Some(device) = device else { return };
+    permit.cut_at(permit.sign_in_deadline());
+    let Some((device, cached)) = device else {
+        return;
+    };
     let pin = channel.pin();
     let (mut reader, mut writer) = match channel.split(|s| s.into_halves()) {
         Ok(halves) => halves,
@@ -104,6 +114,10 @@ pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
             return;
         }
     };
+    // From the login message to the end of the sign-in, every block this
+    // thread frees is zeroed: the decrypted and inflated frame, the parser's
+    // text, the CWA request, the NTLM hashing.
+    let scope = WipeScope::enter();
     let (user, password, resume) = match reader.recv_device() {
         Ok(DeviceMessage::Login {
             user,
@@ -126,20 +140,56 @@ pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
     };
     let login = Login {
         ctx,
+        peer,
         pin,
-        device: &device,
         user: &user,
-        password: &password,
     };
-    if let Err(refusal) = login.run(resume, reader, writer, permit) {
+    let secret = Signing { password, scope };
+    if let Err(refusal) = login.run(device, cached, resume, secret, reader, writer, permit) {
         // `run` has already told the device.
-        log::info!(
+        log::debug!(
             "{peer}: login of {user} on {} refused: {} {}",
             wire::format_pin(pin),
             refusal.status.code(),
             refusal.text
         );
     }
+}
+
+/// Log and audit a handshake that did not end in a channel. `challenged`:
+/// the Hello was answered with a Challenge (the PIN is known).
+fn handshake_failed(
+    ctx: &ServiceContext,
+    peer: SocketAddr,
+    pin: Option<u32>,
+    challenged: bool,
+    permit: &PendingPermit,
+    e: &WireError,
+) {
+    let Some(pin_seen) = pin else {
+        // No Hello: a scan, a probe or a silent socket; nothing to audit.
+        log::debug!("{peer}: no Hello: {e}");
+        return;
+    };
+    let reason = match e {
+        WireError::Auth => {
+            // A cached row may hold a key that was changed since.
+            ctx.forget_device(pin_seen);
+            "wrong key: the Confirm does not prove the PIN's key".to_string()
+        }
+        WireError::Refused(Status::UnknownDevice, _) => "unknown device".to_string(),
+        // Load or an unreachable Config DB: logged where it was decided.
+        WireError::Refused(..) => return,
+        _ if challenged && permit.accepted().elapsed() >= ctx.timeouts.key_proof_timeout => {
+            format!(
+                "no key proof within {} ms",
+                ctx.timeouts.key_proof_timeout.as_millis()
+            )
+        }
+        _ if challenged => format!("no Confirm: {e}"),
+        _ => format!("bad Hello: {e}"),
+    };
+    ctx.audit_handshake_failure(Some(pin_seen), peer, &reason);
 }
 
 fn message_name(m: &DeviceMessage) -> &'static str {
@@ -154,20 +204,35 @@ fn message_name(m: &DeviceMessage) -> &'static str {
 
 struct Login<'a> {
     ctx: &'a Arc<ServiceContext>,
+    peer: SocketAddr,
     pin: u32,
-    device: &'a Device,
     user: &'a str,
-    password: &'a Secret,
+}
+
+/// The password while the sign-in needs it, and the wipe scope it is
+/// handled in; both end together ([`Signing::done`]).
+struct Signing {
+    password: Secret,
+    scope: WipeScope,
+}
+
+impl Signing {
+    /// The password is no longer needed: wiped, and the scope closed.
+    fn done(self) {
+        let Signing { password, scope } = self;
+        drop(password);
+        drop(scope);
+    }
 }
 
 impl Login<'_> {
     /// Tell the device, audit, and hand the refusal back.
     fn refuse(&self, writer: &mut LinkWriter, refusal: Refusal) -> Refusal {
         // Recorded before the device is told, so the audit never lags.
-        self.ctx.audit(
-            "login_refused",
-            Some(self.user),
-            Some(self.pin),
+        self.ctx.audit_login_refused(
+            self.user,
+            self.pin,
+            self.peer,
             &format!(
                 "{} {}: {}",
                 refusal.status.code(),
@@ -184,9 +249,41 @@ impl Login<'_> {
         refusal
     }
 
+    /// The device row to decide the login with: the one the handshake
+    /// read, or, if that came from the Hellos' cache, a fresh one (which
+    /// must still hold the key the device proved).
+    fn current_device(&self, device: Device, cached: bool) -> Result<Device, Refusal> {
+        if !cached {
+            return Ok(device);
+        }
+        match self
+            .ctx
+            .with_db(self.ctx.timeouts.login_db_wait, |db| db.device(self.pin))
+        {
+            Ok(fresh) if openssl::memcmp::eq(&fresh.transport_key, &device.transport_key) => {
+                Ok(fresh)
+            }
+            Ok(_) | Err(PoolError::Db(DbError::NotFound { .. })) => {
+                self.ctx.forget_device(self.pin);
+                Err(Refusal::new(
+                    Status::UnknownDevice,
+                    "the device was removed or given a new key",
+                ))
+            }
+            Err(e) => Err(Refusal::new(
+                Status::ConfigUnavailable,
+                format!("Config DB unavailable: {e}"),
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
+        device: Device,
+        cached: bool,
         resume: Option<Resume>,
+        signing: Signing,
         reader: LinkReader,
         mut writer: LinkWriter,
         permit: PendingPermit,
@@ -197,7 +294,11 @@ impl Login<'_> {
                 Refusal::new(Status::ServiceStopping, "the service is stopping"),
             ));
         }
-        if !logins_match(&self.device.login, self.user) {
+        let device = match self.current_device(device, cached) {
+            Ok(d) => d,
+            Err(refusal) => return Err(self.refuse(&mut writer, refusal)),
+        };
+        if !logins_match(&device.login, self.user) {
             return Err(self.refuse(
                 &mut writer,
                 Refusal::new(
@@ -209,7 +310,7 @@ impl Login<'_> {
                 ),
             ));
         }
-        if !self.device.im_enabled {
+        if !device.im_enabled {
             return Err(self.refuse(
                 &mut writer,
                 Refusal::new(
@@ -219,13 +320,15 @@ impl Login<'_> {
             ));
         }
         // The login as the Config DB spells it (logins match without case).
-        let login = self.device.login.as_str();
+        let login = device.login.as_str();
         if let Some(resume) = resume {
             let live = parse_session_id(&resume.session_id)
                 .and_then(|id| self.ctx.session(id))
                 .filter(|s| s.pin() == self.pin && !s.is_ended());
             if let Some(session) = live {
-                if !session.verify_password(self.password) {
+                let matches = session.verify_password(&signing.password);
+                signing.done();
+                if !matches {
                     return Err(self.refuse(
                         &mut writer,
                         Refusal::new(Status::BadCredentials, "wrong password for the session"),
@@ -243,9 +346,43 @@ impl Login<'_> {
             pin: self.pin,
             login: login.to_string(),
         };
-        let admission = match self.ctx.table.admit(key, Instant::now()) {
+        // A place, not yet a session: nobody is ended before CWA has
+        // accepted the password.
+        let reservation = match self.ctx.table.reserve(key, Instant::now()) {
+            Ok(r) => r,
+            Err(refused) => {
+                let status = Status::from_code(refused.status_code()).unwrap_or(Status::Failed);
+                return Err(self.refuse(&mut writer, Refusal::new(status, refused.to_string())));
+            }
+        };
+        let settings = self.ctx.cwa();
+        let cwa = match CwaSession::sign_in(&settings.client, login, signing.password.expose()) {
+            Ok(cwa) => cwa,
+            Err(e) => {
+                // Dropping the reservation gives the place back.
+                drop(reservation);
+                let status = Status::from_code(e.device_status()).unwrap_or(Status::Failed);
+                return Err(self.refuse(&mut writer, Refusal::new(status, e.to_string())));
+            }
+        };
+        let credential = Credential::new(&signing.password, settings.password_caching);
+        signing.done();
+        let credential = match credential {
+            Ok(c) => c,
+            Err(e) => {
+                let (mut commands, _) = cwa.split();
+                let _ = commands.sign_out();
+                drop(reservation);
+                return Err(self.refuse(&mut writer, Refusal::new(Status::Failed, e.to_string())));
+            }
+        };
+        let admission = match reservation.commit(Instant::now()) {
             Ok(a) => a,
             Err(refused) => {
+                // The room went to others while CWA was asked: sign out
+                // what was just signed in, end nobody.
+                let (mut commands, _) = cwa.split();
+                let _ = commands.sign_out();
                 let status = Status::from_code(refused.status_code()).unwrap_or(Status::Failed);
                 return Err(self.refuse(&mut writer, Refusal::new(status, refused.to_string())));
             }
@@ -259,28 +396,9 @@ impl Login<'_> {
                 ended.reason
             );
         }
-        let settings = self.ctx.cwa();
-        let cwa = match CwaSession::sign_in(&settings.client, login, self.password.expose()) {
-            Ok(cwa) => cwa,
-            Err(e) => {
-                // Dropping the admission frees the slot.
-                drop(admission);
-                let status = Status::from_code(e.device_status()).unwrap_or(Status::Failed);
-                return Err(self.refuse(&mut writer, Refusal::new(status, e.to_string())));
-            }
-        };
-        let credential = match Credential::new(self.password, settings.password_caching) {
-            Ok(c) => c,
-            Err(e) => {
-                let (mut commands, _) = cwa.split();
-                let _ = commands.sign_out();
-                drop(admission);
-                return Err(self.refuse(&mut writer, Refusal::new(Status::Failed, e.to_string())));
-            }
-        };
         let sip_uri = cwa.info().own_uri.clone();
         let sip_uri = if sip_uri.is_empty() {
-            self.device.sip_uri.clone()
+            device.sip_uri.clone()
         } else {
             sip_uri
         };

@@ -3,7 +3,8 @@
 //! device connection's login ([`login`]), the running session and its
 //! event relay ([`session`]), the translation between device protocol and
 //! CWA ([`translate`]), the in-memory password proof for re-attaching
-//! ([`credential`]), the state every thread shares ([`context`]) and the
+//! ([`credential`]), the state every thread shares ([`context`]), the
+//! bounds that keep a flood of handshakes cheap ([`throttle`]) and the
 //! daemon's start-up and shutdown ([`run`]).
 //!
 //! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; the
@@ -16,4 +17,5 @@ pub mod login;
 pub mod run;
 pub mod session;
 pub mod table;
+pub mod throttle;
 pub mod translate;

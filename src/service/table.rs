@@ -2,10 +2,24 @@
 //! instance, and the admission rule that decides whether one more may start
 //! (the BlackBerry Collaboration Service's rule; see collabd(8), ADMISSION).
 //!
-//! The table is one `Mutex` behind an `Arc`, bounded by [`Limits`]. The
-//! check, the evictions it needs and the insert happen in **one** critical
-//! section ([`SessionTable::admit`]), so a storm of concurrent logins can
-//! never admit more sessions than the limit allows. Every admitted session
+//! The table is one `Mutex` behind an `Arc`, bounded by [`Limits`].
+//! Admission has two steps, so that a login whose credentials turn out
+//! wrong never signs anyone out:
+//!
+//! 1. [`SessionTable::reserve`], before the CWA sign-in, holds a place:
+//!    it is refused when the live sessions plus the places already
+//!    reserved fill the limit and too few idle sessions could be signed
+//!    out. It ends nobody. A storm of concurrent logins thus reaches CWA
+//!    only as often as there is room, and never admits more than the
+//!    limit.
+//! 2. [`Reservation::commit`], once CWA accepted the credentials, checks
+//!    again, replaces the device's own live session and signs out just
+//!    enough idle sessions for this one, and inserts it: check, evictions
+//!    and insert in **one** critical section. If the room is gone and
+//!    nobody can be signed out, the commit is refused and the caller signs
+//!    the new CWA session out.
+//!
+//! Dropping a [`Reservation`] gives its place back. Every admitted session
 //! holds a [`SlotGuard`]; dropping it (normally, or while a session thread
 //! unwinds from a panic) frees the slot.
 //!
@@ -34,8 +48,8 @@
 //!
 //! A device has at most one session: a new login from a PIN that already
 //! has a live session replaces it ([`EndReason::Replaced`]). The old session
-//! is not counted against the limit for that login, and it is only ended if
-//! the new login is admitted.
+//! is not counted against the limit for that login, and it is only ended
+//! when the new login commits.
 //!
 //! The inactivity timeout is independent of the limit and always applies:
 //! [`SessionTable::expire_inactive`] (run by [`spawn_reaper`]) ends every
@@ -393,6 +407,110 @@ pub struct Admission {
     pub ended: Vec<EndedSession>,
 }
 
+/// A place held for a login whose credentials are being checked (see
+/// [`SessionTable::reserve`]). It ends nobody; dropping it gives the place
+/// back.
+#[must_use = "dropping the Reservation gives the place back at once"]
+pub struct Reservation {
+    table: Arc<Mutex<Inner>>,
+    id: SessionId,
+    key: SessionKey,
+    committed: bool,
+}
+
+impl Reservation {
+    /// The login's credentials were accepted: insert the session, replacing
+    /// the device's own live session and signing out idle ones at the
+    /// limit, in one critical section with the check. Only as many as this
+    /// one session needs are signed out. Refused (and nobody ended) when
+    /// the room counted at reservation is gone and no idle session can be
+    /// signed out for it. Wakers of ended sessions run after the lock is
+    /// released.
+    pub fn commit(mut self, now: Instant) -> Result<Admission, Refusal> {
+        self.committed = true;
+        let key = self.key.clone();
+        let (control, ended) = {
+            let mut inner = lock(&self.table);
+            inner.reserved.remove(&self.id);
+            // Room is checked against live sessions only: other reservations
+            // got theirs when they were made and are re-checked when they
+            // commit, so no wrong password can ever sign anyone out early.
+            let needed = inner.room_for(key.pin, 0, now)?;
+            let mut evict: Vec<(SessionId, EndReason)> = inner
+                .eviction_candidates(key.pin, now)
+                .into_iter()
+                .take(needed)
+                .map(|(id, cause)| (id, EndReason::Evicted(cause)))
+                .collect();
+            if let Some(&old) = inner.by_pin.get(&key.pin) {
+                evict.push((old, EndReason::Replaced));
+            }
+            let mut ended = Vec::with_capacity(evict.len());
+            for (id, reason) in evict {
+                if let Some(entry) = inner.remove(id) {
+                    entry.control.mark_ended(reason.clone());
+                    ended.push(EndedSession {
+                        handle: SessionHandle(entry.control),
+                        reason,
+                    });
+                }
+            }
+            let control = Arc::new(SessionControl {
+                id: self.id,
+                key: key.clone(),
+                started: now,
+                ended: AtomicBool::new(false),
+                reason: Mutex::new(None),
+                waker: Mutex::new(None),
+            });
+            inner.entries.insert(
+                self.id,
+                Entry {
+                    control: Arc::clone(&control),
+                    coverage: Coverage::In,
+                    last_status: now,
+                    last_activity: now,
+                },
+            );
+            inner.by_pin.insert(key.pin, self.id);
+            (control, ended)
+        };
+        for e in &ended {
+            e.handle.0.wake();
+        }
+        Ok(Admission {
+            guard: SlotGuard {
+                table: Arc::clone(&self.table),
+                control: Arc::clone(&control),
+            },
+            handle: SessionHandle(control),
+            ended,
+        })
+    }
+
+    /// The login this place is held for.
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.committed {
+            lock(&self.table).reserved.remove(&self.id);
+        }
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
 /// RAII ownership of one slot in the table. Dropping it removes the session
 /// (if it is still there) and wakes its other threads, so a session thread
 /// that returns or panics can never leak a slot.
@@ -431,6 +549,8 @@ struct Inner {
     limits: Limits,
     entries: HashMap<SessionId, Entry>,
     by_pin: HashMap<u32, SessionId>,
+    /// Open reservations: the id the session will have, and its PIN.
+    reserved: HashMap<SessionId, u32>,
     next_id: SessionId,
 }
 
@@ -441,6 +561,91 @@ impl Inner {
             self.by_pin.remove(&entry.control.key.pin);
         }
         Some(entry)
+    }
+
+    /// Slots the open reservations will take when they commit: a
+    /// reservation for a device that has a live session takes none (it
+    /// will replace that session).
+    fn reserved_slots(&self) -> usize {
+        self.reserved
+            .values()
+            .filter(|pin| !self.by_pin.contains_key(pin))
+            .count()
+    }
+
+    /// Live sessions that could be signed out at the limit to admit a
+    /// login of `pin` (never that device's own session), in eviction
+    /// order: out of coverage first, then the oldest last status, then
+    /// the oldest session.
+    fn eviction_candidates(&self, pin: u32, now: Instant) -> Vec<(SessionId, EvictionCause)> {
+        let Some(idle) = self.limits.idle_timeout else {
+            return Vec::new();
+        };
+        let own = self.by_pin.get(&pin).copied();
+        let mut candidates: Vec<(bool, Instant, SessionId, EvictionCause)> = self
+            .entries
+            .values()
+            .filter(|e| Some(e.control.id) != own)
+            .filter_map(|e| {
+                let silent_for = now.saturating_duration_since(e.last_status);
+                let cause = if e.coverage == Coverage::Out {
+                    EvictionCause::OutOfCoverage
+                } else if silent_for >= idle {
+                    EvictionCause::NoStatus { silent_for }
+                } else {
+                    return None;
+                };
+                Some((
+                    e.coverage != Coverage::Out,
+                    e.last_status,
+                    e.control.id,
+                    cause,
+                ))
+            })
+            .collect();
+        // Out of coverage first (false < true), then the oldest last
+        // status, then the oldest session (lowest id).
+        candidates.sort_unstable_by_key(|&(in_cov, last, id, _)| (in_cov, last, id));
+        candidates
+            .into_iter()
+            .map(|(_, _, id, cause)| (id, cause))
+            .collect()
+    }
+
+    /// How many sessions must be signed out so that one more session of
+    /// `pin` fits, counting `others` slots already promised: `Ok(n)` when
+    /// at least `n` candidates exist, the refusal otherwise.
+    fn room_for(&self, pin: u32, others: usize, now: Instant) -> Result<usize, Refusal> {
+        let own = usize::from(self.by_pin.contains_key(&pin));
+        // The device's own previous session does not count against the
+        // limit for its new login: it will be replaced.
+        let in_use = self.entries.len() - own + others;
+        match self.limits.max_sessions {
+            Some(max) if in_use >= max as usize => {
+                let needed = in_use + 1 - max as usize;
+                let busy = Refusal::ServerBusy {
+                    in_use,
+                    max_sessions: max,
+                };
+                if self.limits.idle_timeout.is_none()
+                    || self.eviction_candidates(pin, now).len() < needed
+                {
+                    return Err(busy);
+                }
+                Ok(needed)
+            }
+            Some(_) => Ok(0),
+            None => {
+                let ceiling = self.limits.http_max_connections;
+                if in_use >= ceiling as usize {
+                    return Err(Refusal::Failed {
+                        in_use,
+                        http_max_connections: ceiling,
+                    });
+                }
+                Ok(0)
+            }
+        }
     }
 }
 
@@ -493,6 +698,7 @@ impl SessionTable {
                 limits,
                 entries: HashMap::new(),
                 by_pin: HashMap::new(),
+                reserved: HashMap::new(),
                 next_id: 1,
             })),
         }
@@ -527,119 +733,37 @@ impl SessionTable {
         (inner.entries.len(), inner.limits.capacity())
     }
 
-    /// Decide admission for `key` and, if admitted, insert it: the check,
-    /// the evictions and the insert are one critical section. See the
-    /// module documentation for the rules and the eviction order. Wakers of
-    /// ended sessions run after the lock is released.
+    /// Decide admission for `key` and, if admitted, insert it at once:
+    /// [`SessionTable::reserve`] then [`Reservation::commit`], for callers
+    /// with nothing to check in between.
     pub fn admit(&self, key: SessionKey, now: Instant) -> Result<Admission, Refusal> {
-        let (control, ended) = {
-            let mut inner = lock(&self.inner);
-            let replaced = inner.by_pin.get(&key.pin).copied();
-            // The device's own previous session does not count against the
-            // limit for its new login: it will be replaced.
-            let in_use = inner.entries.len() - usize::from(replaced.is_some());
-            let mut evict: Vec<(SessionId, EndReason)> = Vec::new();
-            match inner.limits.max_sessions {
-                Some(max) if in_use >= max as usize => {
-                    let busy = Refusal::ServerBusy {
-                        in_use,
-                        max_sessions: max,
-                    };
-                    let Some(idle) = inner.limits.idle_timeout else {
-                        return Err(busy);
-                    };
-                    let mut candidates: Vec<(bool, Instant, SessionId, EvictionCause)> = inner
-                        .entries
-                        .values()
-                        .filter(|e| Some(e.control.id) != replaced)
-                        .filter_map(|e| {
-                            let silent_for = now.saturating_duration_since(e.last_status);
-                            let cause = if e.coverage == Coverage::Out {
-                                EvictionCause::OutOfCoverage
-                            } else if silent_for >= idle {
-                                EvictionCause::NoStatus { silent_for }
-                            } else {
-                                return None;
-                            };
-                            Some((
-                                e.coverage != Coverage::Out,
-                                e.last_status,
-                                e.control.id,
-                                cause,
-                            ))
-                        })
-                        .collect();
-                    let needed = in_use + 1 - max as usize;
-                    if candidates.len() < needed {
-                        return Err(busy);
-                    }
-                    // Out of coverage first (false < true), then the oldest
-                    // last status, then the oldest session (lowest id).
-                    candidates.sort_unstable_by_key(|&(in_cov, last, id, _)| (in_cov, last, id));
-                    evict.extend(
-                        candidates
-                            .into_iter()
-                            .take(needed)
-                            .map(|(_, _, id, cause)| (id, EndReason::Evicted(cause))),
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    let ceiling = inner.limits.http_max_connections;
-                    if in_use >= ceiling as usize {
-                        return Err(Refusal::Failed {
-                            in_use,
-                            http_max_connections: ceiling,
-                        });
-                    }
-                }
-            }
-            if let Some(old) = replaced {
-                evict.push((old, EndReason::Replaced));
-            }
-            let mut ended = Vec::with_capacity(evict.len());
-            for (id, reason) in evict {
-                if let Some(entry) = inner.remove(id) {
-                    entry.control.mark_ended(reason.clone());
-                    ended.push(EndedSession {
-                        handle: SessionHandle(entry.control),
-                        reason,
-                    });
-                }
-            }
-            let id = inner.next_id;
-            inner.next_id += 1;
-            let control = Arc::new(SessionControl {
-                id,
-                key: key.clone(),
-                started: now,
-                ended: AtomicBool::new(false),
-                reason: Mutex::new(None),
-                waker: Mutex::new(None),
-            });
-            inner.entries.insert(
-                id,
-                Entry {
-                    control: Arc::clone(&control),
-                    coverage: Coverage::In,
-                    last_status: now,
-                    last_activity: now,
-                },
-            );
-            inner.by_pin.insert(key.pin, id);
-            (control, ended)
-        };
-        for e in &ended {
-            e.handle.0.wake();
-        }
-        Ok(Admission {
-            guard: SlotGuard {
-                table: Arc::clone(&self.inner),
-                control: Arc::clone(&control),
-            },
-            handle: SessionHandle(control),
-            ended,
+        self.reserve(key, now)?.commit(now)
+    }
+
+    /// Reserve a place for a login of `key` before its credentials are
+    /// checked: refused when the table, counting the places already
+    /// reserved, is full and not enough idle sessions could be signed out
+    /// to make room. Nothing is ended here; [`Reservation::commit`] ends
+    /// what must go, once the login is accepted. Dropping the reservation
+    /// gives the place back.
+    pub fn reserve(&self, key: SessionKey, now: Instant) -> Result<Reservation, Refusal> {
+        let mut inner = lock(&self.inner);
+        let others = inner.reserved_slots();
+        inner.room_for(key.pin, others, now)?;
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.reserved.insert(id, key.pin);
+        Ok(Reservation {
+            table: Arc::clone(&self.inner),
+            id,
+            key,
+            committed: false,
         })
+    }
+
+    /// The places reserved and not yet committed or given back.
+    pub fn reserved(&self) -> usize {
+        lock(&self.inner).reserved.len()
     }
 
     /// The device sent a status message: record its coverage and the time
@@ -1012,6 +1136,72 @@ mod tests {
         assert!(table.admit(key(2), t0).is_err());
         assert!(!mine.handle.is_ended());
         assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_reservation_ends_nobody_until_it_commits() {
+        let table = SessionTable::new(limits(Some(2), Some(1_000)));
+        let t0 = Instant::now();
+        let mine = table.admit(key(7), t0).unwrap();
+        let idle = table.admit(key(8), t0).unwrap();
+        table.mark_out_of_coverage(idle.handle.id());
+        table.note_status(mine.handle.id(), Coverage::In, t0 + ms(4_900));
+        // A login for the same device and one for another, both at the
+        // limit: places are held, nobody is ended.
+        let again = table.reserve(key(7), t0 + ms(5_000)).unwrap();
+        let other = table.reserve(key(9), t0 + ms(5_000)).unwrap();
+        assert_eq!(table.reserved(), 2);
+        assert!(!mine.handle.is_ended() && !idle.handle.is_ended());
+        // No idle session is left for a third login.
+        assert!(table.reserve(key(10), t0 + ms(5_000)).is_err());
+        // Their credentials were wrong: dropped, nothing happened.
+        drop((again, other));
+        assert_eq!(table.reserved(), 0);
+        assert!(!mine.handle.is_ended() && !idle.handle.is_ended());
+        assert_eq!(table.len(), 2);
+        // Accepted this time: the commit replaces and evicts.
+        let again = table.reserve(key(7), t0 + ms(5_000)).unwrap();
+        let admitted = table.reserve(key(9), t0 + ms(5_000)).unwrap();
+        let admitted = admitted.commit(t0 + ms(5_000)).unwrap();
+        assert_eq!(admitted.ended.len(), 1);
+        assert_eq!(admitted.ended[0].handle.id(), idle.handle.id());
+        assert!(!mine.handle.is_ended(), "only what this login needs");
+        let replaced = again.commit(t0 + ms(5_000)).unwrap();
+        assert_eq!(replaced.ended[0].reason, EndReason::Replaced);
+        assert!(mine.handle.is_ended());
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_commit_whose_room_is_gone_is_refused_and_ends_nobody() {
+        let table = SessionTable::new(limits(Some(1), Some(1_000)));
+        let t0 = Instant::now();
+        let first = table.admit(key(1), t0).unwrap();
+        table.mark_out_of_coverage(first.handle.id());
+        let pending = table.reserve(key(2), t0).unwrap();
+        // The idle session comes back before the login is accepted.
+        table.note_status(first.handle.id(), Coverage::In, t0 + ms(10));
+        let refused = pending.commit(t0 + ms(20)).err().unwrap();
+        assert_eq!(refused.status_code(), 301);
+        assert!(!first.handle.is_ended());
+        assert_eq!((table.len(), table.reserved()), (1, 0));
+    }
+
+    #[test]
+    fn reservations_count_against_the_limit_until_given_back() {
+        let table = SessionTable::new(limits(Some(2), None));
+        let t0 = Instant::now();
+        let a = table.reserve(key(1), t0).unwrap();
+        let b = table.reserve(key(2), t0).unwrap();
+        assert!(matches!(
+            table.reserve(key(3), t0),
+            Err(Refusal::ServerBusy { in_use: 2, .. })
+        ));
+        drop(a);
+        let c = table.reserve(key(3), t0).unwrap();
+        let (b, c) = (b.commit(t0).unwrap(), c.commit(t0).unwrap());
+        assert!(b.ended.is_empty() && c.ended.is_empty());
+        assert_eq!((table.len(), table.reserved()), (2, 0));
     }
 
     #[test]

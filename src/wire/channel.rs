@@ -25,6 +25,7 @@ use super::frame::{
     write_frame, Frame, FrameReader, FrameType, Header, CONFIRM_LEN, HEADER_LEN, MAX_FRAME_LEN,
     RANDOM_LEN, TAG_LEN,
 };
+use super::secret;
 use super::status::Status;
 use super::WireError;
 
@@ -224,8 +225,11 @@ impl RxState {
         r: &mut impl Read,
         decode: impl FnOnce(&[u8]) -> Result<T, WireError>,
     ) -> Result<T, WireError> {
-        let payload = self.recv(r)?;
+        let mut payload = self.recv(r)?;
         let result = decode(&payload);
+        // The payload may be a login: its password must not outlive the
+        // decoded message, which owns its own copy.
+        secret::wipe_vec(&mut payload);
         if result.is_err() {
             self.broken = true;
         }
@@ -259,9 +263,11 @@ impl RxState {
                 got: h.seq,
             });
         }
-        let sealed = crypto::open(&self.key, self.dir, &h.to_bytes(), h.seq, &frame.body)?;
+        let mut sealed = crypto::open(&self.key, self.dir, &h.to_bytes(), h.seq, &frame.body)?;
         self.next_seq += 1;
-        crypto::inflate(&sealed, MAX_MESSAGE_LEN)
+        let payload = crypto::inflate(&sealed, MAX_MESSAGE_LEN);
+        secret::wipe_vec(&mut sealed);
+        payload
     }
 }
 

@@ -266,8 +266,14 @@ pub fn deflate(data: &[u8]) -> Vec<u8> {
 pub fn inflate(data: &[u8], cap: usize) -> Result<Vec<u8>, WireError> {
     let mut d = take(&INFLATERS).unwrap_or_else(|| build_off_stack(new_decompressor));
     let result = inflate_with(&mut d, data, cap);
-    d.reset(false);
-    give_back(&INFLATERS, d);
+    if super::secret::WipeScope::is_open() {
+        // The inflater's window now holds what may be a password; dropped
+        // inside the scope, its memory is zeroed (never pooled).
+        drop(d);
+    } else {
+        d.reset(false);
+        give_back(&INFLATERS, d);
+    }
     result
 }
 

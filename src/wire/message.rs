@@ -16,40 +16,18 @@
 //! a missing or malformed attribute; unknown extra attributes and child
 //! elements are ignored.
 
-use std::fmt;
 use std::io::{Read, Write};
 
 use xmltree::{Element, ParserConfig};
 
 use super::channel::{SecureChannel, SecureReader, SecureWriter, MAX_MESSAGE_LEN};
+use super::secret::Secret;
 use super::status::Status;
 use super::WireError;
 use crate::xml;
 
 /// The deepest element nesting a message may have (ours go 4 deep).
 pub const MAX_DEPTH: usize = 16;
-
-/// A password: kept out of `Debug` output so it can never reach a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps `s`.
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// What the device reports about its radio and use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1014,7 +992,7 @@ fn parse_device(e: &Element) -> Result<DeviceMessage, WireError> {
     Ok(match e.name.as_str() {
         "login" => DeviceMessage::Login {
             user: attr(e, "user")?.to_string(),
-            password: Secret(text(e, "password")?),
+            password: Secret::new(text(e, "password")?),
             resume: match e.get_child("resume") {
                 None => None,
                 Some(r) => Some(Resume {

@@ -2,7 +2,8 @@
 //! dispatcher and collabd, as specified in collab-protocol(7): the frame
 //! codec and its clear routing header ([`frame`]), the status codes
 //! ([`status`]), the handshake, key schedule and encrypted channel
-//! ([`channel`], [`crypto`]), and the XML messages ([`message`]).
+//! ([`channel`], [`crypto`]), the XML messages ([`message`]), and how a
+//! password is held in memory ([`secret`]).
 //!
 //! Typical use, service side:
 //!
@@ -22,6 +23,7 @@ pub mod crypto;
 mod error;
 pub mod frame;
 pub mod message;
+pub mod secret;
 
 pub mod status;
 
@@ -32,8 +34,9 @@ pub use error::WireError;
 pub use frame::{read_frame, write_frame, Frame, FrameReader, FrameType, Header, MAX_FRAME_LEN};
 pub use message::{
     Availability, Contact, ContactList, ConversationState, Coverage, DeviceCommand, DeviceEvent,
-    DeviceMessage, Group, Presence, Resume, SearchEntry, Secret, ServiceMessage,
+    DeviceMessage, Group, Presence, Resume, SearchEntry, ServiceMessage,
 };
+pub use secret::Secret;
 pub use status::Status;
 
 /// Formats a PIN the way people and logs see it: 8 lower-case hex digits.

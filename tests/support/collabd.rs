@@ -75,6 +75,11 @@ pub struct Collabd {
 }
 
 impl Collabd {
+    /// The process id (to read its memory in tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the binary for [`INSTANCE`] against `db_url` on
     /// 127.0.0.1:0, with `extra` flags.
     pub fn start(dir: &TempDir, db_url: &str, extra: &[&str]) -> Collabd {

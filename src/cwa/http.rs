@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ureq::Agent;
 
@@ -38,6 +38,9 @@ pub(crate) struct HttpReply {
     /// `Location`, for redirects.
     pub location: Option<String>,
     pub body: Vec<u8>,
+    /// When the response head was read: the order in which responses
+    /// arrived, whichever thread reads its body last.
+    pub arrived: Instant,
 }
 
 impl HttpReply {
@@ -227,6 +230,7 @@ impl Http {
         &self,
         mut response: ureq::http::Response<ureq::Body>,
     ) -> Result<HttpReply, HttpFailure> {
+        let arrived = Instant::now();
         let status = response.status().as_u16();
         let headers = response.headers();
         let text = |v: &ureq::http::HeaderValue| v.to_str().ok().map(|s| s.trim().to_string());
@@ -253,6 +257,7 @@ impl Http {
             www_authenticate,
             location,
             body,
+            arrived,
         })
     }
 }

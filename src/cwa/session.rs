@@ -53,6 +53,8 @@ pub struct SessionInfo {
 struct State {
     /// The newest ticket; `None` once signed out.
     ticket: Option<String>,
+    /// When the response that carried `ticket` arrived.
+    ticket_arrived: Instant,
     sid: String,
     /// rid → what the request was, until its result is seen.
     pending: BTreeMap<u64, CommandKind>,
@@ -90,15 +92,27 @@ impl Shared {
         }
     }
 
-    /// Takes the newest ticket from any response (§2.1 step 3).
+    /// Takes the newest ticket from any response (§2.1 step 3). Newest by
+    /// the order the responses arrived, not the order their threads get
+    /// here: the held GET and a command POST can finish together, and the
+    /// one read last may carry the ticket CWA has already replaced.
     fn take_ticket(&self, reply: &HttpReply) {
         if let Some(new) = &reply.ticket {
             let mut state = self.state();
-            if let Some(current) = &mut state.ticket {
+            if reply.arrived < state.ticket_arrived {
+                log::debug!(
+                    "CWA ticket of an earlier response ignored for sid {}",
+                    state.sid
+                );
+                return;
+            }
+            state.ticket_arrived = reply.arrived;
+            let State { ticket, sid, .. } = &mut *state;
+            if let Some(current) = ticket {
                 if current != new {
                     *current = new.clone();
                     self.ticket_rotations.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("CWA ticket rotated for sid {}", state.sid);
+                    log::debug!("CWA ticket rotated for sid {sid}");
                 }
             }
         }
@@ -157,6 +171,8 @@ impl CwaSession {
             http: signed.http,
             state: Mutex::new(State {
                 ticket: Some(signed.ticket),
+                // Sign-in's replies came before any channel's.
+                ticket_arrived: Instant::now(),
                 sid: signed.sid,
                 pending: BTreeMap::new(),
                 embedded_eids: BTreeSet::new(),
@@ -716,6 +732,7 @@ mod tests {
             www_authenticate: vec![],
             location: None,
             body: vec![],
+            arrived: Instant::now(),
         };
         assert!(check_status(&r(200)).is_ok());
         assert!(matches!(
@@ -735,6 +752,44 @@ mod tests {
             check_status(&r(500)),
             Err(SessionError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn a_ticket_from_an_earlier_response_never_replaces_a_newer_one() {
+        let http = Http::new(&ClientConfig::new("http://127.0.0.1:9")).unwrap();
+        let shared = Shared {
+            http,
+            state: Mutex::new(State {
+                ticket: Some("t1".into()),
+                ticket_arrived: Instant::now(),
+                sid: "1".into(),
+                pending: BTreeMap::new(),
+                embedded_eids: BTreeSet::new(),
+            }),
+            closed: AtomicBool::new(false),
+            signing_out: AtomicBool::new(false),
+            user_active: AtomicBool::new(false),
+            ticket_rotations: AtomicU64::new(0),
+        };
+        let reply = |ticket: &str, arrived| HttpReply {
+            status: 200,
+            ticket: Some(ticket.into()),
+            www_authenticate: vec![],
+            location: None,
+            body: vec![],
+            arrived,
+        };
+        // The held GET's reply (t2) arrived first, the command's (t3)
+        // later; the GET's thread gets to the lock last.
+        let get_arrived = Instant::now();
+        let post_arrived = get_arrived + Duration::from_millis(1);
+        shared.take_ticket(&reply("t3", post_arrived));
+        shared.take_ticket(&reply("t2", get_arrived));
+        assert_eq!(shared.credentials().unwrap().0, "t3");
+        assert_eq!(shared.ticket_rotations.load(Ordering::Relaxed), 1);
+        // A later reply with a new ticket still rotates it.
+        shared.take_ticket(&reply("t4", post_arrived + Duration::from_millis(1)));
+        assert_eq!(shared.credentials().unwrap().0, "t4");
     }
 
     #[test]

@@ -333,6 +333,7 @@ mod tests {
             www_authenticate: vec![],
             location: Some("https://elsewhere/".into()),
             body: body.as_bytes().to_vec(),
+            arrived: std::time::Instant::now(),
         }
     }
 

@@ -1370,6 +1370,15 @@ fn users_file_and_flag_errors_exit_with_sysexits_codes() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cwa-sim"))
+        .args(["--listen", "127.0.0.1:0", "--users"])
+        .arg(&users)
+        .env("RUST_LOG", "loud")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("cwa-sim: RUST_LOG"), "{err}");
 }
 
 // ---------------------------------------------------------------------------

@@ -1035,3 +1035,35 @@ fn a_killed_instance_leaves_no_active_session_once_another_notices() {
     assert!(survivor.log().contains(&noticed), "{}", survivor.log());
     assert_eq!(survivor.signal_and_wait(libc::SIGTERM), Some(0));
 }
+
+#[test]
+fn a_cwa_slower_than_the_sign_in_deadline_gives_306_and_leaves_nothing() {
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    stack.start_collabd(&["--handshake-timeout-ms", "3000"]);
+    // Every CWA answer comes after the device's whole sign-in deadline.
+    stack.sim.faults("latency_ms=6000");
+    let mut alice = stack.device(&devices[0]);
+    let refused = alice.expect("login ");
+    assert!(
+        refused.starts_with("login refused code=306 name=CwaUnavailable"),
+        "{refused}"
+    );
+    finish(alice);
+    wait_until("the refusal's audit", || {
+        stack.audited("login_refused", devices[0].pin, "306")
+    });
+    // The sign-in ended with the refusal: no session, no row, and nothing
+    // left to finish it later.
+    assert_eq!(stack.active_sessions(), 0);
+    assert_eq!(
+        stack.sim.status().get("sessions").map(String::as_str),
+        Some("0")
+    );
+    assert!(!stack.collabd().log().contains("admitted"));
+
+    // CWA recovers: the same device signs in.
+    stack.sim.faults("latency_ms=0");
+    let (alice, _) = stack.signed_in(&devices[0]);
+    assert_eq!(stack.active_sessions(), 1);
+    assert_eq!(finish(alice).0, 0);
+}

@@ -120,6 +120,9 @@ pub(crate) struct Http {
     max_body: usize,
     /// Receive timeout of the event GET, which the server may hold.
     poll_recv_timeout: Duration,
+    /// While signing in: no exchange may end after this
+    /// ([`ClientConfig::sign_in_deadline`]).
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl Http {
@@ -179,6 +182,7 @@ impl Http {
             base,
             max_body: config.max_body,
             poll_recv_timeout: config.recv_timeout + config.poll_hold_margin,
+            deadline: config.sign_in_deadline,
         })
     }
 
@@ -201,6 +205,13 @@ impl Http {
         }
         for (k, v) in extra_headers {
             request = request.header(*k, *v);
+        }
+        if let Some(by) = self.deadline {
+            let left = by.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HttpFailure::Timeout("sign-in deadline passed".into()));
+            }
+            request = request.config().timeout_global(Some(left)).build();
         }
         let response = request.send(body).map_err(classify)?;
         self.read(response)

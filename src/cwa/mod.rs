@@ -75,7 +75,7 @@ mod xmlguard;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use command::{Command, CommandKind, ContactSpec, ImMessage, SearchQuery};
 pub use error::{CwaError, SessionError, SignInError};
@@ -201,6 +201,12 @@ pub struct ClientConfig {
     /// How many times `poll` resends a GET (same AckId) whose connection
     /// dropped before it returns [`SessionError::Unavailable`].
     pub max_drop_retries: u32,
+    /// The latest a sign-in may end: each of its exchanges gets at most
+    /// the time left (on top of the phase timeouts above), so a CWA that
+    /// answers too slowly is a timeout ([`SignInError::Unavailable`]) in
+    /// time for the device to be told. `None`: the phase timeouts only.
+    /// The signed-in session's requests are not bound by it.
+    pub sign_in_deadline: Option<Instant>,
 }
 
 impl Default for ClientConfig {
@@ -221,6 +227,7 @@ impl Default for ClientConfig {
             busy_backoff_cap: Duration::from_secs(60),
             max_busy_retries: 8,
             max_drop_retries: 2,
+            sign_in_deadline: None,
         }
     }
 }

@@ -156,7 +156,10 @@ impl CwaSession {
         login: &str,
         password: &str,
     ) -> Result<CwaSession, SignInError> {
-        let signed = sign_in(config, login, password)?;
+        let mut signed = sign_in(config, login, password)?;
+        // The deadline was the sign-in's; the session's requests have
+        // their phase timeouts (the event GET is held by CWA).
+        signed.http.deadline = None;
         log::info!(
             "CWA session {} for {login} ({:?}) signed in",
             signed.sid,

@@ -41,7 +41,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::configdb::pool::PoolError;
 use crate::configdb::{logins_match, DbError, Device};
@@ -356,7 +356,13 @@ impl Login<'_> {
             }
         };
         let settings = self.ctx.cwa();
-        let cwa = match CwaSession::sign_in(&settings.client, login, signing.password.expose()) {
+        // The device must hear the outcome before the listener cuts it at
+        // the sign-in deadline: CWA gets that deadline less the time to
+        // write a refusal, and a CWA too slow for it is a 306.
+        let deadline = permit.sign_in_deadline();
+        let mut client = settings.client.clone();
+        client.sign_in_deadline = Some(deadline - answer_margin(permit.accepted(), deadline));
+        let cwa = match CwaSession::sign_in(&client, login, signing.password.expose()) {
             Ok(cwa) => cwa,
             Err(e) => {
                 // Dropping the reservation gives the place back.
@@ -365,6 +371,24 @@ impl Login<'_> {
                 return Err(self.refuse(&mut writer, Refusal::new(status, e.to_string())));
             }
         };
+        if Instant::now() >= deadline {
+            // The listener has cut (or is cutting) the connection: there is
+            // nobody to admit. Sign the new CWA session out, end nobody.
+            let (mut commands, _) = cwa.split();
+            let _ = commands.sign_out();
+            drop(reservation);
+            log::info!(
+                "{}: CWA answered after the sign-in deadline; login abandoned",
+                wire::format_pin(self.pin)
+            );
+            self.ctx.audit(
+                "login_abandoned",
+                Some(login),
+                Some(self.pin),
+                "CWA answered after the sign-in deadline; signed out",
+            );
+            return Ok(());
+        }
         let credential = Credential::new(&signing.password, settings.password_caching);
         signing.done();
         let credential = match credential {
@@ -509,4 +533,11 @@ impl Login<'_> {
         serve_link(session, link_id, reader);
         Ok(())
     }
+}
+
+/// How long before the sign-in deadline CWA's answer must be in, so that
+/// the device can still be told: a tenth of the whole sign-in deadline, at
+/// most half a second.
+fn answer_margin(accepted: Instant, deadline: Instant) -> Duration {
+    (deadline.saturating_duration_since(accepted) / 10).min(Duration::from_millis(500))
 }

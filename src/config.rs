@@ -163,6 +163,7 @@ pub const KEYS: &[&str] = &[
     "shutdown_grace_ms",
     "heartbeat_interval_ms",
     "instance_lost_after_ms",
+    "command_timeout_ms",
     "thread_stack_kib",
 ];
 
@@ -223,6 +224,9 @@ pub struct Config {
     /// and its sessions are ended in the registry (default 15 s, the
     /// dispatcher's default for a stale heartbeat).
     pub instance_lost_after: Duration,
+    /// A command CWA accepted whose outcome has not arrived after this gets
+    /// a 306 result (default 30 s).
+    pub command_timeout: Duration,
     /// Stack size of connection and session threads (default 512 KiB: a
     /// login runs the TLS handshake, a CWA sign-in and Config DB queries,
     /// which need about 384 KiB in a debug build).
@@ -248,6 +252,7 @@ impl fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("instance_lost_after", &self.instance_lost_after)
+            .field("command_timeout", &self.command_timeout)
             .field("thread_stack_size", &self.thread_stack_size)
             .finish()
     }
@@ -705,6 +710,13 @@ fn resolve(
             )),
         });
     }
+    let command_timeout = Duration::from_millis(number(
+        &mut raw,
+        "command_timeout_ms",
+        30_000,
+        100,
+        600_000,
+    )?);
     let thread_stack_size = number(&mut raw, "thread_stack_kib", 512, 64, 16_384)? as usize * 1024;
     debug_assert!(raw.is_empty(), "every key is resolved: {:?}", raw.keys());
     Ok(Config {
@@ -724,6 +736,7 @@ fn resolve(
         shutdown_grace,
         heartbeat_interval,
         instance_lost_after,
+        command_timeout,
         thread_stack_size,
     })
 }

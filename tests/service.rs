@@ -1067,3 +1067,28 @@ fn a_cwa_slower_than_the_sign_in_deadline_gives_306_and_leaves_nothing() {
     assert_eq!(stack.active_sessions(), 1);
     assert_eq!(finish(alice).0, 0);
 }
+
+#[test]
+fn a_command_whose_cwa_outcome_never_comes_is_answered_306() {
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    stack.start_collabd(&["--command-timeout-ms", "1000"]);
+    // Short holds: the event channel comes back often, as a busy CWA's does.
+    stack.sim.faults("hold_ms=200");
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    stack.sim.faults("withhold_outcomes=on");
+    alice.send("presence availability=busy");
+    let sent = alice.expect("sent id=");
+    let result = alice.expect("result ");
+    assert_eq!(field(&result, "id"), field(&sent, "id"), "{result}");
+    assert!(
+        result.contains("status=failed code=306") && result.contains("no\\soutcome"),
+        "{result}"
+    );
+
+    // Outcomes flow again: the next command is answered from its outcome.
+    stack.sim.faults("withhold_outcomes=off");
+    alice.send("presence availability=online");
+    let result = alice.expect("result ");
+    assert_eq!(field(&result, "status").as_deref(), Some("ok"), "{result}");
+    assert_eq!(finish(alice).0, 0);
+}

@@ -83,6 +83,9 @@ pub struct Timeouts {
     /// From accept to the device's key proof (its `Confirm`): a connection
     /// that has not proved the PIN's key by then is cut.
     pub key_proof_timeout: Duration,
+    /// How long a command CWA accepted may wait for its outcome event
+    /// before the device is answered 306.
+    pub command_timeout: Duration,
     /// Stack size of session and helper threads.
     pub thread_stack_size: usize,
 }

@@ -269,6 +269,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
             status_timeout: config.status_timeout,
             login_db_wait: config.handshake_timeout.min(Duration::from_secs(5)),
             key_proof_timeout: config.key_proof_timeout,
+            command_timeout: config.command_timeout,
             thread_stack_size: config.thread_stack_size,
         },
     ));

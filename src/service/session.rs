@@ -119,6 +119,8 @@ struct Pending {
     link: u64,
     command_id: u64,
     kind: PendingKind,
+    /// When CWA accepted it (for the command timeout).
+    accepted: Instant,
 }
 
 /// What the asynchronous result of a command still has to do.
@@ -596,6 +598,7 @@ impl Session {
                     link: link_id,
                     command_id,
                     kind,
+                    accepted: Instant::now(),
                 };
                 let early = {
                     let mut st = self.state();
@@ -618,6 +621,46 @@ impl Session {
                         self.send_completion(pending, early);
                     }
                 }
+            }
+        }
+    }
+
+    /// Answers the commands whose CWA outcome is overdue
+    /// (`command_timeout`): a plain command gets 306; a search, whose
+    /// command result was already sent, gets no search-result. An outcome
+    /// that arrives later finds nothing pending and is dropped.
+    fn expire_commands(&self) {
+        let limit = self.ctx.timeouts.command_timeout;
+        let overdue: Vec<Pending> = {
+            let mut st = self.state();
+            let rids: Vec<u64> = st
+                .pending
+                .iter()
+                .filter(|(_, p)| {
+                    !matches!(p.kind, PendingKind::Invite { .. }) && p.accepted.elapsed() >= limit
+                })
+                .map(|(rid, _)| *rid)
+                .collect();
+            rids.iter()
+                .filter_map(|rid| st.pending.remove(rid))
+                .collect()
+        };
+        for p in overdue {
+            log::info!(
+                "{self:?}: no CWA outcome for command {} within {} ms",
+                p.command_id,
+                limit.as_millis()
+            );
+            if p.kind == PendingKind::Result {
+                self.answer(
+                    p.link,
+                    ServiceMessage::CommandResult {
+                        id: p.command_id,
+                        status: Status::CwaUnavailable,
+                        text: format!("no outcome from CWA within {} ms", limit.as_millis()),
+                        conversation: None,
+                    },
+                );
             }
         }
     }
@@ -753,6 +796,7 @@ pub fn run_events(session: Arc<Session>, mut events: EventChannel, guard: SlotGu
     let _slot = guard;
     let mut failures = 0u32;
     while !session.is_ended() {
+        session.expire_commands();
         if let Ok(mut commands) = session.commands.try_lock() {
             if commands.republish_due() {
                 if let Err(e) = commands.republish() {

@@ -22,7 +22,7 @@
 //! - `composingState` carries the typing participant in a `uri` attribute.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -207,6 +207,9 @@ pub struct Ocs {
     ticket_rotate_ms: AtomicU64,
     ticket_grace_ms: AtomicU64,
     sessions_ended: AtomicU64,
+    /// Fault: commands are accepted but their `requestSucceeded` /
+    /// `requestFailed` events are never sent.
+    withhold_outcomes: AtomicBool,
 }
 
 fn err_elem(code: u32, reason: &str) -> Element {
@@ -364,6 +367,7 @@ impl Ocs {
             ticket_rotate_ms: AtomicU64::new(ticket_rotate.as_millis() as u64),
             ticket_grace_ms: AtomicU64::new(ticket_grace.as_millis() as u64),
             sessions_ended: AtomicU64::new(0),
+            withhold_outcomes: AtomicBool::new(false),
         }
     }
 
@@ -388,6 +392,16 @@ impl Ocs {
             self.ticket_grace_ms
                 .store(g.as_millis() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Turns the withheld-outcomes fault on or off.
+    pub fn set_withhold_outcomes(&self, on: bool) {
+        self.withhold_outcomes.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether command outcomes are withheld.
+    pub fn withholds_outcomes(&self) -> bool {
+        self.withhold_outcomes.load(Ordering::Relaxed)
     }
 
     /// (rotation period, grace window).
@@ -739,6 +753,12 @@ impl Ocs {
     }
 
     fn emit(&self, st: &State, sid: u64, event: Element) {
+        if self.withhold_outcomes.load(Ordering::Relaxed)
+            && matches!(event.name.as_str(), "requestSucceeded" | "requestFailed")
+        {
+            log::warn!("fault: {} for session {sid} withheld", event.name);
+            return;
+        }
         if let Some(s) = st.sessions.get(&sid) {
             s.queue.push(event);
         }

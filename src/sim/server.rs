@@ -820,6 +820,12 @@ impl Server {
         );
         let _ = writeln!(out, "ticket_rotate_ms={}", rotate.as_millis());
         let _ = writeln!(out, "ticket_grace_ms={}", grace.as_millis());
+        let withheld = if self.ocs.withholds_outcomes() {
+            "on"
+        } else {
+            "off"
+        };
+        let _ = writeln!(out, "withhold_outcomes={withheld}");
         for (sid, uri) in self.ocs.session_list() {
             let _ = writeln!(out, "session {sid} {uri}");
         }
@@ -884,6 +890,7 @@ impl Server {
             Grace(u64),
             DropSession(u64),
             DropUser(String),
+            WithholdOutcomes(bool),
             Restart,
         }
         let num = |k: &str, v: &str| {
@@ -913,6 +920,11 @@ impl Server {
                 "ticket_grace_ms" => Action::Grace(num(k, v)?),
                 "drop_session" => Action::DropSession(num(k, v)?),
                 "drop_user" => Action::DropUser(v.to_string()),
+                "withhold_outcomes" => Action::WithholdOutcomes(match v {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("{k}={v}: expected on or off")),
+                }),
                 "restart" if matches!(v, "yes" | "true" | "1") => Action::Restart,
                 _ => return Err(format!("unknown setting `{pair}`")),
             });
@@ -926,6 +938,7 @@ impl Server {
                 Action::Throttle(n) => self.faults.throttle.store(n, Ordering::Relaxed),
                 Action::Latency(n) => self.faults.latency_ms.store(n, Ordering::Relaxed),
                 Action::Hold(n) => self.faults.hold_ms.store(n, Ordering::Relaxed),
+                Action::WithholdOutcomes(on) => self.ocs.set_withhold_outcomes(on),
                 Action::Rotate(n) => self
                     .ocs
                     .set_ticket_timing(Some(Duration::from_millis(n)), None),

@@ -1092,3 +1092,62 @@ fn a_command_whose_cwa_outcome_never_comes_is_answered_306() {
     assert_eq!(field(&result, "status").as_deref(), Some("ok"), "{result}");
     assert_eq!(finish(alice).0, 0);
 }
+
+#[test]
+fn a_stalled_heartbeat_stops_the_watchdog_and_says_so() {
+    use std::os::unix::net::UnixDatagram;
+    let (mut stack, _devices) = stack_with(&["alice"], settings(Some(10)));
+    let socket_path = stack.dir.join("notify.sock");
+    let notifications = UnixDatagram::bind(&socket_path).unwrap();
+    notifications
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = notifications.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let socket = socket_path.display().to_string();
+    let collabd = support::collabd::Collabd::start_with_env(
+        &stack.dir,
+        &stack.db_url,
+        &[],
+        // Pings every 200 ms.
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
+    );
+    while !next().contains("WATCHDOG=1") {}
+
+    // Another transaction holds the instance row: the heartbeat's write
+    // waits behind it, as behind a PostgreSQL that stopped answering.
+    let mut locker = postgres::Client::connect(&stack.db_url, postgres::NoTls).unwrap();
+    let mut held = locker.transaction().unwrap();
+    held.execute(
+        "SELECT 1 FROM instance WHERE name = $1 FOR UPDATE",
+        &[&support::collabd::INSTANCE],
+    )
+    .unwrap();
+    loop {
+        let n = next();
+        if n.contains("STATUS=heartbeat stalled") {
+            break;
+        }
+    }
+    // While it stays stalled, no ping: only the stalled status again.
+    notifications
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for _ in 0..5 {
+        let mut buf = [0u8; 512];
+        if let Ok(n) = notifications.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(!text.contains("WATCHDOG=1"), "pinged while stalled: {text}");
+        }
+    }
+    held.rollback().unwrap();
+    notifications
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    while !next().contains("WATCHDOG=1") {}
+    stack.collabd = Some(collabd);
+    assert_eq!(stack.collabd().signal_and_wait(libc::SIGTERM), Some(0));
+}

@@ -25,6 +25,7 @@
 use std::fmt;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -305,6 +306,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     }
     log::info!("listening on {bound} (advertised as {advertise})");
 
+    let heartbeat_pulse = Arc::new(Pulse::new());
     let heartbeat = {
         let ctx = Arc::clone(&ctx);
         let shutdown = shutdown.clone();
@@ -313,13 +315,16 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
         let advertise = advertise.clone();
         let ca_file = config.cwa_ca_file.clone();
         let mut upkeep = RegistryUpkeep::new(config.instance_lost_after);
+        let pulse = Arc::clone(&heartbeat_pulse);
         std::thread::Builder::new()
             .name("heartbeat".into())
             .stack_size(config.thread_stack_size)
             .spawn(move || loop {
                 let written = heartbeat_once(&ctx, &advertise, true);
-                upkeep.after_heartbeat(&ctx, written);
+                pulse.beat();
+                upkeep.after_heartbeat(&ctx, written, &pulse);
                 refresh_instance(&ctx, ca_file.as_deref());
+                pulse.beat();
                 let kicked = kick.wait(interval);
                 if shutdown.is_requested() {
                     return;
@@ -349,8 +354,20 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
         Some(interval) => {
             let handle = server.shutdown_handle();
             let table = table.clone();
+            let pulse = Arc::clone(&heartbeat_pulse);
+            let stalled_after = heartbeat_stall_limit(config.heartbeat_interval);
             Some(
                 notify::spawn_watchdog(interval, shutdown.clone(), move || {
+                    // The heartbeat went round recently: a stuck Config DB
+                    // call or a dead heartbeat thread is not health.
+                    let quiet = pulse.age();
+                    if quiet > stalled_after {
+                        let _ = notify::notify(&[NotifyState::Status(format!(
+                            "heartbeat stalled for {} s; not feeding the watchdog",
+                            quiet.as_secs()
+                        ))]);
+                        return false;
+                    }
                     // The table lock can be taken and the accept loop runs.
                     let _ = table.usage();
                     !handle.is_stopping()
@@ -398,6 +415,43 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     Ok(())
 }
 
+/// When a thread last went round its loop, for the watchdog's health check.
+struct Pulse {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last_ms: AtomicU64,
+}
+
+impl Pulse {
+    fn new() -> Pulse {
+        Pulse {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat (or since start).
+    fn age(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// How long the heartbeat thread may go without progress before the
+/// instance reports itself stalled: it beats after each step (each Config
+/// DB call waits at most 5 s for a connection) and between rounds it
+/// sleeps one interval, so a longer silence is a call that hangs (a
+/// PostgreSQL that stopped answering, a lock) or a dead thread.
+fn heartbeat_stall_limit(interval: Duration) -> Duration {
+    interval * 2 + Duration::from_secs(10)
+}
+
 /// Writes the heartbeat; returns whether it reached the Config DB.
 fn heartbeat_once(ctx: &ServiceContext, advertise: &str, healthy: bool) -> bool {
     let (in_use, limit) = ctx.table.usage();
@@ -437,7 +491,9 @@ impl RegistryUpkeep {
         }
     }
 
-    fn after_heartbeat(&mut self, ctx: &ServiceContext, written: bool) {
+    /// One round, after the heartbeat; `pulse` beats after each Config DB
+    /// call, each of which is bounded on its own.
+    fn after_heartbeat(&mut self, ctx: &ServiceContext, written: bool, pulse: &Pulse) {
         if !written {
             return;
         }
@@ -452,16 +508,20 @@ impl RegistryUpkeep {
                 .into_iter()
                 .map(|(_, row)| row)
                 .collect();
-            match ctx.with_db(wait, |db| db.reclaim_sessions(&ctx.instance, &rows)) {
+            let reclaimed = ctx.with_db(wait, |db| db.reclaim_sessions(&ctx.instance, &rows));
+            pulse.beat();
+            match reclaimed {
                 Ok(0) => {}
                 Ok(n) => log::warn!("{n} live sessions were marked lost while the Config DB was out of reach; marked active again"),
                 Err(e) => log::warn!("cannot check this instance's sessions in the registry: {e}"),
             }
         }
         let lost_after_ms = u64::try_from(self.lost_after.as_millis()).unwrap_or(u64::MAX);
-        match ctx.with_db(wait, |db| {
+        let lost = ctx.with_db(wait, |db| {
             db.end_sessions_of_lost_instances(lost_after_ms, &ctx.instance)
-        }) {
+        });
+        pulse.beat();
+        match lost {
             Ok(lost) => {
                 for (instance, n) in lost {
                     log::warn!("instance {instance} lost (no heartbeat for {lost_after_ms} ms): ended its {n} sessions in the registry");
@@ -469,7 +529,9 @@ impl RegistryUpkeep {
             }
             Err(e) => log::warn!("cannot end the sessions of lost instances: {e}"),
         }
-        let requests = match ctx.with_db(wait, |db| db.end_requests(&ctx.instance)) {
+        let requests = ctx.with_db(wait, |db| db.end_requests(&ctx.instance));
+        pulse.beat();
+        let requests = match requests {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("cannot read end requests: {e}");
@@ -500,6 +562,7 @@ impl RegistryUpkeep {
                     if let Err(e) = ctx.with_db(wait, |db| db.session_ended(request.id, &text)) {
                         log::warn!("registry end of row {} not recorded: {e}", request.id);
                     }
+                    pulse.beat();
                 }
             }
         }

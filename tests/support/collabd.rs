@@ -83,6 +83,16 @@ impl Collabd {
     /// Starts the binary for [`INSTANCE`] against `db_url` on
     /// 127.0.0.1:0, with `extra` flags.
     pub fn start(dir: &TempDir, db_url: &str, extra: &[&str]) -> Collabd {
+        Collabd::start_with_env(dir, db_url, extra, &[])
+    }
+
+    /// [`Collabd::start`] with extra environment variables.
+    pub fn start_with_env(
+        dir: &TempDir,
+        db_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Collabd {
         static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dir.join(&format!("collabd-{n}.log"));
@@ -100,6 +110,7 @@ impl Collabd {
                 "collabd=debug,info",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))

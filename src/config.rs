@@ -164,6 +164,7 @@ pub const KEYS: &[&str] = &[
     "heartbeat_interval_ms",
     "instance_lost_after_ms",
     "command_timeout_ms",
+    "heartbeat_stall_ms",
     "thread_stack_kib",
 ];
 
@@ -227,6 +228,11 @@ pub struct Config {
     /// A command CWA accepted whose outcome has not arrived after this gets
     /// a 306 result (default 30 s).
     pub command_timeout: Duration,
+    /// The heartbeat thread making no progress for this long is a stall:
+    /// reported in `STATUS=` and the systemd watchdog is no longer fed
+    /// (default: two heartbeat intervals plus 25 s, more than one Config
+    /// DB call may take: a 5 s pool wait and the 15 s statement timeout).
+    pub heartbeat_stall: Duration,
     /// Stack size of connection and session threads (default 512 KiB: a
     /// login runs the TLS handshake, a CWA sign-in and Config DB queries,
     /// which need about 384 KiB in a debug build).
@@ -253,6 +259,7 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("instance_lost_after", &self.instance_lost_after)
             .field("command_timeout", &self.command_timeout)
+            .field("heartbeat_stall", &self.heartbeat_stall)
             .field("thread_stack_size", &self.thread_stack_size)
             .finish()
     }
@@ -717,6 +724,16 @@ fn resolve(
         100,
         600_000,
     )?);
+    let default_stall = u64::try_from((heartbeat_interval * 2).as_millis())
+        .unwrap_or(u64::MAX / 2)
+        .saturating_add(25_000);
+    let heartbeat_stall = Duration::from_millis(number(
+        &mut raw,
+        "heartbeat_stall_ms",
+        default_stall,
+        1_000,
+        86_400_000,
+    )?);
     let thread_stack_size = number(&mut raw, "thread_stack_kib", 512, 64, 16_384)? as usize * 1024;
     debug_assert!(raw.is_empty(), "every key is resolved: {:?}", raw.keys());
     Ok(Config {
@@ -737,6 +754,7 @@ fn resolve(
         heartbeat_interval,
         instance_lost_after,
         command_timeout,
+        heartbeat_stall,
         thread_stack_size,
     })
 }

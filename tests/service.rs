@@ -1111,7 +1111,7 @@ fn a_stalled_heartbeat_stops_the_watchdog_and_says_so() {
     let collabd = support::collabd::Collabd::start_with_env(
         &stack.dir,
         &stack.db_url,
-        &[],
+        &["--heartbeat-stall-ms", "2000"],
         // Pings every 200 ms.
         &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
     );

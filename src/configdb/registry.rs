@@ -175,6 +175,16 @@ pub(crate) fn audit_in<C: GenericClient>(
     client: &mut C,
     event: &AuditEvent,
 ) -> Result<(), DbError> {
+    audit_at_in(client, event, None)
+}
+
+/// [`audit_in`] with the time it happened (epoch milliseconds), for a
+/// write made late; `None` is now.
+fn audit_at_in<C: GenericClient>(
+    client: &mut C,
+    event: &AuditEvent,
+    at_ms: Option<i64>,
+) -> Result<(), DbError> {
     let ok = !event.event.is_empty()
         && event.event.len() <= 64
         && event.event.as_bytes()[0].is_ascii_lowercase()
@@ -190,13 +200,15 @@ pub(crate) fn audit_in<C: GenericClient>(
     }
     client
         .execute(
-            "INSERT INTO audit_event (instance, login, pin, event, reason) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO audit_event (instance, login, pin, event, reason, at) \
+             VALUES ($1, $2, $3, $4, $5, COALESCE(to_timestamp($6::float8 / 1000), now()))",
             &[
                 &event.instance,
                 &event.login,
                 &event.pin.map(i64::from),
                 &event.event,
                 &event.reason.as_deref().map(bounded),
+                &at_ms.map(|ms| ms as f64),
             ],
         )
         .map_err(|e| classify(e, "writing audit event"))?;
@@ -587,6 +599,48 @@ impl ConfigDb {
     /// Records one audit event (its own transaction).
     pub fn audit(&mut self, event: &AuditEvent) -> Result<(), DbError> {
         audit_in(&mut self.client, event)
+    }
+
+    /// Records an audit event that happened at `at_ms` (epoch ms): a
+    /// write kept while the database was unreachable.
+    pub fn audit_at(&mut self, event: &AuditEvent, at_ms: i64) -> Result<(), DbError> {
+        audit_at_in(&mut self.client, event, Some(at_ms))
+    }
+
+    /// [`ConfigDb::session_updated`] for a status message received at
+    /// `at_ms`. Returns `false` (not an error) when the session is no
+    /// longer active: a late write never revives a row.
+    pub fn session_updated_at(
+        &mut self,
+        id: i64,
+        coverage: Coverage,
+        at_ms: i64,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .client
+            .execute(
+                "UPDATE session SET coverage = $2, \
+                 last_status_at = GREATEST(last_status_at, to_timestamp($3::float8 / 1000)) \
+                 WHERE id = $1 AND state = 'active'",
+                &[&id, &coverage.as_str(), &(at_ms as f64)],
+            )
+            .map_err(|e| classify(e, "updating session"))?;
+        Ok(n > 0)
+    }
+
+    /// [`ConfigDb::session_ended`] for a session that ended at `at_ms`.
+    /// Returns `false` when the row had already ended (or never existed).
+    pub fn session_ended_at(&mut self, id: i64, reason: &str, at_ms: i64) -> Result<bool, DbError> {
+        let n = self
+            .client
+            .execute(
+                "UPDATE session SET state = 'ended', end_reason = $2, \
+                 ended_at = GREATEST(started_at, to_timestamp($3::float8 / 1000)) \
+                 WHERE id = $1 AND state = 'active'",
+                &[&id, &bounded(reason), &(at_ms as f64)],
+            )
+            .map_err(|e| classify(e, "ending session"))?;
+        Ok(n > 0)
     }
 
     /// The latest `limit` audit events, newest first.

@@ -355,7 +355,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
             let handle = server.shutdown_handle();
             let table = table.clone();
             let pulse = Arc::clone(&heartbeat_pulse);
-            let stalled_after = heartbeat_stall_limit(config.heartbeat_interval);
+            let stalled_after = config.heartbeat_stall;
             Some(
                 notify::spawn_watchdog(interval, shutdown.clone(), move || {
                     // The heartbeat went round recently: a stuck Config DB
@@ -443,14 +443,6 @@ impl Pulse {
     }
 }
 
-/// How long the heartbeat thread may go without progress before the
-/// instance reports itself stalled: it beats after each step (each Config
-/// DB call waits at most 5 s for a connection) and between rounds it
-/// sleeps one interval, so a longer silence is a call that hangs (a
-/// PostgreSQL that stopped answering, a lock) or a dead thread.
-fn heartbeat_stall_limit(interval: Duration) -> Duration {
-    interval * 2 + Duration::from_secs(10)
-}
 
 /// Writes the heartbeat; returns whether it reached the Config DB.
 fn heartbeat_once(ctx: &ServiceContext, advertise: &str, healthy: bool) -> bool {

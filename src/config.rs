@@ -155,6 +155,7 @@ pub const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "cwa_ca_file",
+    "state_directory",
     "log_level",
     "max_unauthenticated",
     "handshake_timeout_ms",
@@ -201,6 +202,10 @@ pub struct Config {
     /// CA certificates (PEM) to trust for CWA instead of the system's
     /// trust store (passed to the CWA client's `ClientConfig::ca_file`).
     pub cwa_ca_file: Option<PathBuf>,
+    /// Where registry and audit writes are kept while the Config DB is
+    /// unavailable (`state_directory`, else `$STATE_DIRECTORY` as systemd's
+    /// `StateDirectory=` sets it; `None`: such writes are lost, counted).
+    pub state_directory: Option<PathBuf>,
     /// The log filter (env_logger syntax; default `info`).
     pub log_filter: String,
     /// Connections that have not signed in yet (default 256).
@@ -250,6 +255,7 @@ impl fmt::Debug for Config {
             .field("advertise", &self.advertise)
             .field("tls", &self.tls)
             .field("cwa_ca_file", &self.cwa_ca_file)
+            .field("state_directory", &self.state_directory)
             .field("log_filter", &self.log_filter)
             .field("max_unauthenticated", &self.max_unauthenticated)
             .field("handshake_timeout", &self.handshake_timeout)
@@ -640,6 +646,13 @@ fn resolve(
         }
     };
     let cwa_ca_file = raw.remove("cwa_ca_file").map(|(v, _)| PathBuf::from(v));
+    let state_directory = match raw.remove("state_directory") {
+        Some((v, _)) => Some(PathBuf::from(v)),
+        // systemd may list several directories, separated by colons.
+        None => env("STATE_DIRECTORY")
+            .and_then(|dirs| dirs.split(':').next().map(PathBuf::from))
+            .filter(|p| !p.as_os_str().is_empty()),
+    };
     let log_filter = match raw.remove("log_level") {
         None => "info".to_string(),
         Some((v, origin)) => {
@@ -745,6 +758,7 @@ fn resolve(
         advertise,
         tls,
         cwa_ca_file,
+        state_directory,
         log_filter,
         max_unauthenticated,
         handshake_timeout,

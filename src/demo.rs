@@ -681,8 +681,10 @@ impl Demo {
                  database = {database_url}\n\
                  listen = {}\n\
                  heartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}\n\
-                 shutdown_grace_ms = {SHUTDOWN_GRACE_MS}\n",
-                options.collabd_listen
+                 shutdown_grace_ms = {SHUTDOWN_GRACE_MS}\n\
+                 state_directory = {}\n",
+                options.collabd_listen,
+                dir.join("collabd-state").display()
             ),
         )?;
         let collabd_log = dir.join("collabd.log");

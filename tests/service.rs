@@ -1151,3 +1151,79 @@ fn a_stalled_heartbeat_stops_the_watchdog_and_says_so() {
     stack.collabd = Some(collabd);
     assert_eq!(stack.collabd().signal_and_wait(libc::SIGTERM), Some(0));
 }
+
+#[test]
+fn writes_made_while_postgres_is_down_reach_it_when_it_is_back() {
+    let (mut stack, devices) = stack_with(&["alice", "bob", "carol"], settings(Some(10)));
+    stack.start_collabd(&[]);
+    let (mut alice, _) = stack.signed_in(&devices[0]);
+    let (mut bob, _) = stack.signed_in(&devices[1]);
+    let alice_row = stack.db.list_sessions(None).unwrap()[0].id;
+
+    // The Config DB goes away: new connections refused, open ones dropped.
+    let db_name = stack.db_url.rsplit('/').next().unwrap().to_string();
+    let mut admin = postgres::Client::connect(
+        &support::pg::with_dbname(&stack.db_url, "postgres"),
+        postgres::NoTls,
+    )
+    .unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{db_name}' AND pid <> pg_backend_pid();"
+        ))
+        .unwrap();
+    let outage_started = std::time::SystemTime::now();
+
+    // Meanwhile a session ends and another's device goes dormant; a new
+    // login is refused 307, as the man page says.
+    alice.send("logout");
+    alice.expect("ended code=310");
+    assert_eq!(finish(alice).0, 0);
+    bob.send("status coverage=dormant");
+    bob.expect("sent status");
+    let mut carol = stack.device(&devices[2]);
+    assert!(carol.expect("refused ").starts_with("refused code=307"));
+    finish(carol);
+    let spool = stack.dir.join("collabd-0-state").join("registry.spool");
+    wait_until("the writes to be spooled", || {
+        std::fs::read_to_string(&spool)
+            .map(|s| s.lines().count() >= 3)
+            .unwrap_or(false)
+    });
+    assert!(!std::fs::read_to_string(&spool)
+        .unwrap()
+        .contains(&devices[0].user.password));
+
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS true"
+        ))
+        .unwrap();
+    let outage_ended = std::time::SystemTime::now();
+    wait_until("the spool to be written", || !spool.exists());
+    // The test's own connection was dropped with the others.
+    stack.db = collabd::configdb::ConfigDb::connect(&stack.db_url).unwrap();
+    let row = stack.db.session(alice_row).unwrap();
+    assert_eq!(row.state, collabd::configdb::SessionState::Ended);
+    assert_eq!(row.end_reason.as_deref(), Some("logged out"));
+    assert_eq!(
+        stack.session_coverage(devices[1].pin).as_deref(),
+        Some("dormant")
+    );
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    };
+    let logout = stack
+        .audit()
+        .into_iter()
+        .find(|r| r.event.event == "logout" && r.event.pin == Some(devices[0].pin))
+        .expect("the logout audited");
+    // Recorded with the time it happened, not the time it was written.
+    assert!(
+        logout.at_ms >= ms(outage_started) - 1000 && logout.at_ms <= ms(outage_ended),
+        "{logout:?}"
+    );
+    assert_eq!(finish(bob).0, 0);
+}

@@ -20,6 +20,7 @@ use crate::cwa::ClientConfig;
 use crate::wire::{self, Status};
 
 use super::session::Session;
+use super::spool::{RegistryWrite, Spool};
 use super::table::{Limits, SessionId, SessionTable};
 use super::throttle::{
     AuditLimiter, AuditVerdict, DeviceCache, LookupBudget, KEY_LOOKUP_CONNECTIONS, KEY_LOOKUP_WAIT,
@@ -98,6 +99,8 @@ pub struct ServiceContext {
     pub table: SessionTable,
     /// Config DB connections.
     pub db: Pool<ConfigDb>,
+    /// Registry and audit writes kept while the Config DB is unavailable.
+    pub spool: Spool,
     /// Timeouts and sizes.
     pub timeouts: Timeouts,
     cwa: RwLock<CwaSettings>,
@@ -124,6 +127,7 @@ impl ServiceContext {
         instance: String,
         table: SessionTable,
         db: Pool<ConfigDb>,
+        spool: Spool,
         cwa: CwaSettings,
         timeouts: Timeouts,
     ) -> ServiceContext {
@@ -131,6 +135,7 @@ impl ServiceContext {
             instance,
             table,
             db,
+            spool,
             timeouts,
             cwa: RwLock::new(cwa),
             stopping: AtomicBool::new(false),
@@ -238,9 +243,27 @@ impl ServiceContext {
         e.login = login.map(str::to_string);
         e.pin = pin;
         e.reason = (!reason.is_empty()).then(|| reason.to_string());
-        if let Err(err) = self.with_db(DB_WRITE_WAIT, |db| db.audit(&e)) {
-            log::warn!("audit {event} not recorded: {err}");
-        }
+        self.record(RegistryWrite::Audit(e));
+    }
+
+    /// A registry or audit write: to the Config DB now, or to the spool
+    /// while the database is unavailable (or the spool still holds older
+    /// writes, which go first).
+    pub fn record(&self, write: RegistryWrite) {
+        self.spool.write(write, |w| {
+            let done = self.with_db(DB_WRITE_WAIT, |db| match w {
+                RegistryWrite::Audit(e) => db.audit(e),
+                RegistryWrite::Coverage { id, coverage } => db.session_updated(*id, *coverage),
+                RegistryWrite::Ended { id, reason } => db.session_ended(*id, reason).map(|_| ()),
+            });
+            match done {
+                Ok(()) => Ok(()),
+                // A late coverage update of a row that has ended: nothing
+                // to write.
+                Err(PoolError::Db(DbError::NotFound { .. })) => Ok(()),
+                Err(e) => Err((e.is_unavailable(), e.to_string())),
+            }
+        });
     }
 
     /// The device row for a Hello of `pin`: from the cache, or read within

@@ -55,6 +55,7 @@ use super::listener::{Incoming, PendingPermit};
 use super::session::{
     self, parse_session_id, run_events, serve_link, LinkReader, LinkWriter, NewSession, Session,
 };
+use super::spool::RegistryWrite;
 use super::table::SessionKey;
 
 /// A login that was refused after the handshake.
@@ -400,6 +401,26 @@ impl Login<'_> {
                 return Err(self.refuse(&mut writer, Refusal::new(Status::Failed, e.to_string())));
             }
         };
+        // The registry row first: a session the Config DB cannot show is
+        // not started (the database just answered the login's checks, so
+        // this fails only if it went away since; the device retries).
+        let registry_id = match self.ctx.with_db(DB_WRITE_WAIT, |db| {
+            db.session_started(&self.ctx.instance, login, self.pin)
+        }) {
+            Ok(id) => id,
+            Err(e) => {
+                let (mut commands, _) = cwa.split();
+                let _ = commands.sign_out();
+                drop(reservation);
+                return Err(self.refuse(
+                    &mut writer,
+                    Refusal::new(
+                        Status::ConfigUnavailable,
+                        format!("the session cannot be recorded: {e}"),
+                    ),
+                ));
+            }
+        };
         let admission = match reservation.commit(Instant::now()) {
             Ok(a) => a,
             Err(refused) => {
@@ -407,6 +428,10 @@ impl Login<'_> {
                 // what was just signed in, end nobody.
                 let (mut commands, _) = cwa.split();
                 let _ = commands.sign_out();
+                self.ctx.record(RegistryWrite::Ended {
+                    id: registry_id,
+                    reason: format!("refused: {refused}"),
+                });
                 let status = Status::from_code(refused.status_code()).unwrap_or(Status::Failed);
                 return Err(self.refuse(&mut writer, Refusal::new(status, refused.to_string())));
             }
@@ -426,15 +451,6 @@ impl Login<'_> {
         } else {
             sip_uri
         };
-        let registry_id = match self.ctx.with_db(DB_WRITE_WAIT, |db| {
-            db.session_started(&self.ctx.instance, login, self.pin)
-        }) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                log::warn!("session of {login}: registry row not written: {e}");
-                None
-            }
-        };
         let (commands, events) = cwa.split();
         let session = Session::new(
             Arc::clone(self.ctx),
@@ -443,7 +459,7 @@ impl Login<'_> {
                 pin: self.pin,
                 login: login.to_string(),
                 sip_uri: sip_uri.clone(),
-                registry_id,
+                registry_id: Some(registry_id),
                 credential,
                 commands,
             },

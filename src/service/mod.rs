@@ -16,6 +16,7 @@ pub mod listener;
 pub mod login;
 pub mod run;
 pub mod session;
+pub mod spool;
 pub mod table;
 pub mod throttle;
 pub mod translate;

@@ -41,6 +41,7 @@ use crate::wire::{Frame, Status};
 use super::context::{limits_of, CwaSettings, ServiceContext, Timeouts, DB_POOL_SIZE};
 use super::listener::{self, Handler, Listener};
 use super::login;
+use super::spool::Spool;
 use super::table::{spawn_reaper, EndReason, SessionTable};
 
 /// Exit status for a runtime failure (collabd(8), EXIT STATUS).
@@ -260,11 +261,32 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
         Err(e) => log::warn!("cannot end stale registry rows: {e}"),
     }
 
+    let spool = Spool::open(config.state_directory.as_deref()).map_err(|e| {
+        RunError::Config(format!(
+            "state directory {}: {e}",
+            config
+                .state_directory
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
+        ))
+    })?;
+    match config.state_directory.as_deref() {
+        Some(dir) => log::info!(
+            "registry writes are spooled in {} while the Config DB is unavailable",
+            dir.display()
+        ),
+        None => log::warn!(
+            "no state directory: registry and audit writes made while the Config DB is \
+             unavailable will be lost"
+        ),
+    }
     let table = SessionTable::new(limits_of(&instance));
     let ctx = Arc::new(ServiceContext::new(
         config.instance.clone(),
         table.clone(),
         pool,
+        spool,
         CwaSettings::from_instance(&instance, config.cwa_ca_file.as_deref()),
         Timeouts {
             status_timeout: config.status_timeout,
@@ -322,6 +344,10 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
             .spawn(move || loop {
                 let written = heartbeat_once(&ctx, &advertise, true);
                 pulse.beat();
+                if written {
+                    drain_spool(&ctx);
+                    pulse.beat();
+                }
                 upkeep.after_heartbeat(&ctx, written, &pulse);
                 refresh_instance(&ctx, ca_file.as_deref());
                 pulse.beat();
@@ -443,6 +469,19 @@ impl Pulse {
     }
 }
 
+/// Writes what the spool kept while the Config DB was unavailable.
+fn drain_spool(ctx: &ServiceContext) {
+    if ctx.spool.spooled() == 0 {
+        return;
+    }
+    let drained = ctx.spool.drain(&ctx.db, Duration::from_secs(5));
+    log::info!(
+        "spool: {} registry and audit writes made while the Config DB was unavailable \
+         written, {} left",
+        drained.written,
+        drained.left
+    );
+}
 
 /// Writes the heartbeat; returns whether it reached the Config DB.
 fn heartbeat_once(ctx: &ServiceContext, advertise: &str, healthy: bool) -> bool {

@@ -47,9 +47,10 @@ use crate::wire::{
     Status, WireError,
 };
 
-use super::context::{ServiceContext, DB_WRITE_WAIT};
+use super::context::ServiceContext;
 use super::credential::Credential;
 use super::listener::{ReadHalf, WriteHalf};
+use super::spool::RegistryWrite;
 use super::table::{Coverage, EndReason, SessionHandle, SessionId, SlotGuard};
 use super::translate::{self, Translated};
 
@@ -386,12 +387,10 @@ impl Session {
             Coverage::Dormant => configdb::Coverage::Dormant,
             Coverage::Out => configdb::Coverage::Out,
         };
-        if let Err(e) = self
-            .ctx
-            .with_db(DB_WRITE_WAIT, |db| db.session_updated(row, db_coverage))
-        {
-            log::warn!("{self:?}: registry coverage {coverage} not recorded: {e}");
-        }
+        self.ctx.record(RegistryWrite::Coverage {
+            id: row,
+            coverage: db_coverage,
+        });
     }
 
     /// Number, buffer and deliver events, in order. Err: the replay buffer
@@ -703,12 +702,10 @@ impl Session {
         }
         let text = reason.to_string();
         if let Some(row) = self.registry_id {
-            if let Err(e) = self
-                .ctx
-                .with_db(DB_WRITE_WAIT, |db| db.session_ended(row, &text))
-            {
-                log::warn!("{self:?}: registry end not recorded: {e}");
-            }
+            self.ctx.record(RegistryWrite::Ended {
+                id: row,
+                reason: text.clone(),
+            });
         }
         let event = match reason {
             EndReason::Logout => "logout",

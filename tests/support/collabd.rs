@@ -96,6 +96,7 @@ impl Collabd {
         static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dir.join(&format!("collabd-{n}.log"));
+        let state = dir.join(&format!("collabd-{n}-state"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_collabd"))
             .args([
                 "--instance",
@@ -108,7 +109,9 @@ impl Collabd {
                 "200",
                 "--log-level",
                 "collabd=debug,info",
+                "--state-directory",
             ])
+            .arg(&state)
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -416,9 +416,10 @@ fn login_rate_over_https() {
     thread::sleep(Duration::from_secs(1));
     let pid = s.collabd.pid();
     let profile = Profiler::start(pid, "collabd-login-rate-https");
-    let cpu0 = cpu_seconds(pid);
+    let (sim_pid, me) = (s.sim.pid(), std::process::id());
+    let (cpu0, sim0, me0) = (cpu_seconds(pid), cpu_seconds(sim_pid), cpu_seconds(me));
     let report = login_burst(&options(s.collabd.addr.to_string()), &devices, c).expect("burst");
-    let cpu1 = cpu_seconds(pid);
+    let (cpu1, sim1, me1) = (cpu_seconds(pid), cpu_seconds(sim_pid), cpu_seconds(me));
     drop(profile);
     let refused: usize = report.logins.refused.values().sum();
     let failed: usize = report.logins.failed.values().sum();
@@ -427,21 +428,25 @@ fn login_rate_over_https() {
         (l.p50.as_secs_f64() * 1e3, l.p99.as_secs_f64() * 1e3)
     });
     eprintln!(
-        "{} in {:.2} s; collabd CPU {:.1} s; collabd now: {}",
+        "{} in {:.2} s; CPU seconds: collabd {:.1}, cwa-sim {:.1}, load client {:.1}; \
+         collabd now: {}",
         report.logins,
         report.elapsed.as_secs_f64(),
         cpu1 - cpu0,
+        sim1 - sim0,
+        me1 - me0,
         sample(pid)
     );
     println!(
         "FIGURE {} login-rate build={} cwa=HTTPS logins={m} concurrency={c} ok={} refused={refused} \
          failed={failed} seconds={:.2} logins_per_s={:.0} collabd_cpu_ms_per_login={cpu_ms_per_login:.2} \
-         login_p50_ms={p50:.1} login_p99_ms={p99:.1}",
+         sim_cpu_ms_per_login={:.2} login_p50_ms={p50:.1} login_p99_ms={p99:.1}",
         today(),
         build(),
         report.logins.ok,
         report.elapsed.as_secs_f64(),
         report.logins_per_second(),
+        (sim1 - sim0) * 1e3 / report.logins.ok.max(1) as f64,
     );
     assert_eq!(
         report.logins.ok, m,

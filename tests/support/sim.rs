@@ -152,6 +152,11 @@ impl SimProcess {
         self.admin_addr
     }
 
+    /// The simulator's process id (for `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` with TLS (the
     /// name the test certificate is issued for).
     pub fn base_url(&self) -> String {

@@ -273,6 +273,12 @@ fn sigterm_drains_open_relays_then_exits() {
     wait_until("the dispatcher to stop accepting", || {
         TcpStream::connect(dispatcher.addr).is_err()
     });
+    // (The probes that found the listener still open may count too.)
+    wait_until("the drain to start", || {
+        dispatcher
+            .log()
+            .contains("connections for up to 3600000 ms")
+    });
     // The open relay goes on while the dispatcher drains.
     say(&mut link, "still relayed while draining").unwrap();
     assert!(dispatcher.exited().is_none(), "{}", dispatcher.log());
@@ -282,8 +288,6 @@ fn sigterm_drains_open_relays_then_exits() {
     });
     assert_eq!(dispatcher.exited().unwrap().code(), Some(0));
     let log = dispatcher.log();
-    // (The probes that found the listener still open count too.)
-    assert!(log.contains("connections for up to 3600000 ms"), "{log}");
     assert!(log.contains("every connection ended"), "{log}");
 
     // A relay that outlives the grace is cut, and the exit is still clean.

@@ -306,6 +306,45 @@ fn sigterm_drains_open_relays_then_exits() {
 }
 
 #[test]
+fn log_lines_carry_journald_priorities_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = support::tmp::TempDir::new("dispatcher-journal");
+    let path = dir.join("stderr");
+    let stderr = std::fs::File::create(&path).unwrap();
+    let meta = stderr.metadata().unwrap();
+    // The Config DB is unreachable: a warning, beside the info lines.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_collab-dispatcher"))
+        .args(["--listen", "127.0.0.1:0", "--refresh-ms", "100"])
+        .env(
+            "COLLABD_DATABASE_URL",
+            "postgresql://nobody@127.0.0.1:1/none",
+        )
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_until("a warning and the listening line", || {
+        let log = std::fs::read_to_string(&path).unwrap();
+        log.contains("<4>collabd::dispatcher: instance table:") && log.contains("<6>")
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with("<4>") || l.starts_with("<6>") || l.starts_with("<3>")),
+        "{log}"
+    );
+    assert!(
+        log.contains("<6>collabd::ops::signals: received SIGTERM"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_config_db_outage_gives_307_and_the_dispatcher_recovers() {
     let (url, _db) = migrated_database();
     let _a = TestInstance::start(&url, "alpha", Behaviour::Serve, 0, 100);

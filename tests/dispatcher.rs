@@ -303,6 +303,23 @@ fn sigterm_drains_open_relays_then_exits() {
     assert!(say(&mut link, "after the cut").is_err());
     let log = dispatcher.log();
     assert!(log.contains("1 connections cut"), "{log}");
+
+    // A second SIGTERM during the drain does not wait for the grace.
+    let mut dispatcher = Dispatcher::start(&url, &["--drain-grace-ms", "3600000"]);
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    login(&mut link, &url, user, "secret").unwrap();
+    dispatcher.signal(libc::SIGTERM);
+    wait_until("the drain to start", || {
+        dispatcher
+            .log()
+            .contains("connections for up to 3600000 ms")
+    });
+    dispatcher.signal(libc::SIGTERM);
+    wait_until("the dispatcher to exit at the second SIGTERM", || {
+        dispatcher.exited().is_some()
+    });
+    assert_eq!(dispatcher.exited().unwrap().code(), Some(0));
+    assert!(say(&mut link, "after the cut").is_err());
 }
 
 #[test]

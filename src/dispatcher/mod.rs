@@ -205,11 +205,14 @@ pub fn run(config: DispatcherConfig, signals: BlockedSignals) -> Result<(), Disp
     })?;
     let refuser = spawn_refuser()?;
     let shutdown = Shutdown::new();
-    let listener_fd = listener.as_raw_fd();
+    // The signal thread holds the listener too, so the descriptor it shuts
+    // down is always this socket (never a later one with the same number).
+    let listener = Arc::new(listener);
     signals::spawn_signal_thread(signals, {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        move |signal| on_signal(&shared, &shutdown, listener_fd, signal)
+        let listener = listener.clone();
+        move |signal| on_signal(&shared, &shutdown, &listener, signal)
     })
     .map_err(|e| DispatchError::Os(format!("cannot start the signal thread: {e}")))?;
 
@@ -228,7 +231,6 @@ pub fn run(config: DispatcherConfig, signals: BlockedSignals) -> Result<(), Disp
     let _ = std::io::stdout().flush();
     let permits = Permits::new(shared.config.max_connections);
     accept_loop(&shared, &listener, local, refuser, &permits, &shutdown);
-    drop(listener);
     drain(&permits, shared.config.drain_grace);
     Ok(())
 }
@@ -236,20 +238,27 @@ pub fn run(config: DispatcherConfig, signals: BlockedSignals) -> Result<(), Disp
 /// SIGHUP re-reads the instance table now; SIGTERM and SIGINT start the
 /// drain: the flag is raised and the listening socket shut down, which
 /// wakes the accept thread (accept(2) then fails) and refuses new
-/// connections from then on.
+/// connections from then on. A second SIGTERM or SIGINT ends the process at
+/// once.
 fn on_signal(
     shared: &Shared,
     shutdown: &Shutdown,
-    listener_fd: i32,
+    listener: &TcpListener,
     signal: Signal,
 ) -> AfterSignal {
     if signal.is_shutdown() {
+        if shutdown.is_requested() {
+            // A second request (Ctrl-C twice): the operator does not want
+            // to wait for the drain.
+            log::info!("{signal} again: cutting every open connection now");
+            std::process::exit(0);
+        }
         log::info!("{signal}: no longer accepting; draining");
         shutdown.request();
-        // SAFETY: shutdown(2) on the listening socket, which lives until
-        // the accept loop has returned (after the flag was raised).
-        unsafe { libc::shutdown(listener_fd, libc::SHUT_RDWR) };
-        return AfterSignal::Stop;
+        // SAFETY: shutdown(2) on a descriptor that `listener` owns and
+        // keeps open.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        return AfterSignal::Continue;
     }
     log::info!("{signal}: re-reading the instance table");
     let (flag, cond) = &shared.refresh_now;

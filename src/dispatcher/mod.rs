@@ -415,37 +415,86 @@ impl Refusal {
     }
 }
 
-/// Sockets over the cap waiting for their refusal; more are closed
-/// without a word.
+/// Sockets over a cap waiting for the refuser; more are closed without a
+/// word.
 const REFUSAL_QUEUE: usize = 64;
+/// Refused sockets the refuser lingers on at once; more wait in the queue.
+const REFUSAL_LINGERING: usize = 512;
 /// How long the refuser waits for a refused device to close.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
-/// Starts the one thread that tells devices over the cap why they are
-/// dropped. It writes the refusal, closes its sending half and reads what
-/// the device still sends until the device closes (or a short linger
-/// passes): closing a socket with unread input would send a reset that can
-/// destroy the refusal before the device reads it. One thread and a bounded
-/// queue, so a flood over the cap costs no more threads.
+/// Starts the one thread that tells devices over a cap why they are
+/// dropped. For each it writes the refusal (a small frame into an empty
+/// send buffer, so a non-blocking write takes it whole), closes its sending
+/// half and reads what the device still sends until the device closes or a
+/// short linger passes: closing a socket with unread input would send a
+/// reset that can destroy the refusal before the device reads it. It
+/// lingers on many sockets at once with poll(2): one thread and bounded
+/// sets, so a flood over a cap costs no more threads.
 fn spawn_refuser() -> Result<std::sync::mpsc::SyncSender<(TcpStream, Refusal)>, DispatchError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(TcpStream, Refusal)>(REFUSAL_QUEUE);
     spawn_named("refuser", SERVICE_STACK, move || {
-        for (mut device, refusal) in rx {
-            let frame = refusal.frame();
-            let _ = device.set_write_timeout(Some(REFUSAL_LINGER));
-            let _ = device.set_read_timeout(Some(REFUSAL_LINGER));
-            if device.write_all(&frame).is_err() {
-                continue;
-            }
-            let _ = device.shutdown(std::net::Shutdown::Write);
-            let deadline = std::time::Instant::now() + REFUSAL_LINGER;
-            let mut sink = [0u8; 1024];
-            while std::time::Instant::now() < deadline {
-                match std::io::Read::read(&mut device, &mut sink) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+        let mut lingering: Vec<(TcpStream, Instant)> = Vec::new();
+        loop {
+            // Block for work only when there is nothing to linger on.
+            let mut incoming = Vec::new();
+            if lingering.is_empty() {
+                match rx.recv() {
+                    Ok(item) => incoming.push(item),
+                    Err(_) => return,
                 }
             }
+            while lingering.len() + incoming.len() < REFUSAL_LINGERING {
+                match rx.try_recv() {
+                    Ok(item) => incoming.push(item),
+                    Err(_) => break,
+                }
+            }
+            for (mut device, refusal) in incoming {
+                if device.set_nonblocking(true).is_err()
+                    || device.write_all(&refusal.frame()).is_err()
+                {
+                    continue;
+                }
+                let _ = device.shutdown(std::net::Shutdown::Write);
+                lingering.push((device, Instant::now() + REFUSAL_LINGER));
+            }
+            let mut fds: Vec<libc::pollfd> = lingering
+                .iter()
+                .map(|(device, _)| libc::pollfd {
+                    fd: device.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // Short, so that new refusals are not kept waiting long.
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+            let now = Instant::now();
+            let mut index = 0;
+            lingering.retain_mut(|(device, deadline)| {
+                let revents = fds[index].revents;
+                index += 1;
+                if now >= *deadline {
+                    return false;
+                }
+                if revents == 0 {
+                    return true;
+                }
+                let mut sink = [0u8; 1024];
+                // A bounded read per turn: a device that keeps sending
+                // cannot keep this thread from the others.
+                for _ in 0..64 {
+                    match std::io::Read::read(device, &mut sink) {
+                        Ok(0) => return false,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return false,
+                    }
+                }
+                true
+            });
         }
     })?;
     Ok(tx)

@@ -273,6 +273,12 @@ fn sigterm_drains_open_relays_then_exits() {
     wait_until("the dispatcher to stop accepting", || {
         TcpStream::connect(dispatcher.addr).is_err()
     });
+    // (The probes that found the listener still open may count too.)
+    wait_until("the drain to start", || {
+        dispatcher
+            .log()
+            .contains("connections for up to 3600000 ms")
+    });
     // The open relay goes on while the dispatcher drains.
     say(&mut link, "still relayed while draining").unwrap();
     assert!(dispatcher.exited().is_none(), "{}", dispatcher.log());
@@ -282,8 +288,6 @@ fn sigterm_drains_open_relays_then_exits() {
     });
     assert_eq!(dispatcher.exited().unwrap().code(), Some(0));
     let log = dispatcher.log();
-    // (The probes that found the listener still open count too.)
-    assert!(log.contains("connections for up to 3600000 ms"), "{log}");
     assert!(log.contains("every connection ended"), "{log}");
 
     // A relay that outlives the grace is cut, and the exit is still clean.
@@ -299,6 +303,62 @@ fn sigterm_drains_open_relays_then_exits() {
     assert!(say(&mut link, "after the cut").is_err());
     let log = dispatcher.log();
     assert!(log.contains("1 connections cut"), "{log}");
+
+    // A second SIGTERM during the drain does not wait for the grace.
+    let mut dispatcher = Dispatcher::start(&url, &["--drain-grace-ms", "3600000"]);
+    let mut link = connect_device(dispatcher.addr, *pin, key).unwrap();
+    login(&mut link, &url, user, "secret").unwrap();
+    dispatcher.signal(libc::SIGTERM);
+    wait_until("the drain to start", || {
+        dispatcher
+            .log()
+            .contains("connections for up to 3600000 ms")
+    });
+    dispatcher.signal(libc::SIGTERM);
+    wait_until("the dispatcher to exit at the second SIGTERM", || {
+        dispatcher.exited().is_some()
+    });
+    assert_eq!(dispatcher.exited().unwrap().code(), Some(0));
+    assert!(say(&mut link, "after the cut").is_err());
+}
+
+#[test]
+fn log_lines_carry_journald_priorities_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = support::tmp::TempDir::new("dispatcher-journal");
+    let path = dir.join("stderr");
+    let stderr = std::fs::File::create(&path).unwrap();
+    let meta = stderr.metadata().unwrap();
+    // The Config DB is unreachable: a warning, beside the info lines.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_collab-dispatcher"))
+        .args(["--listen", "127.0.0.1:0", "--refresh-ms", "100"])
+        .env(
+            "COLLABD_DATABASE_URL",
+            "postgresql://nobody@127.0.0.1:1/none",
+        )
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_until("a warning and the listening line", || {
+        let log = std::fs::read_to_string(&path).unwrap();
+        log.contains("<4>collabd::dispatcher: instance table:") && log.contains("<6>")
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with("<4>") || l.starts_with("<6>") || l.starts_with("<3>")),
+        "{log}"
+    );
+    assert!(
+        log.contains("<6>collabd::ops::signals: received SIGTERM"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -737,3 +737,55 @@ fn held_and_trickled_handshakes_from_16_addresses_lock_nobody_out() {
     assert!(log.contains("still in their handshake"), "{log}");
     assert!(log.contains("handshake failed: no Confirm"), "{log}");
 }
+
+/// Failed handshakes through the dispatcher are logged at info with the
+/// peer's address and what happened, not as a normal close: a device with
+/// the wrong key (it rejects collabd's confirmation and closes), and a
+/// forged Confirm (collabd refuses it with 308).
+#[test]
+fn failed_handshakes_are_logged_with_peer_and_status() {
+    use std::io::Write;
+    let c = Cluster::new(&["alice"], 10, 10);
+    c.wait_live(ALPHA);
+    let pin = c.device("alice").pin;
+    let pin_text = format!("{pin:08x}");
+
+    let stream = std::net::TcpStream::connect(c.dispatcher.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    match wire::connect(stream, pin, &[0x11; 32]) {
+        Err(wire::WireError::Auth) => {}
+        Err(e) => panic!("a wrong key must fail the service's confirmation, not {e}"),
+        Ok(_) => panic!("a wrong key completed the handshake"),
+    }
+    wait_until("the wrong-key line", || {
+        c.dispatcher.log().lines().any(|l| {
+            l.contains(" INFO ")
+                && l.contains(&format!("PIN {pin_text} from 127.0.0.1:"))
+                && l.contains("handshake failed: the device closed after the Challenge")
+        })
+    });
+
+    let mut stream = std::net::TcpStream::connect(c.dispatcher.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let hello = wire::Frame::new(
+        wire::Header::new(FrameType::Hello, pin, 0),
+        vec![3; wire::frame::RANDOM_LEN],
+    );
+    stream.write_all(&hello.to_bytes()).unwrap();
+    let challenge = wire::read_frame(&mut stream, wire::MAX_FRAME_LEN).unwrap();
+    assert_eq!(challenge.header.frame_type, FrameType::Challenge);
+    let forged = wire::Frame::new(
+        wire::Header::new(FrameType::Confirm, pin, 0),
+        vec![0; wire::frame::CONFIRM_LEN],
+    );
+    stream.write_all(&forged.to_bytes()).unwrap();
+    let answer = wire::read_frame(&mut stream, wire::MAX_FRAME_LEN).unwrap();
+    assert_eq!(answer.refusal().unwrap().0.code(), 308);
+    wait_until("the forged-Confirm line", || {
+        c.dispatcher.log().lines().any(|l| {
+            l.contains(" INFO ")
+                && l.contains(&format!("PIN {pin_text} ended (peer 127.0.0.1:"))
+                && l.contains("refused with 308 ProtocolError")
+        })
+    });
+}

@@ -91,9 +91,11 @@ impl PendingByAddress {
     }
 
     /// A slot for `addr`, or `None` when the address already has `cap`
-    /// pending connections. IPv4-mapped IPv6 addresses count as IPv4.
+    /// pending connections. IPv4-mapped IPv6 addresses count as IPv4, and
+    /// an IPv6 address counts as its /64 (one subscriber's network, in
+    /// which an attacker can choose any address).
     pub(crate) fn try_acquire(self: &Arc<Self>, addr: IpAddr) -> Option<PendingSlot> {
-        let addr = addr.to_canonical();
+        let addr = source_key(addr);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let count = counts.entry(addr).or_insert(0);
         if *count >= self.cap {
@@ -110,7 +112,19 @@ impl PendingByAddress {
     #[cfg(test)]
     fn pending(&self, addr: IpAddr) -> u32 {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(&addr.to_canonical()).copied().unwrap_or(0)
+        counts.get(&source_key(addr)).copied().unwrap_or(0)
+    }
+}
+
+/// What the per-address cap counts `addr` as: IPv4 itself (mapped IPv6
+/// included), IPv6 its /64 prefix.
+fn source_key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
     }
 }
 
@@ -223,6 +237,15 @@ mod tests {
         first.release();
         assert_eq!(pending.pending(a), 1);
         assert!(pending.try_acquire(a).is_some());
+
+        // IPv6 addresses of one /64 share a cap; another /64 has its own.
+        let one: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let same_net: IpAddr = "2001:db8:0:1:ffff::2".parse().unwrap();
+        let other_net: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        let _x = pending.try_acquire(one).unwrap();
+        let _y = pending.try_acquire(same_net).unwrap();
+        assert!(pending.try_acquire(same_net).is_none());
+        assert!(pending.try_acquire(other_net).is_some());
     }
 
     #[test]

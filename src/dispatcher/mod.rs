@@ -205,11 +205,14 @@ pub fn run(config: DispatcherConfig, signals: BlockedSignals) -> Result<(), Disp
     })?;
     let refuser = spawn_refuser()?;
     let shutdown = Shutdown::new();
-    let listener_fd = listener.as_raw_fd();
+    // The signal thread holds the listener too, so the descriptor it shuts
+    // down is always this socket (never a later one with the same number).
+    let listener = Arc::new(listener);
     signals::spawn_signal_thread(signals, {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        move |signal| on_signal(&shared, &shutdown, listener_fd, signal)
+        let listener = listener.clone();
+        move |signal| on_signal(&shared, &shutdown, &listener, signal)
     })
     .map_err(|e| DispatchError::Os(format!("cannot start the signal thread: {e}")))?;
 
@@ -228,7 +231,6 @@ pub fn run(config: DispatcherConfig, signals: BlockedSignals) -> Result<(), Disp
     let _ = std::io::stdout().flush();
     let permits = Permits::new(shared.config.max_connections);
     accept_loop(&shared, &listener, local, refuser, &permits, &shutdown);
-    drop(listener);
     drain(&permits, shared.config.drain_grace);
     Ok(())
 }
@@ -236,20 +238,27 @@ pub fn run(config: DispatcherConfig, signals: BlockedSignals) -> Result<(), Disp
 /// SIGHUP re-reads the instance table now; SIGTERM and SIGINT start the
 /// drain: the flag is raised and the listening socket shut down, which
 /// wakes the accept thread (accept(2) then fails) and refuses new
-/// connections from then on.
+/// connections from then on. A second SIGTERM or SIGINT ends the process at
+/// once.
 fn on_signal(
     shared: &Shared,
     shutdown: &Shutdown,
-    listener_fd: i32,
+    listener: &TcpListener,
     signal: Signal,
 ) -> AfterSignal {
     if signal.is_shutdown() {
+        if shutdown.is_requested() {
+            // A second request (Ctrl-C twice): the operator does not want
+            // to wait for the drain.
+            log::info!("{signal} again: cutting every open connection now");
+            std::process::exit(0);
+        }
         log::info!("{signal}: no longer accepting; draining");
         shutdown.request();
-        // SAFETY: shutdown(2) on the listening socket, which lives until
-        // the accept loop has returned (after the flag was raised).
-        unsafe { libc::shutdown(listener_fd, libc::SHUT_RDWR) };
-        return AfterSignal::Stop;
+        // SAFETY: shutdown(2) on a descriptor that `listener` owns and
+        // keeps open.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        return AfterSignal::Continue;
     }
     log::info!("{signal}: re-reading the instance table");
     let (flag, cond) = &shared.refresh_now;
@@ -406,37 +415,86 @@ impl Refusal {
     }
 }
 
-/// Sockets over the cap waiting for their refusal; more are closed
-/// without a word.
+/// Sockets over a cap waiting for the refuser; more are closed without a
+/// word.
 const REFUSAL_QUEUE: usize = 64;
+/// Refused sockets the refuser lingers on at once; more wait in the queue.
+const REFUSAL_LINGERING: usize = 512;
 /// How long the refuser waits for a refused device to close.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
-/// Starts the one thread that tells devices over the cap why they are
-/// dropped. It writes the refusal, closes its sending half and reads what
-/// the device still sends until the device closes (or a short linger
-/// passes): closing a socket with unread input would send a reset that can
-/// destroy the refusal before the device reads it. One thread and a bounded
-/// queue, so a flood over the cap costs no more threads.
+/// Starts the one thread that tells devices over a cap why they are
+/// dropped. For each it writes the refusal (a small frame into an empty
+/// send buffer, so a non-blocking write takes it whole), closes its sending
+/// half and reads what the device still sends until the device closes or a
+/// short linger passes: closing a socket with unread input would send a
+/// reset that can destroy the refusal before the device reads it. It
+/// lingers on many sockets at once with poll(2): one thread and bounded
+/// sets, so a flood over a cap costs no more threads.
 fn spawn_refuser() -> Result<std::sync::mpsc::SyncSender<(TcpStream, Refusal)>, DispatchError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(TcpStream, Refusal)>(REFUSAL_QUEUE);
     spawn_named("refuser", SERVICE_STACK, move || {
-        for (mut device, refusal) in rx {
-            let frame = refusal.frame();
-            let _ = device.set_write_timeout(Some(REFUSAL_LINGER));
-            let _ = device.set_read_timeout(Some(REFUSAL_LINGER));
-            if device.write_all(&frame).is_err() {
-                continue;
-            }
-            let _ = device.shutdown(std::net::Shutdown::Write);
-            let deadline = std::time::Instant::now() + REFUSAL_LINGER;
-            let mut sink = [0u8; 1024];
-            while std::time::Instant::now() < deadline {
-                match std::io::Read::read(&mut device, &mut sink) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+        let mut lingering: Vec<(TcpStream, Instant)> = Vec::new();
+        loop {
+            // Block for work only when there is nothing to linger on.
+            let mut incoming = Vec::new();
+            if lingering.is_empty() {
+                match rx.recv() {
+                    Ok(item) => incoming.push(item),
+                    Err(_) => return,
                 }
             }
+            while lingering.len() + incoming.len() < REFUSAL_LINGERING {
+                match rx.try_recv() {
+                    Ok(item) => incoming.push(item),
+                    Err(_) => break,
+                }
+            }
+            for (mut device, refusal) in incoming {
+                if device.set_nonblocking(true).is_err()
+                    || device.write_all(&refusal.frame()).is_err()
+                {
+                    continue;
+                }
+                let _ = device.shutdown(std::net::Shutdown::Write);
+                lingering.push((device, Instant::now() + REFUSAL_LINGER));
+            }
+            let mut fds: Vec<libc::pollfd> = lingering
+                .iter()
+                .map(|(device, _)| libc::pollfd {
+                    fd: device.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // Short, so that new refusals are not kept waiting long.
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+            let now = Instant::now();
+            let mut index = 0;
+            lingering.retain_mut(|(device, deadline)| {
+                let revents = fds[index].revents;
+                index += 1;
+                if now >= *deadline {
+                    return false;
+                }
+                if revents == 0 {
+                    return true;
+                }
+                let mut sink = [0u8; 1024];
+                // A bounded read per turn: a device that keeps sending
+                // cannot keep this thread from the others.
+                for _ in 0..64 {
+                    match std::io::Read::read(device, &mut sink) {
+                        Ok(0) => return false,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return false,
+                    }
+                }
+                true
+            });
         }
     })?;
     Ok(tx)

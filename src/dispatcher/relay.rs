@@ -18,7 +18,9 @@
 //! with input unread (which resets the connection), the write towards it
 //! fails, but what it sent before, its `Refused` frame, is still read and
 //! delivered to the device. After the first failure the other direction has
-//! [`DRAIN_AFTER_FAILURE`] to finish.
+//! [`DRAIN_AFTER_FAILURE`] to finish. Once collabd has sent a `Refused`
+//! frame and closed, the device's direction ends too: a refusal ends the
+//! connection.
 
 use std::fmt;
 use std::fs::File;
@@ -448,6 +450,16 @@ fn relay_inner(
             connection,
             Direction::Downstream,
         );
+        if down.source_done && watch.refused.is_some() && !up.finished() {
+            // collabd refused and closed: a Refused frame ends the
+            // connection, so nothing the device still sends has a reader.
+            upstream.close_write();
+            up.sink_closed = true;
+            up.source_done = true;
+            up.start = 0;
+            up.end = 0;
+            up.buf = Vec::new();
+        }
         if up.finished() && down.finished() {
             return match up.error.take().or_else(|| down.error.take()) {
                 Some(e) => RelayEnd::Failed(e),

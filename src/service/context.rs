@@ -259,7 +259,7 @@ impl ServiceContext {
         }
     }
 
-    /// Drop `pin`'s cached device row (its key did not match).
+    /// Drop `pin`'s cached device row (the Config DB says it changed).
     pub fn forget_device(&self, pin: u32) {
         self.devices.forget(pin);
     }

@@ -172,11 +172,10 @@ fn handshake_failed(
         return;
     };
     let reason = match e {
-        WireError::Auth => {
-            // A cached row may hold a key that was changed since.
-            ctx.forget_device(pin_seen);
-            "wrong key: the Confirm does not prove the PIN's key".to_string()
-        }
+        // The cached row stays: forgetting it here would let wrong keys
+        // buy a Config DB lookup each. A new key is seen within the cache's
+        // time to live.
+        WireError::Auth => "wrong key: the Confirm does not prove the PIN's key".to_string(),
         WireError::Refused(Status::UnknownDevice, _) => "unknown device".to_string(),
         // Load or an unreachable Config DB: logged where it was decided.
         WireError::Refused(..) => return,

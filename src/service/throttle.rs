@@ -85,7 +85,7 @@ impl DeviceCache {
         rows.insert(device.pin, (now, device));
     }
 
-    /// Forget `pin` (its key failed: the row may be stale).
+    /// Forget `pin` (its row changed in the Config DB).
     pub fn forget(&self, pin: u32) {
         lock(&self.rows).remove(&pin);
     }

@@ -158,6 +158,8 @@ pub const KEYS: &[&str] = &[
     "state_directory",
     "log_level",
     "max_unauthenticated",
+    "max_unauthenticated_per_address",
+    "relay_addresses",
     "handshake_timeout_ms",
     "key_proof_timeout_ms",
     "status_timeout_ms",
@@ -210,6 +212,12 @@ pub struct Config {
     pub log_filter: String,
     /// Connections that have not signed in yet (default 256).
     pub max_unauthenticated: usize,
+    /// Of those, from one source address not in `relay_addresses`; 0 (the
+    /// default) sets no such cap.
+    pub max_unauthenticated_per_address: usize,
+    /// Addresses of dispatchers (or other relays) that carry many devices'
+    /// connections: never held to `max_unauthenticated_per_address`.
+    pub relay_addresses: Vec<std::net::IpAddr>,
     /// From connect to accepted login, and the per-read timeout until then
     /// (default 10 s).
     pub handshake_timeout: Duration,
@@ -258,6 +266,11 @@ impl fmt::Debug for Config {
             .field("state_directory", &self.state_directory)
             .field("log_filter", &self.log_filter)
             .field("max_unauthenticated", &self.max_unauthenticated)
+            .field(
+                "max_unauthenticated_per_address",
+                &self.max_unauthenticated_per_address,
+            )
+            .field("relay_addresses", &self.relay_addresses)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("key_proof_timeout", &self.key_proof_timeout)
             .field("status_timeout", &self.status_timeout)
@@ -662,6 +675,25 @@ fn resolve(
         }
     };
     let max_unauthenticated = number(&mut raw, "max_unauthenticated", 256, 1, 65_536)? as usize;
+    let max_unauthenticated_per_address =
+        number(&mut raw, "max_unauthenticated_per_address", 0, 0, 65_536)? as usize;
+    let relay_addresses = match raw.remove("relay_addresses") {
+        None => Vec::new(),
+        Some((v, origin)) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse::<std::net::IpAddr>().map_err(|_| {
+                    invalid(
+                        "relay_addresses",
+                        &origin,
+                        format!("{a:?} is not an IP address (list them with commas)"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
     let handshake_timeout = Duration::from_millis(number(
         &mut raw,
         "handshake_timeout_ms",
@@ -761,6 +793,8 @@ fn resolve(
         state_directory,
         log_filter,
         max_unauthenticated,
+        max_unauthenticated_per_address,
+        relay_addresses,
         handshake_timeout,
         key_proof_timeout,
         status_timeout,

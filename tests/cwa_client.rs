@@ -643,8 +643,10 @@ fn evil_channels_do_not_block_each_other() {
     assert_eq!(reply.outcome, Outcome::Accepted);
     let batch = poller.join().unwrap().unwrap();
     assert!(matches!(batch.events[0], Event::SelfPresence { .. }));
-    // One GET and one POST connection at most for this session.
-    assert!(server.connections.load(Ordering::SeqCst) <= 2);
+    // The forms logon's own connection (closed after its reply, so that no
+    // pooled buffer keeps the password), then one GET and one POST
+    // connection at most for this session.
+    assert!(server.connections.load(Ordering::SeqCst) <= 3);
 }
 
 #[test]
@@ -1241,9 +1243,18 @@ fn sim_forms_fallback_for_an_iwa_no_user() {
     let carol = sign_in(&config, r"CONTOSO\carol", "pw-carol");
     assert_eq!(carol.info().via, SignedInVia::Forms);
     assert_eq!(carol.info().own_uri, "sip:carol@contoso.com");
-    let conns = sim.connections();
+    // The connection that carried the password is not kept for the
+    // session (the simulator forgets it once closed); the session goes on
+    // over another.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut conns = sim.connections();
+    while conns.iter().any(|c| !c.forms.is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "{conns:#?}");
+        thread::sleep(Duration::from_millis(10));
+        conns = sim.connections();
+    }
     assert!(
-        conns.iter().any(|c| c.forms == ["sip:carol@contoso.com"]),
+        conns.iter().any(|c| c.tickets == ["sip:carol@contoso.com"]),
         "{conns:#?}"
     );
     let (mut c, events) = carol.split();

@@ -1,5 +1,6 @@
 //! The device-link listener with real sockets on 127.0.0.1: the cap on
-//! connections not yet signed in, the sign-in deadline, handler panics,
+//! connections not yet signed in, the sign-in deadline (and a handler's
+//! shorter cut for one step of it), handler panics,
 //! shutdown, and TLS with a certificate generated at test time.
 
 mod support;
@@ -469,5 +470,43 @@ fn a_tls_read_half_honours_the_read_timeout() {
         rx.recv_timeout(PATIENCE).unwrap(),
         Err(std::io::ErrorKind::TimedOut)
     );
+    server.stop(Duration::ZERO, PATIENCE);
+}
+
+#[test]
+fn a_handler_can_cut_one_step_of_the_sign_in_shorter() {
+    // The sign-in deadline (60 s) outlasts the test's patience (30 s): only
+    // the shorter cut can drop the silent client in time, and only until
+    // the handler moves it back.
+    let limits = limits(4, Duration::from_secs(60));
+    let listener = Listener::bind("127.0.0.1:0", None, limits).unwrap();
+    let (tx, rx) = mpsc::channel::<bool>();
+    let tx = Mutex::new(tx);
+    let handler: Handler = Arc::new(move |incoming: Incoming| {
+        let Incoming {
+            mut stream, permit, ..
+        } = incoming;
+        permit.cut_at(permit.accepted() + Duration::from_millis(200));
+        let mut first = [0u8; 1];
+        let proved = stream.read_exact(&mut first).is_ok() && first[0] == b'K';
+        if proved {
+            // The "key proof" came: the rest of the sign-in deadline.
+            permit.cut_at(permit.sign_in_deadline());
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = stream.write_all(b"alive\n");
+        }
+        let _ = tx.lock().unwrap().send(proved);
+    });
+    let server = listener.serve(handler).unwrap();
+    let addr = server.local_addr();
+    let mut silent = connect(addr);
+    assert!(closed_by_server(&mut silent), "cut at the shorter deadline");
+    assert_eq!(rx.recv_timeout(PATIENCE), Ok(false));
+    let mut prover = connect(addr);
+    prover.write_all(b"K").unwrap();
+    let mut line = [0u8; 6];
+    prover.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"alive\n", "not cut once the deadline moved back");
+    assert_eq!(rx.recv_timeout(PATIENCE), Ok(true));
     server.stop(Duration::ZERO, PATIENCE);
 }

@@ -932,6 +932,59 @@ fn a_wrong_key_or_no_key_proof_is_refused_and_audited_at_a_bounded_rate() {
 }
 
 #[test]
+fn one_address_holding_handshakes_is_capped_unless_it_is_a_relay() {
+    use collabd::wire::FrameType;
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    // Long enough a key-proof deadline that the held handshakes stay.
+    stack.start_collabd(&[
+        "--max-unauthenticated-per-address",
+        "2",
+        "--key-proof-timeout-ms",
+        "10000",
+    ]);
+    let addr = stack.collabd.as_ref().unwrap().addr;
+    let pin = devices[0].pin;
+    // Two held handshakes from 127.0.0.1 use up its places...
+    let held: Vec<TcpStream> = (0..2).map(|_| hello(addr, pin)).collect();
+    // ...so a third from there is refused 301 in clear at once.
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(WAIT)).unwrap();
+    let refused = collabd::wire::read_frame(&mut third, 4096).unwrap();
+    assert_eq!(refused.header.frame_type, FrameType::Refused);
+    assert_eq!(refused.refusal().unwrap().0.code(), 301);
+    // The places come back when the held connections go.
+    drop(held);
+    let mut d = stack.device(&devices[0]);
+    let mut line = d.expect("login ");
+    for _ in 0..50 {
+        if line.starts_with("login ok") {
+            break;
+        }
+        // The server may not have seen the close yet: try again.
+        assert!(line.contains("code=301"), "{line}");
+        finish(d);
+        std::thread::sleep(Duration::from_millis(100));
+        d = stack.device(&devices[0]);
+        line = d.expect("login ");
+    }
+    assert!(line.starts_with("login ok"), "{line}");
+    assert_eq!(finish(d).0, 0);
+
+    // A configured relay is never capped.
+    stack.collabd = None;
+    stack.start_collabd(&[
+        "--max-unauthenticated-per-address",
+        "2",
+        "--relay-addresses",
+        "10.9.9.9, 127.0.0.1",
+    ]);
+    let addr = stack.collabd.as_ref().unwrap().addr;
+    let _held: Vec<TcpStream> = (0..3).map(|_| hello(addr, pin)).collect();
+    let (d, _) = stack.signed_in(&devices[0]);
+    assert_eq!(finish(d).0, 0);
+}
+
+#[test]
 fn administrators_end_live_sessions_and_the_devices_are_told_why() {
     use collabd::configdb::SessionTarget;
     let (mut stack, devices) = stack_with(&["alice", "bob", "carol"], settings(Some(10)));

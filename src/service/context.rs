@@ -23,7 +23,8 @@ use super::session::Session;
 use super::spool::{RegistryWrite, Spool};
 use super::table::{Limits, SessionId, SessionTable};
 use super::throttle::{
-    AuditLimiter, AuditVerdict, DeviceCache, LookupBudget, KEY_LOOKUP_CONNECTIONS, KEY_LOOKUP_WAIT,
+    AddressHold, AuditLimiter, AuditVerdict, DeviceCache, LookupBudget, PendingByAddress,
+    KEY_LOOKUP_CONNECTIONS, KEY_LOOKUP_WAIT,
 };
 
 /// Config DB connections a collabd instance keeps for logins, registry
@@ -87,6 +88,11 @@ pub struct Timeouts {
     /// How long a command CWA accepted may wait for its outcome event
     /// before the device is answered 306.
     pub command_timeout: Duration,
+    /// Connections not yet signed in from one source address (0: no cap);
+    /// `relay_addresses` are exempt.
+    pub max_pending_per_address: usize,
+    /// Dispatchers and other relays, which carry many devices.
+    pub relay_addresses: Vec<std::net::IpAddr>,
     /// Stack size of session and helper threads.
     pub thread_stack_size: usize,
 }
@@ -110,6 +116,7 @@ pub struct ServiceContext {
     devices: DeviceCache,
     lookups: LookupBudget,
     audit_limit: AuditLimiter,
+    pending_by_address: PendingByAddress,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -144,6 +151,7 @@ impl ServiceContext {
             devices: DeviceCache::default(),
             lookups: LookupBudget::new(KEY_LOOKUP_CONNECTIONS),
             audit_limit: AuditLimiter::default(),
+            pending_by_address: PendingByAddress::default(),
         }
     }
 
@@ -298,7 +306,21 @@ impl ServiceContext {
         }
     }
 
-    /// Drop `pin`'s cached device row (its key did not match).
+    /// A place among the connections from `peer`'s address that are not
+    /// signed in yet, held until the hold drops; `None` if the address has
+    /// `max_pending_per_address` already. Relays and an unset cap always
+    /// get one.
+    pub fn hold_pending_place(&self, peer: SocketAddr) -> Option<AddressHold<'_>> {
+        let t = &self.timeouts;
+        let cap = if t.max_pending_per_address == 0 || t.relay_addresses.contains(&peer.ip()) {
+            None
+        } else {
+            Some(t.max_pending_per_address)
+        };
+        self.pending_by_address.hold(peer.ip(), cap)
+    }
+
+    /// Drop `pin`'s cached device row (the Config DB says it changed).
     pub fn forget_device(&self, pin: u32) {
         self.devices.forget(pin);
     }

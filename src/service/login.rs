@@ -1,6 +1,9 @@
 //! One device connection, from the handshake to a running session
 //! (collabd(8), "The session flow" and "Sign-in under attack"):
 //!
+//! 0. a connection from an address that already has
+//!    `max_unauthenticated_per_address` connections signing in (a relay's
+//!    excepted) is refused 301 in clear;
 //! 1. the handshake ([`wire::accept`]) with the PIN's transport key, from
 //!    a short-lived cache or the Config DB within the Hellos' share of it
 //!    ([`ServiceContext::device_for_hello`]): an unknown PIN is refused
@@ -47,7 +50,7 @@ use crate::configdb::pool::PoolError;
 use crate::configdb::{logins_match, DbError, Device};
 use crate::cwa::CwaSession;
 use crate::wire::secret::WipeScope;
-use crate::wire::{self, DeviceMessage, Resume, Secret, ServiceMessage, Status, WireError};
+use crate::wire::{self, DeviceMessage, Frame, Resume, Secret, ServiceMessage, Status, WireError};
 
 use super::context::{ServiceContext, DB_WRITE_WAIT};
 use super::credential::Credential;
@@ -57,6 +60,7 @@ use super::session::{
 };
 use super::spool::RegistryWrite;
 use super::table::SessionKey;
+use super::throttle::AddressHold;
 
 /// A login that was refused after the handshake.
 struct Refusal {
@@ -73,13 +77,50 @@ impl Refusal {
     }
 }
 
+/// The listener's place for a connection not signed in yet, and its
+/// place among those of its source address; both end at sign-in.
+struct Pending<'a> {
+    permit: PendingPermit,
+    _hold: AddressHold<'a>,
+}
+
+impl Pending<'_> {
+    fn release(self) {
+        self.permit.release();
+    }
+}
+
+impl std::ops::Deref for Pending<'_> {
+    type Target = PendingPermit;
+
+    fn deref(&self) -> &PendingPermit {
+        &self.permit
+    }
+}
+
 /// The listener's handler: serve one device connection to its end.
 pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
     let Incoming {
-        stream,
+        mut stream,
         peer,
         permit,
     } = incoming;
+    let Some(hold) = ctx.hold_pending_place(peer) else {
+        // One address holding many handshakes open is a flood, not a
+        // device; a relay (dispatcher) is exempt.
+        log::debug!("{peer}: refused, too many connections from this address signing in");
+        let refused = Frame::refused(
+            0,
+            Status::ServerBusy,
+            "too many connections from this address signing in",
+        );
+        let _ = wire::write_frame(&mut stream, &refused);
+        return;
+    };
+    let permit = Pending {
+        permit,
+        _hold: hold,
+    };
     // A connection earns its place by proving the PIN's key quickly; only
     // then does it get the rest of the sign-in deadline for its login.
     let key_proof = ctx.timeouts.key_proof_timeout;
@@ -164,7 +205,7 @@ fn handshake_failed(
     peer: SocketAddr,
     pin: Option<u32>,
     challenged: bool,
-    permit: &PendingPermit,
+    permit: &Pending,
     e: &WireError,
 ) {
     let Some(pin_seen) = pin else {
@@ -173,11 +214,10 @@ fn handshake_failed(
         return;
     };
     let reason = match e {
-        WireError::Auth => {
-            // A cached row may hold a key that was changed since.
-            ctx.forget_device(pin_seen);
-            "wrong key: the Confirm does not prove the PIN's key".to_string()
-        }
+        // The cached row stays: forgetting it here would let wrong keys
+        // buy a Config DB lookup each. A new key is seen within the cache's
+        // time to live.
+        WireError::Auth => "wrong key: the Confirm does not prove the PIN's key".to_string(),
         WireError::Refused(Status::UnknownDevice, _) => "unknown device".to_string(),
         // Load or an unreachable Config DB: logged where it was decided.
         WireError::Refused(..) => return,
@@ -287,7 +327,7 @@ impl Login<'_> {
         signing: Signing,
         reader: LinkReader,
         mut writer: LinkWriter,
-        permit: PendingPermit,
+        permit: Pending,
     ) -> Result<(), Refusal> {
         if self.ctx.is_stopping() {
             return Err(self.refuse(
@@ -513,7 +553,7 @@ impl Login<'_> {
         acked: u64,
         reader: LinkReader,
         mut writer: LinkWriter,
-        permit: PendingPermit,
+        permit: Pending,
     ) -> Result<(), Refusal> {
         let socket = match reader.get_ref().tcp().try_clone() {
             Ok(s) => s,

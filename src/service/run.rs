@@ -293,6 +293,8 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
             login_db_wait: config.handshake_timeout.min(Duration::from_secs(5)),
             key_proof_timeout: config.key_proof_timeout,
             command_timeout: config.command_timeout,
+            max_pending_per_address: config.max_unauthenticated_per_address,
+            relay_addresses: config.relay_addresses.clone(),
             thread_stack_size: config.thread_stack_size,
         },
     ));

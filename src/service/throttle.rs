@@ -9,6 +9,9 @@
 //!   pool's connections serve Hellos at a time, each waiting at most
 //!   [`KEY_LOOKUP_WAIT`] for its turn, so that logins, registry writes and
 //!   audit always find a connection;
+//! - [`PendingByAddress`]: with `max_unauthenticated_per_address` set,
+//!   one source address (other than a configured relay) may hold at most
+//!   that many of the places of connections not yet signed in;
 //! - [`AuditLimiter`]: failed handshakes and refused logins are audited at
 //!   most [`AUDIT_PER_PIN`] times per [`AUDIT_WINDOW`] per PIN, and failed
 //!   handshakes (where the PIN is the peer's claim, not yet proved) also
@@ -85,7 +88,7 @@ impl DeviceCache {
         rows.insert(device.pin, (now, device));
     }
 
-    /// Forget `pin` (its key failed: the row may be stale).
+    /// Forget `pin` (its row changed in the Config DB).
     pub fn forget(&self, pin: u32) {
         lock(&self.rows).remove(&pin);
     }
@@ -135,6 +138,44 @@ impl LookupBudget {
         }
         *in_use += 1;
         Some(LookupTurn(self))
+    }
+}
+
+/// Connections not yet signed in, per source address.
+#[derive(Default)]
+pub struct PendingByAddress {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PendingByAddress`]; dropping it frees it.
+pub struct AddressHold<'a> {
+    table: &'a PendingByAddress,
+    ip: IpAddr,
+}
+
+impl Drop for AddressHold<'_> {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.table.counts);
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl PendingByAddress {
+    /// A place for a connection from `ip`, or `None` if it already has
+    /// `cap` (no cap: always a place).
+    pub fn hold(&self, ip: IpAddr, cap: Option<usize>) -> Option<AddressHold<'_>> {
+        let mut counts = lock(&self.counts);
+        let n = counts.entry(ip).or_insert(0);
+        if cap.is_some_and(|cap| *n >= cap) {
+            return None;
+        }
+        *n += 1;
+        Some(AddressHold { table: self, ip })
     }
 }
 
@@ -271,6 +312,20 @@ mod tests {
         assert!(cache.get(8, t0).is_none());
         cache.forget(7);
         assert!(cache.get(7, t0).is_none());
+    }
+
+    #[test]
+    fn pending_places_are_capped_per_address_and_freed_on_drop() {
+        let pending = PendingByAddress::default();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let first = pending.hold(a, Some(2)).unwrap();
+        let _second = pending.hold(a, Some(2)).unwrap();
+        assert!(pending.hold(a, Some(2)).is_none());
+        assert!(pending.hold(b, Some(2)).is_some(), "another address");
+        assert!(pending.hold(a, None).is_some(), "no cap (a relay)");
+        drop(first);
+        assert!(pending.hold(a, Some(2)).is_some());
     }
 
     #[test]

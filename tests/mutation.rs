@@ -259,6 +259,10 @@ struct Report {
     inputs: u64,
     panics: u64,
     over_alloc: u64,
+    /// Inputs the decoder accepted (the unchanged seeds at least).
+    accepted: u64,
+    /// Unchanged seeds the decoder did not accept (a broken harness).
+    seeds_refused: u64,
     slowest: Duration,
     most_alloc: usize,
     elapsed: Duration,
@@ -298,7 +302,7 @@ fn run(
     share: u64,
     seeds: Vec<Vec<u8>>,
     dict: &[&[u8]],
-    decode: impl Fn(&[u8]),
+    decode: impl Fn(&[u8]) -> bool,
 ) -> Report {
     quiet_panics();
     let inputs = inputs_per_decoder() / share;
@@ -334,6 +338,8 @@ fn run(
         inputs,
         panics: 0,
         over_alloc: 0,
+        accepted: 0,
+        seeds_refused: 0,
         slowest: Duration::ZERO,
         most_alloc: 0,
         elapsed: Duration::ZERO,
@@ -343,10 +349,19 @@ fn run(
         current.store(index, Ordering::SeqCst);
         started.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
         let t = Instant::now();
-        let mut outcome = Ok(());
+        let mut outcome = Ok(false);
         let peak = peak_during(|| outcome = catch_unwind(AssertUnwindSafe(|| decode(&data))));
         report.slowest = report.slowest.max(t.elapsed());
         report.most_alloc = report.most_alloc.max(peak);
+        if index % 64 == 0 && !matches!(outcome, Ok(true)) {
+            report.seeds_refused += 1;
+            if report.seeds_refused <= 3 {
+                eprintln!("SEED REFUSED: {name} input {index}: {}", hex(&data));
+            }
+        }
+        if let Ok(true) = outcome {
+            report.accepted += 1;
+        }
         if let Err(payload) = outcome {
             report.panics += 1;
             if report.panics <= 3 {
@@ -371,9 +386,10 @@ fn run(
     done.store(true, Ordering::SeqCst);
     let _ = watchdog.join();
     println!(
-        "FIGURE mutation {}: {} inputs in {:.1} s, {} panics, {} over the allocation bound, slowest input {} ms, most allocated {} KiB",
+        "FIGURE mutation {}: {} inputs ({} accepted) in {:.1} s, {} panics, {} over the allocation bound, slowest input {} ms, most allocated {} KiB",
         report.name,
         report.inputs,
+        report.accepted,
         report.elapsed.as_secs_f64(),
         report.panics,
         report.over_alloc,
@@ -384,6 +400,11 @@ fn run(
 }
 
 fn check(report: Report) {
+    assert_eq!(
+        report.seeds_refused, 0,
+        "{}: valid seeds refused",
+        report.name
+    );
     assert_eq!(report.panics, 0, "{}: decoders panicked", report.name);
     assert_eq!(
         report.over_alloc, 0,
@@ -495,16 +516,19 @@ fn frames() {
     check(run("frames", 1, seeds, &[], |data| {
         let mut src = data;
         let mut reader = FrameReader::new(MAX_FRAME_LEN);
+        let mut frames = 0;
         for _ in 0..64 {
             match reader.read(&mut src) {
                 Ok(frame) => {
                     let _ = frame.refusal();
                     assert!(frame.body.len() + 16 <= MAX_FRAME_LEN);
+                    frames += 1;
                 }
                 Err(_) => break,
             }
         }
         let _ = read_frame(&mut &data[..], 64);
+        frames > 0 && src.is_empty()
     }));
 }
 
@@ -517,13 +541,16 @@ fn handshake_and_channel_service_side() {
         &[],
         |data| {
             let stream = Duplex::new(data.to_vec());
-            if let Ok(mut channel) = accept_with_random(stream, lookup, SERVICE_RANDOM) {
-                for _ in 0..64 {
-                    if channel.recv_device().is_err() {
-                        break;
-                    }
+            let Ok(mut channel) = accept_with_random(stream, lookup, SERVICE_RANDOM) else {
+                return false;
+            };
+            for _ in 0..64 {
+                match channel.recv_device() {
+                    Ok(_) => {}
+                    Err(e) => return matches!(e, collabd::wire::WireError::Closed),
                 }
             }
+            true
         },
     ));
 }
@@ -537,13 +564,16 @@ fn handshake_and_channel_device_side() {
         &[],
         |data| {
             let stream = Duplex::new(data.to_vec());
-            if let Ok(mut channel) = connect_with_random(stream, PIN, &KEY, DEVICE_RANDOM) {
-                for _ in 0..64 {
-                    if channel.recv_service().is_err() {
-                        break;
-                    }
+            let Ok(mut channel) = connect_with_random(stream, PIN, &KEY, DEVICE_RANDOM) else {
+                return false;
+            };
+            for _ in 0..64 {
+                match channel.recv_service() {
+                    Ok(_) => {}
+                    Err(e) => return matches!(e, collabd::wire::WireError::Closed),
                 }
             }
+            true
         },
     ));
 }
@@ -565,13 +595,16 @@ fn device_xml_messages() {
         seeds,
         &MESSAGE_TOKENS,
         |data| {
-            if let Ok(m) = DeviceMessage::decode(data) {
+            let device = DeviceMessage::decode(data);
+            if let Ok(m) = &device {
                 // What decodes re-encodes and decodes to the same message.
-                assert_eq!(DeviceMessage::decode(&m.encode()).unwrap(), m);
+                assert_eq!(&DeviceMessage::decode(&m.encode()).unwrap(), m);
             }
-            if let Ok(m) = ServiceMessage::decode(data) {
-                assert_eq!(ServiceMessage::decode(&m.encode()).unwrap(), m);
+            let service = ServiceMessage::decode(data);
+            if let Ok(m) = &service {
+                assert_eq!(&ServiceMessage::decode(&m.encode()).unwrap(), m);
             }
+            device.is_ok() || service.is_ok()
         },
     ));
 }
@@ -586,10 +619,12 @@ fn inflated_payloads() {
         .collect();
     seeds.push(crypto::deflate(&vec![b'a'; 200_000]));
     check(run("inflated payloads", 1, seeds, &[], |data| {
-        if let Ok(plain) = crypto::inflate(data, MAX_MESSAGE_LEN) {
-            assert!(plain.len() <= MAX_MESSAGE_LEN);
-            let _ = DeviceMessage::decode(&plain);
-        }
+        let Ok(plain) = crypto::inflate(data, MAX_MESSAGE_LEN) else {
+            return false;
+        };
+        assert!(plain.len() <= MAX_MESSAGE_LEN);
+        let _ = DeviceMessage::decode(&plain);
+        true
     }));
 }
 
@@ -631,18 +666,20 @@ fn cwa_responses_and_events() {
         seeds,
         &CWA_TOKENS,
         |data| {
-            if let Ok(events) = cwa::decode_untrusted(data) {
-                // And on to the device, as the session would.
-                for e in events {
-                    if let translate::Translated::Events(evs) = translate::event(e) {
-                        for (seq, event) in (1..).zip(evs) {
-                            let m = ServiceMessage::Event { seq, event };
-                            let bytes = m.encode();
-                            assert_eq!(ServiceMessage::decode(&bytes).unwrap(), m);
-                        }
+            let Ok(events) = cwa::decode_untrusted(data) else {
+                return false;
+            };
+            // And on to the device, as the session would.
+            for e in events {
+                if let translate::Translated::Events(evs) = translate::event(e) {
+                    for (seq, event) in (1..).zip(evs) {
+                        let m = ServiceMessage::Event { seq, event };
+                        let bytes = m.encode();
+                        assert_eq!(ServiceMessage::decode(&bytes).unwrap(), m);
                     }
                 }
             }
+            true
         },
     ));
 }
@@ -665,19 +702,49 @@ fn ntlm_messages() {
         seeds,
         &[b"NTLM ", b"=", b"NTLMSSP\0"],
         |data| {
+            let mut accepted = false;
             if let Ok(ch) = ntlm::parse_challenge(data) {
                 let _ = ntlm::authenticate_message(&ch, "D", "u", "p", "w", [1; 8], 0).unwrap();
+                accepted = true;
             }
             if let Ok(auth) = ntlm::parse_authenticate(data) {
                 let _ = ntlm::verify_ntlmv2(&auth, [7; 8], "s3cret").unwrap();
+                accepted = true;
+            }
+            if data.starts_with(b"NTLMSSP\0") && data.get(8) == Some(&1) {
+                // The negotiate message has no parser of its own.
+                accepted = true;
             }
             if let Ok(text) = std::str::from_utf8(data) {
                 if let Ok(msg) = ntlm::parse_header_value(text) {
                     let _ = ntlm::parse_challenge(&msg);
                     let _ = ntlm::parse_authenticate(&msg);
+                    accepted = true;
                 }
                 let _ = ntlm::base64_decode(text);
             }
+            accepted
         },
     ));
+}
+
+/// The harness itself: a panic, an allocation over the bound and a refused
+/// seed are each counted (so the zeros above mean something).
+#[test]
+fn the_harness_counts_panics_and_allocations() {
+    let seeds = vec![vec![0u8; 8], vec![1u8; 8]];
+    let share = (inputs_per_decoder() / 2_000).max(1);
+    let report = run("harness self-check", share, seeds, &[], |data| {
+        if data.first() == Some(&0) && data.len() == 8 {
+            panic!("planted panic");
+        }
+        if data.first() == Some(&1) && data.len() == 8 {
+            let big = vec![1u8; 40 * 1024 * 1024];
+            assert_eq!(big.len(), 40 * 1024 * 1024);
+        }
+        true
+    });
+    assert!(report.panics > 0, "planted panics not counted");
+    assert!(report.over_alloc > 0, "planted allocations not counted");
+    assert!(report.seeds_refused > 0, "a panicking seed is not accepted");
 }

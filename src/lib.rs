@@ -44,9 +44,3 @@ pub mod service;
 pub mod sim;
 pub mod wire;
 pub mod xml;
-
-/// Every binary and test of the crate frees memory through this allocator,
-/// so a sign-in's password never lingers in a freed block (see
-/// [`wire::secret`]).
-#[global_allocator]
-static ALLOCATOR: wire::secret::WipingAllocator = wire::secret::WipingAllocator;

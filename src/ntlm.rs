@@ -88,6 +88,9 @@ pub enum NtlmError {
     BadHeader,
     /// Invalid base64.
     BadBase64,
+    /// OpenSSL could not compute HMAC-MD5 (for example an OpenSSL built or
+    /// configured without MD5).
+    Crypto(String),
 }
 
 impl fmt::Display for NtlmError {
@@ -108,6 +111,7 @@ impl fmt::Display for NtlmError {
             NtlmError::BadString(field) => write!(f, "NTLM field {field} is not valid UTF-16LE"),
             NtlmError::BadHeader => f.write_str("authorization header is not `NTLM <base64>`"),
             NtlmError::BadBase64 => f.write_str("invalid base64 in NTLM header"),
+            NtlmError::Crypto(why) => write!(f, "HMAC-MD5 unavailable from OpenSSL: {why}"),
         }
     }
 }
@@ -195,8 +199,8 @@ pub fn authenticate_message(
     workstation: &str,
     client_challenge: [u8; 8],
     timestamp: u64,
-) -> Vec<u8> {
-    let mut key = ntowf_v2(password, user, domain);
+) -> Result<Vec<u8>, NtlmError> {
+    let mut key = ntowf_v2(password, user, domain)?;
     let response = ntlmv2_response(
         &key,
         challenge.server_challenge,
@@ -205,6 +209,7 @@ pub fn authenticate_message(
         &challenge.target_info,
     );
     wipe(&mut key);
+    let response = response?;
     let flags = (challenge.flags & CLIENT_FLAGS) | NEGOTIATE_UNICODE | NEGOTIATE_NTLM;
     let payloads: [Vec<u8>; 6] = [
         response.lm_response.to_vec(),
@@ -233,7 +238,7 @@ pub fn authenticate_message(
     for p in &payloads {
         m.extend_from_slice(p);
     }
-    m
+    Ok(m)
 }
 
 /// The current time as a Windows FILETIME, for [`authenticate_message`].
@@ -314,28 +319,33 @@ pub fn parse_authenticate(msg: &[u8]) -> Result<Authenticate, NtlmError> {
 /// Whether `auth` carries a valid NTLMv2 response to `server_challenge`
 /// for the user and domain it names, given that user's `password`. The
 /// proof is compared in constant time. NTLMv1/LM-only answers are refused.
-pub fn verify_ntlmv2(auth: &Authenticate, server_challenge: [u8; 8], password: &str) -> bool {
+/// `Err` only when OpenSSL cannot compute HMAC-MD5.
+pub fn verify_ntlmv2(
+    auth: &Authenticate,
+    server_challenge: [u8; 8],
+    password: &str,
+) -> Result<bool, NtlmError> {
     // NTProofStr (16) + blob header: RespType, HiRespType, 6 reserved,
     // timestamp 8, client challenge 8, 4 reserved.
     const MIN_LEN: usize = 16 + 28;
     let nt = &auth.nt_response;
     if nt.len() < MIN_LEN {
-        return false;
+        return Ok(false);
     }
     let (proof, temp) = nt.split_at(16);
     if temp[0] != 1 || temp[1] != 1 {
-        return false;
+        return Ok(false);
     }
-    let key = ntowf_v2(password, &auth.user, &auth.domain);
-    let expected = hmac_md5(&key, &[&server_challenge, temp]);
-    openssl::memcmp::eq(&expected, proof)
+    let key = ntowf_v2(password, &auth.user, &auth.domain)?;
+    let expected = hmac_md5(&key, &[&server_challenge, temp])?;
+    Ok(openssl::memcmp::eq(&expected, proof))
 }
 
 // ---------------------------------------------------------------------------
 // NTLMv2 computations ([MS-NLMP] 3.3.2)
 
 /// NTOWFv2: HMAC-MD5(MD4(UTF-16LE(password)), UTF-16LE(UPPER(user) + domain)).
-pub(crate) fn ntowf_v2(password: &str, user: &str, domain: &str) -> [u8; 16] {
+pub(crate) fn ntowf_v2(password: &str, user: &str, domain: &str) -> Result<[u8; 16], NtlmError> {
     let mut unicode = utf16le(password);
     let mut nt_hash = md4(&unicode);
     // Both are as good as the password: gone before returning.
@@ -365,7 +375,7 @@ pub(crate) fn ntlmv2_response(
     client_challenge: [u8; 8],
     timestamp: u64,
     target_info: &[u8],
-) -> Ntlmv2Response {
+) -> Result<Ntlmv2Response, NtlmError> {
     let mut temp = Vec::with_capacity(28 + target_info.len() + 4);
     temp.extend_from_slice(&[1, 1, 0, 0, 0, 0, 0, 0]);
     temp.extend_from_slice(&timestamp.to_le_bytes());
@@ -373,32 +383,42 @@ pub(crate) fn ntlmv2_response(
     temp.extend_from_slice(&[0, 0, 0, 0]);
     temp.extend_from_slice(target_info);
     temp.extend_from_slice(&[0, 0, 0, 0]);
-    let proof = hmac_md5(response_key, &[&server_challenge, &temp]);
+    let proof = hmac_md5(response_key, &[&server_challenge, &temp])?;
     let mut nt_response = proof.to_vec();
     nt_response.extend_from_slice(&temp);
-    let lm_proof = hmac_md5(response_key, &[&server_challenge, &client_challenge]);
+    let lm_proof = hmac_md5(response_key, &[&server_challenge, &client_challenge])?;
     let mut lm_response = [0u8; 24];
     lm_response[..16].copy_from_slice(&lm_proof);
     lm_response[16..].copy_from_slice(&client_challenge);
-    Ntlmv2Response {
+    Ok(Ntlmv2Response {
         nt_response,
         lm_response,
-        session_base_key: hmac_md5(response_key, &[&proof]),
-    }
+        session_base_key: hmac_md5(response_key, &[&proof])?,
+    })
 }
 
-fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    // OpenSSL only fails here on allocation failure or a broken build;
-    // neither is something a caller could handle.
-    let pkey = PKey::hmac(key).expect("OpenSSL HMAC key");
-    let mut signer = Signer::new(MessageDigest::md5(), &pkey).expect("OpenSSL HMAC-MD5");
+/// HMAC-MD5 from OpenSSL. It fails when MD5 is not available (a FIPS
+/// configuration, a build without it) or memory runs out; that is an
+/// error for the sign-in to report, not a reason to panic.
+fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 16], NtlmError> {
+    let crypto = |e: openssl::error::ErrorStack| NtlmError::Crypto(e.to_string());
+    let pkey = PKey::hmac(key).map_err(crypto)?;
+    let mut signer = Signer::new(MessageDigest::md5(), &pkey).map_err(crypto)?;
     for p in parts {
-        signer.update(p).expect("OpenSSL HMAC update");
+        signer.update(p).map_err(crypto)?;
     }
-    let mac = signer.sign_to_vec().expect("OpenSSL HMAC final");
+    let mac = signer.sign_to_vec().map_err(crypto)?;
     let mut out = [0u8; 16];
-    out.copy_from_slice(&mac);
-    out
+    match mac.get(..16) {
+        Some(m) if mac.len() == 16 => out.copy_from_slice(m),
+        _ => {
+            return Err(NtlmError::Crypto(format!(
+                "HMAC-MD5 of {} bytes",
+                mac.len()
+            )))
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -540,36 +560,16 @@ pub fn parse_header_value(value: &str) -> Result<Vec<u8>, NtlmError> {
     Ok(msg)
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 (RFC 4648, with `=` padding).
 pub fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(B64[(n >> 18) as usize & 63] as char);
-        out.push(B64[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            B64[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            B64[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
+    openssl::base64::encode_block(data)
 }
 
 /// Decodes standard base64; padding is required to be correct when present
 /// and may be omitted. Whitespace and other characters are errors.
+/// (OpenSSL's decoder is not used here: it skips whitespace, needs the
+/// padding and accepts non-zero leftover bits, all of which a header
+/// parser should refuse.)
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, NtlmError> {
     let bytes = text.as_bytes();
     let unpadded = match bytes {
@@ -742,21 +742,22 @@ mod tests {
         );
         // 4.2.4.1.1 NTOWFv2.
         assert_eq!(
-            hex(&ntowf_v2("Password", "User", "Domain")),
+            hex(&ntowf_v2("Password", "User", "Domain").unwrap()),
             "0c868a403bfd7a93a3001ef22ef02e3f"
         );
     }
 
     #[test]
     fn ntlmv2_response_matches_ms_nlmp() {
-        let key = ntowf_v2("Password", "User", "Domain");
+        let key = ntowf_v2("Password", "User", "Domain").unwrap();
         let r = ntlmv2_response(
             &key,
             SERVER_CHALLENGE,
             CLIENT_CHALLENGE,
             0,
             &unhex(SPEC_TARGET_INFO),
-        );
+        )
+        .unwrap();
         // 4.2.4.2.1 LMv2 response.
         assert_eq!(
             hex(&r.lm_response),
@@ -795,7 +796,8 @@ mod tests {
             "COMPUTER",
             CLIENT_CHALLENGE,
             0,
-        );
+        )
+        .unwrap();
         let auth = parse_authenticate(&msg).unwrap();
         assert_eq!(auth.domain, "Domain");
         assert_eq!(auth.user, "User");
@@ -808,11 +810,11 @@ mod tests {
             hex(&auth.lm_response),
             "86c35097ac9cec102554764a57cccc19aaaaaaaaaaaaaaaa"
         );
-        assert!(verify_ntlmv2(&auth, SERVER_CHALLENGE, "Password"));
-        assert!(!verify_ntlmv2(&auth, SERVER_CHALLENGE, "password"));
+        assert!(verify_ntlmv2(&auth, SERVER_CHALLENGE, "Password").unwrap());
+        assert!(!verify_ntlmv2(&auth, SERVER_CHALLENGE, "password").unwrap());
         let mut other = SERVER_CHALLENGE;
         other[7] ^= 1;
-        assert!(!verify_ntlmv2(&auth, other, "Password"));
+        assert!(!verify_ntlmv2(&auth, other, "Password").unwrap());
     }
 
     #[test]
@@ -827,22 +829,23 @@ mod tests {
             "WS",
             [9; 8],
             filetime_now(),
-        );
+        )
+        .unwrap();
         let auth = parse_authenticate(&msg).unwrap();
-        assert!(verify_ntlmv2(&auth, [7; 8], "s3cret!"));
+        assert!(verify_ntlmv2(&auth, [7; 8], "s3cret!").unwrap());
         for i in 0..auth.nt_response.len() {
             let mut bad = auth.clone();
             bad.nt_response[i] ^= 0x40;
-            assert!(!verify_ntlmv2(&bad, [7; 8], "s3cret!"), "byte {i}");
+            assert!(!verify_ntlmv2(&bad, [7; 8], "s3cret!").unwrap(), "byte {i}");
         }
         // Another user name changes the key.
         let mut bob = auth.clone();
         bob.user = "bob".into();
-        assert!(!verify_ntlmv2(&bob, [7; 8], "s3cret!"));
+        assert!(!verify_ntlmv2(&bob, [7; 8], "s3cret!").unwrap());
         // User names are case-insensitive in NTOWFv2 (upper-cased).
         let mut upper = auth;
         upper.user = "ALICE".into();
-        assert!(verify_ntlmv2(&upper, [7; 8], "s3cret!"));
+        assert!(verify_ntlmv2(&upper, [7; 8], "s3cret!").unwrap());
     }
 
     #[test]
@@ -860,7 +863,7 @@ mod tests {
         let ti = target_info("D", "S");
         let good2 = challenge_message([1; 8], "D", &ti);
         let ch = parse_challenge(&good2).unwrap();
-        let good3 = authenticate_message(&ch, "D", "u", "p", "w", [2; 8], 0);
+        let good3 = authenticate_message(&ch, "D", "u", "p", "w", [2; 8], 0).unwrap();
         // Every truncation.
         for n in 0..good2.len() {
             assert!(
@@ -912,15 +915,15 @@ mod tests {
             }
             let _ = parse_challenge(&m);
             if let Ok(a) = parse_authenticate(&m) {
-                let _ = verify_ntlmv2(&a, [1; 8], "p");
+                let _ = verify_ntlmv2(&a, [1; 8], "p").unwrap();
             }
         }
         // Short nt responses never verify.
         let mut a = parse_authenticate(&good3).unwrap();
         a.nt_response.truncate(24);
-        assert!(!verify_ntlmv2(&a, [1; 8], "p"));
+        assert!(!verify_ntlmv2(&a, [1; 8], "p").unwrap());
         a.nt_response.clear();
-        assert!(!verify_ntlmv2(&a, [1; 8], "p"));
+        assert!(!verify_ntlmv2(&a, [1; 8], "p").unwrap());
     }
 
     #[test]

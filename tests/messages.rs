@@ -231,3 +231,28 @@ fn thousands_of_mutated_documents_never_panic() {
     }
     assert!(refused > 6000);
 }
+
+#[test]
+fn one_message_per_frame_and_bounded_element_counts() {
+    let two = [
+        &br#"<status coverage="active"/><logout/>"#[..],
+        br#"<login user="a"><password>p</password></login><command id="1"><search><query>x</query></search></command>"#,
+        br#"<ack seq="1"/>trailing text"#,
+        br#"<ack seq="1"/><ack seq="2"/>"#,
+    ];
+    for doc in two {
+        let e = DeviceMessage::decode(doc).unwrap_err();
+        assert!(matches!(e, WireError::Protocol(_)), "{e}");
+        assert_eq!(e.status().code(), 308);
+    }
+    // White space and comments after the element are not a second message.
+    assert!(DeviceMessage::decode(b"<logout/>\n  <!-- end -->\n").is_ok());
+    // A small document of many elements (a deflate bomb's shape) is refused
+    // before a tree is built.
+    let many = format!(
+        "<event seq=\"1\"><contact-list complete=\"true\">{}</contact-list></event>",
+        "<x/>".repeat(collabd::wire::message::MAX_ELEMENTS)
+    );
+    let e = ServiceMessage::decode(many.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("more than"), "{e}");
+}

@@ -369,7 +369,8 @@ impl Raw {
         let mut cc = [0u8; 8];
         openssl::rand::rand_bytes(&mut cc).unwrap();
         let msg =
-            ntlm::authenticate_message(ch, domain, user, pw, "TESTWS", cc, ntlm::filetime_now());
+            ntlm::authenticate_message(ch, domain, user, pw, "TESTWS", cc, ntlm::filetime_now())
+                .unwrap();
         self.request(
             "POST",
             "/iwa/logon.html",

@@ -146,20 +146,19 @@ impl<C: PooledConnection> Pool<C> {
         deadline: Instant,
         f: impl FnOnce(&mut C) -> Result<T, DbError>,
     ) -> Result<T, PoolError> {
-        let mut conn = match self.take(deadline)? {
+        let reserved = self.take(deadline)?;
+        // From here the place is the guard's: an early return or a panic
+        // in the connector or in `f` frees it (the connection, possibly
+        // half-used, is dropped).
+        let place = Place { pool: self };
+        let mut conn = match reserved {
             Some(conn) => conn,
-            None => match (self.connect)() {
-                Ok(conn) => conn,
-                Err(e) => {
-                    self.give_back(None);
-                    return Err(PoolError::Db(e));
-                }
-            },
+            None => (self.connect)().map_err(PoolError::Db)?,
         };
         let result = f(&mut conn);
         let keep = !conn.is_broken()
             && !matches!(result, Err(DbError::Unreachable(_) | DbError::Query(_)));
-        self.give_back(keep.then_some(conn));
+        place.release(keep.then_some(conn));
         result.map_err(PoolError::Db)
     }
 
@@ -198,6 +197,26 @@ impl<C: PooledConnection> Pool<C> {
         }
         drop(slots);
         self.freed.notify_one();
+    }
+}
+
+/// A reserved place in the pool, freed when dropped (also while unwinding)
+/// unless [`Place::release`] handed a connection back first.
+struct Place<'a, C: PooledConnection> {
+    pool: &'a Pool<C>,
+}
+
+impl<C: PooledConnection> Place<'_, C> {
+    fn release(self, conn: Option<C>) {
+        let pool = self.pool;
+        std::mem::forget(self);
+        pool.give_back(conn);
+    }
+}
+
+impl<C: PooledConnection> Drop for Place<'_, C> {
+    fn drop(&mut self) {
+        self.pool.give_back(None);
     }
 }
 
@@ -284,6 +303,32 @@ mod tests {
         release_tx.send(()).unwrap();
         holder.join().unwrap();
         assert!(pool.with(soon(), |_| Ok(())).is_ok());
+    }
+
+    #[test]
+    fn a_panicking_borrower_frees_its_place() {
+        let opened = Arc::new(AtomicUsize::new(0));
+        let pool = pool(8, Arc::clone(&opened), Arc::new(AtomicBool::new(false)));
+        for _ in 0..12 {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.with(soon(), |_| -> Result<(), DbError> {
+                    panic!("borrower bug")
+                })
+            }));
+            assert!(panicked.is_err());
+        }
+        // Every place is free again: a normal borrower is served at once,
+        // not told the pool is busy.
+        let now = Instant::now();
+        assert_eq!(pool.with(now, |_| Ok(7)).unwrap(), 7);
+        // A panicking connector frees its place too.
+        let bad: Pool<Fake> = Pool::new(1, || panic!("connector bug"));
+        for _ in 0..3 {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                bad.with(Instant::now(), |_| Ok(()))
+            }));
+            assert!(panicked.is_err(), "panicked, not Busy");
+        }
     }
 
     #[test]

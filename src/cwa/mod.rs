@@ -241,3 +241,21 @@ impl ClientConfig {
         }
     }
 }
+
+/// Every decoder that reads what CWA sends, run on one body as if it had
+/// come from CWA: the event channel (`cwaEvents`, or `cwaResponses`
+/// wrapping events and errors), a command reply, the logon answer and the
+/// initiateSession answer, each behind the same bounded parse. For the
+/// mutation tests, which need these private decoders reachable; garbage is
+/// an `Err` (or an empty result), never a panic. Returns the events the
+/// event channel would deliver.
+#[doc(hidden)]
+pub fn decode_untrusted(body: &[u8]) -> Result<Vec<Event>, String> {
+    if let Ok(root) = xmlguard::parse(body, usize::MAX) {
+        let _ = response::parse_reply(&root, 1);
+        let _ = response::parse_logon(&root);
+        let _ = response::parse_session_accepted(&root, 1);
+    }
+    let parsed = session::parse_events_body(body).map_err(|e| e.to_string())?;
+    Ok(parsed.events.into_iter().map(|(_, e)| e).collect())
+}

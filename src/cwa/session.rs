@@ -532,38 +532,7 @@ impl EventChannel {
     }
 
     fn parse_events_reply(&self, reply: &HttpReply) -> Result<ParsedEvents, SessionError> {
-        let root = xmlguard::parse(&reply.body, usize::MAX)
-            .map_err(|why| SessionError::Protocol(format!("event channel: {why}")))?;
-        match root.name.as_str() {
-            "cwaEvents" => Ok(parse_events(&root)),
-            // An error, or events, wrapped in cwaResponses (PROPOSED, §4).
-            "cwaResponses" => {
-                let mut merged = ParsedEvents::default();
-                for child in xml::children(&root) {
-                    match child.name.as_str() {
-                        "error" => merged.error = Some(super::error::CwaError::from_element(child)),
-                        "requestFailed" => {
-                            let e = super::error::CwaError::child_of(child);
-                            if e.is_session_gone() || e.is_throttled() {
-                                merged.error = Some(e);
-                            }
-                        }
-                        "cwaEvents" => {
-                            let p = parse_events(child);
-                            merged.ack_id = merged.ack_id.max(p.ack_id);
-                            merged.poll_wait_ms = p.poll_wait_ms.or(merged.poll_wait_ms);
-                            merged.error = merged.error.take().or(p.error);
-                            merged.events.extend(p.events);
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(merged)
-            }
-            other => Err(SessionError::Protocol(format!(
-                "event channel: expected <cwaEvents>, got <{other}>"
-            ))),
-        }
+        parse_events_body(&reply.body)
     }
 
     /// Builds the batch: drops replays, fills in request kinds.
@@ -702,6 +671,43 @@ fn url_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// Parses the body of an event-channel reply: `cwaEvents`, or events and
+/// errors wrapped in `cwaResponses`.
+pub(crate) fn parse_events_body(body: &[u8]) -> Result<ParsedEvents, SessionError> {
+    let root = xmlguard::parse(body, usize::MAX)
+        .map_err(|why| SessionError::Protocol(format!("event channel: {why}")))?;
+    match root.name.as_str() {
+        "cwaEvents" => Ok(parse_events(&root)),
+        // An error, or events, wrapped in cwaResponses (PROPOSED, §4).
+        "cwaResponses" => {
+            let mut merged = ParsedEvents::default();
+            for child in xml::children(&root) {
+                match child.name.as_str() {
+                    "error" => merged.error = Some(super::error::CwaError::from_element(child)),
+                    "requestFailed" => {
+                        let e = super::error::CwaError::child_of(child);
+                        if e.is_session_gone() || e.is_throttled() {
+                            merged.error = Some(e);
+                        }
+                    }
+                    "cwaEvents" => {
+                        let p = parse_events(child);
+                        merged.ack_id = merged.ack_id.max(p.ack_id);
+                        merged.poll_wait_ms = p.poll_wait_ms.or(merged.poll_wait_ms);
+                        merged.error = merged.error.take().or(p.error);
+                        merged.events.extend(p.events);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(merged)
+        }
+        other => Err(SessionError::Protocol(format!(
+            "event channel: expected <cwaEvents>, got <{other}>"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -134,7 +134,9 @@ fn logon_iwa(
         &config.workstation,
         client_challenge,
         ntlm::filetime_now(),
-    );
+    )
+    // Without HMAC-MD5 no IWA sign-in can work: CWA is unusable from here.
+    .map_err(|e| SignInError::Unavailable(format!("IWA: {e}")))?;
     let authorization = ntlm::header_value(&authenticate);
     let second = http
         .post(PATH, None, &[("Authorization", &authorization)], &body)

@@ -151,15 +151,20 @@ pub fn spawn_watchdog(
         .name("watchdog".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            while !shutdown.wait_timeout(interval) {
-                if !healthy() {
-                    log::warn!("health check failed; not pinging the systemd watchdog");
-                    continue;
+            let ping = || {
+                while !shutdown.wait_timeout(interval) {
+                    if !healthy() {
+                        log::warn!("health check failed; not pinging the systemd watchdog");
+                        continue;
+                    }
+                    if let Err(e) = notify(&[NotifyState::Watchdog]) {
+                        log::warn!("cannot ping the systemd watchdog: {e}");
+                    }
                 }
-                if let Err(e) = notify(&[NotifyState::Watchdog]) {
-                    log::warn!("cannot ping the systemd watchdog: {e}");
-                }
-            }
+            };
+            // systemd would kill the service for the missing pings; a
+            // clean stop says why.
+            crate::ops::panics::guard_service_thread("the watchdog thread", &shutdown, ping);
         })
 }
 

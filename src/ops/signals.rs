@@ -147,7 +147,11 @@ pub fn spawn_signal_thread(
             }
             if let Some(signal) = Signal::from_raw(signo) {
                 log::info!("received {signal}");
-                if on_signal(signal) == AfterSignal::Stop {
+                // A panic while handling one signal (logged) must not leave
+                // the process deaf to the next, SIGTERM included.
+                let what = format!("handling {signal}");
+                let after = crate::ops::panics::guard(&what, || on_signal(signal));
+                if after == Some(AfterSignal::Stop) {
                     return;
                 }
             }

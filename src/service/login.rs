@@ -564,6 +564,18 @@ impl Login<'_> {
                 ))
             }
         };
+        // Events are only ever numbered upwards, so a resume within this
+        // bound stays within it while attaching.
+        let last = session.last_event_seq();
+        if acked > last {
+            return Err(self.refuse(
+                &mut writer,
+                Refusal::new(
+                    Status::ProtocolError,
+                    format!("resume acked event {acked}, beyond the last event sent ({last})"),
+                ),
+            ));
+        }
         permit.release();
         let result = ServiceMessage::LoginResult {
             status: Status::Ok,

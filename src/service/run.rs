@@ -34,6 +34,7 @@ use crate::configdb::pool::{Pool, PoolError};
 use crate::configdb::{ConfigDb, DbError, Instance};
 use crate::ops::logging;
 use crate::ops::notify::{self, NotifyState};
+use crate::ops::panics;
 use crate::ops::signals::{self, AfterSignal, BlockedSignals, Shutdown, Signal};
 
 use crate::wire::{Frame, Status};
@@ -343,26 +344,31 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
         std::thread::Builder::new()
             .name("heartbeat".into())
             .stack_size(config.thread_stack_size)
-            .spawn(move || loop {
-                let written = heartbeat_once(&ctx, &advertise, true);
-                pulse.beat();
-                if written {
-                    drain_spool(&ctx);
+            .spawn(move || {
+                let beat = || loop {
+                    let written = heartbeat_once(&ctx, &advertise, true);
                     pulse.beat();
-                }
-                upkeep.after_heartbeat(&ctx, written, &pulse);
-                refresh_instance(&ctx, ca_file.as_deref());
-                pulse.beat();
-                let kicked = kick.wait(interval);
-                if shutdown.is_requested() {
-                    return;
-                }
-                if kicked {
-                    log::info!("SIGHUP: re-reading instance {}", ctx.instance);
-                    let _ = notify::notify(&[NotifyState::Reloading]);
+                    if written {
+                        drain_spool(&ctx);
+                        pulse.beat();
+                    }
+                    upkeep.after_heartbeat(&ctx, written, &pulse);
                     refresh_instance(&ctx, ca_file.as_deref());
-                    let _ = notify::notify(&[NotifyState::Ready]);
-                }
+                    pulse.beat();
+                    let kicked = kick.wait(interval);
+                    if shutdown.is_requested() {
+                        return;
+                    }
+                    if kicked {
+                        log::info!("SIGHUP: re-reading instance {}", ctx.instance);
+                        let _ = notify::notify(&[NotifyState::Reloading]);
+                        refresh_instance(&ctx, ca_file.as_deref());
+                        let _ = notify::notify(&[NotifyState::Ready]);
+                    }
+                };
+                // Without heartbeats the dispatcher stops routing here
+                // while sessions carry on: stop cleanly instead.
+                panics::guard_service_thread("the heartbeat thread", &shutdown, beat);
             })
             .map_err(|e| RunError::Runtime(format!("cannot start the heartbeat thread: {e}")))?
     };
@@ -439,6 +445,11 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     }
     // The signal thread stopped after the shutdown signal.
     let _ = signal_thread.join();
+    if panics::service_thread_failed() {
+        return Err(RunError::Runtime(
+            "stopped because a service thread panicked (see the error above)".into(),
+        ));
+    }
     log::info!("stopped");
     Ok(())
 }

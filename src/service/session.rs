@@ -277,6 +277,12 @@ impl Session {
         lock(&self.state)
     }
 
+    /// The sequence number of the last event numbered (0 before the
+    /// first). A device cannot acknowledge past it.
+    pub fn last_event_seq(&self) -> u64 {
+        self.state().next_seq - 1
+    }
+
     /// Make the table's waker start the finisher when the session ends.
     pub fn arm_waker(self: &Arc<Self>) {
         let session = Arc::clone(self);
@@ -286,10 +292,10 @@ impl Session {
             let spawned = std::thread::Builder::new()
                 .name("session-end".into())
                 .stack_size(stack)
-                .spawn(move || s.finish());
+                .spawn(move || s.finish_guarded());
             if let Err(e) = spawned {
                 log::warn!("cannot start a session-end thread ({e}); finishing inline");
-                session.finish();
+                session.finish_guarded();
             }
         });
     }
@@ -531,6 +537,16 @@ impl Session {
     /// Run one device command against CWA and answer it (now, or when its
     /// asynchronous result arrives).
     fn command(&self, link_id: u64, command_id: u64, command: DeviceCommand) {
+        if let Err(why) = translate::check_limits(&command) {
+            let refused = ServiceMessage::CommandResult {
+                id: command_id,
+                status: Status::Failed,
+                text: why,
+                conversation: None,
+            };
+            self.answer(link_id, refused);
+            return;
+        }
         let cwa_command = translate::command(&command);
         if let DeviceCommand::SubscribePresence { uris } = &command {
             let mut st = self.state();
@@ -664,6 +680,23 @@ impl Session {
         }
     }
 
+    /// [`Session::finish`], and if it panics (logged), at least the link
+    /// closed and the session forgotten, so that nothing waits for it.
+    fn finish_guarded(&self) {
+        let what = format!("{self:?}: session finisher");
+        if crate::ops::panics::guard(&what, || self.finish()).is_none() {
+            let link = {
+                let mut st = self.state();
+                st.finished = true;
+                st.link.take()
+            };
+            if let Some(link) = link {
+                link.close();
+            }
+            self.ctx.forget_session(self.id());
+        }
+    }
+
     /// The finisher: runs once, when the session has ended.
     fn finish(&self) {
         let reason = self.handle.end_reason().unwrap_or(EndReason::Closed);
@@ -789,8 +822,18 @@ fn trim(st: &mut State, acked: u64) {
 
 /// The event thread: holds the slot and the CWA long-poll until the
 /// session ends.
-pub fn run_events(session: Arc<Session>, mut events: EventChannel, guard: SlotGuard) {
+pub fn run_events(session: Arc<Session>, events: EventChannel, guard: SlotGuard) {
     let _slot = guard;
+    let what = format!("{session:?}: event thread");
+    if crate::ops::panics::guard(&what, || poll_events(&session, events)).is_none() {
+        // The finisher tells the device and signs out of CWA; the slot is
+        // freed when `_slot` drops, just after.
+        session.ctx.table.end(session.id(), EndReason::Closed);
+    }
+}
+
+/// The event thread's loop, until the session ends.
+fn poll_events(session: &Arc<Session>, mut events: EventChannel) {
     let mut failures = 0u32;
     while !session.is_ended() {
         session.expire_commands();
@@ -884,7 +927,20 @@ pub fn serve_link(session: &Arc<Session>, link_id: u64, mut reader: LinkReader) 
             }
             Ok(DeviceMessage::Ack { seq }) => {
                 session.ctx.table.note_activity(session.id(), now);
-                trim(&mut session.state(), seq);
+                let last = {
+                    let mut st = session.state();
+                    let last = st.next_seq - 1;
+                    if seq <= last {
+                        trim(&mut st, seq);
+                    }
+                    last
+                };
+                if seq > last {
+                    // Trimming would drop events the device never had.
+                    let why = format!("ack of event {seq}, beyond the last event sent ({last})");
+                    refuse_link(session, link_id, &why);
+                    return;
+                }
             }
             Ok(DeviceMessage::Logout) => {
                 session.ctx.table.note_activity(session.id(), now);

@@ -936,12 +936,17 @@ pub fn spawn_reaper(
         .name("session-reaper".into())
         .stack_size(stack_size)
         .spawn(move || {
-            while !shutdown.wait_timeout(interval) {
-                let ended = table.expire_inactive(Instant::now());
-                if !ended.is_empty() {
-                    on_ended(ended);
+            let reap = || {
+                while !shutdown.wait_timeout(interval) {
+                    let ended = table.expire_inactive(Instant::now());
+                    if !ended.is_empty() {
+                        on_ended(ended);
+                    }
                 }
-            }
+            };
+            // Without the reaper idle sessions would hold their slots for
+            // ever: stop the service cleanly instead.
+            crate::ops::panics::guard_service_thread("the session reaper", &shutdown, reap);
         })
 }
 

@@ -17,6 +17,106 @@ use crate::wire::{
     Presence, SearchEntry,
 };
 
+/// The longest free text (message text, subject, note, name, search query)
+/// a device command may carry, in UTF-8 bytes. Even escaped in the worst
+/// way (`"` becomes `&quot;`) such a text keeps the CWA request and the
+/// event that brings it to another device well inside their limits.
+pub const MAX_TEXT_BYTES: usize = 8192;
+/// The longest identifier (SIP URI, conversation or group id) in a device
+/// command, in bytes.
+pub const MAX_ID_BYTES: usize = 1024;
+/// The most URIs one command may name.
+pub const MAX_URIS: usize = 100;
+/// The largest CWA request body collabd sends for one device command
+/// (the command's XML, before its small envelope); a command that would
+/// need more is refused like one over the per-field limits.
+pub const MAX_CWA_COMMAND_BYTES: usize = 60 * 1024;
+
+/// Checks a device command against the relay limits above. `Err` says which
+/// limit the command breaks; the session answers it with a command result
+/// of status 300 and sends nothing to CWA, whatever CWA's own limits are.
+pub fn check_limits(cmd: &DeviceCommand) -> Result<(), String> {
+    let text = |what: &str, value: &str| {
+        if value.len() > MAX_TEXT_BYTES {
+            Err(format!(
+                "{what} of {} bytes is over the limit of {MAX_TEXT_BYTES} bytes",
+                value.len()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let id = |what: &str, value: &str| {
+        if value.len() > MAX_ID_BYTES {
+            Err(format!(
+                "{what} of {} bytes is over the limit of {MAX_ID_BYTES} bytes",
+                value.len()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let uris = |list: &[String]| {
+        if list.len() > MAX_URIS {
+            return Err(format!(
+                "{} URIs in one command, over the limit of {MAX_URIS}",
+                list.len()
+            ));
+        }
+        list.iter().try_for_each(|u| id("URI", u))
+    };
+    match cmd {
+        DeviceCommand::SetPresence { note, .. } => note.iter().try_for_each(|n| text("note", n))?,
+        DeviceCommand::AddContact { uri, name, group } => {
+            id("URI", uri)?;
+            name.iter().try_for_each(|n| text("name", n))?;
+            group.iter().try_for_each(|g| id("group id", g))?;
+        }
+        DeviceCommand::RemoveContact { uri } => id("URI", uri)?,
+        DeviceCommand::AddGroup { name } => text("name", name)?,
+        DeviceCommand::RenameGroup { group, name } => {
+            id("group id", group)?;
+            text("name", name)?;
+        }
+        DeviceCommand::RemoveGroup { group } => id("group id", group)?,
+        DeviceCommand::Search { query } => text("query", query)?,
+        DeviceCommand::StartConversation {
+            to,
+            subject,
+            text: first,
+        } => {
+            uris(to)?;
+            subject.iter().try_for_each(|s| text("subject", s))?;
+            first.iter().try_for_each(|t| text("message text", t))?;
+        }
+        DeviceCommand::Send {
+            conversation,
+            text: body,
+        } => {
+            id("conversation id", conversation)?;
+            text("message text", body)?;
+        }
+        DeviceCommand::Typing { conversation, .. }
+        | DeviceCommand::Accept { conversation }
+        | DeviceCommand::Leave { conversation } => id("conversation id", conversation)?,
+        DeviceCommand::Invite {
+            conversation,
+            uris: list,
+        } => {
+            id("conversation id", conversation)?;
+            uris(list)?;
+        }
+        DeviceCommand::SubscribePresence { uris: list } => uris(list)?,
+    }
+    let request = crate::xml::to_string(&command(cmd).to_element(0)).len();
+    if request > MAX_CWA_COMMAND_BYTES {
+        return Err(format!(
+            "the CWA request would be {request} bytes, over the limit of {MAX_CWA_COMMAND_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
 /// The CWA command for a device command.
 pub fn command(cmd: &DeviceCommand) -> Command {
     match cmd {
@@ -101,6 +201,20 @@ pub enum Translated {
     },
 }
 
+/// A text from CWA cut to [`MAX_TEXT_BYTES`] on a character boundary, so
+/// the event that carries it always fits a frame (other clients of CWA
+/// may send longer texts than a device may).
+fn cut_text(mut s: String) -> String {
+    if s.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 fn none_if_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -110,7 +224,7 @@ fn availability_of(categories: &[Category]) -> Option<u32> {
 }
 
 fn note_of(categories: &[Category]) -> Option<String> {
-    categories.iter().find_map(|c| c.note.clone())
+    categories.iter().find_map(|c| c.note.clone()).map(cut_text)
 }
 
 /// The device's view of a CWA event.
@@ -195,7 +309,7 @@ pub fn event(e: Event) -> Translated {
                 let availability = Availability::from_cwa(u.availability()?);
                 Some(DeviceEvent::Presence(Presence {
                     availability,
-                    note: u.note().map(str::to_string),
+                    note: u.note().map(|n| cut_text(n.to_string())),
                     display_name: u.categories.iter().find_map(|c| c.display_name.clone()),
                     uri: u.uri,
                 }))
@@ -222,13 +336,13 @@ fn conference(conversation: String, item: ConferenceItem) -> Vec<DeviceEvent> {
             conversation,
             from: inviter_uri,
             // CWA sends an empty <subject/> when the inviter gave none.
-            subject: subject.filter(|s| !s.trim().is_empty()),
-            text: message.map(|m| m.content),
+            subject: subject.filter(|s| !s.trim().is_empty()).map(cut_text),
+            text: message.map(|m| cut_text(m.content)),
         },
         ConferenceItem::MessageReceived { sender, message } => DeviceEvent::Message {
             conversation,
             from: sender,
-            text: message.content,
+            text: cut_text(message.content),
         },
         ConferenceItem::ComposingState { uri, composing } => DeviceEvent::Typing {
             conversation,
@@ -271,6 +385,50 @@ fn conference(conversation: String, item: ConferenceItem) -> Vec<DeviceEvent> {
 mod tests {
     use super::*;
     use crate::cwa::{ContactItem, GroupItem, UserPresence};
+
+    #[test]
+    fn commands_over_the_relay_limits_are_refused_before_cwa() {
+        let send = |text: String| DeviceCommand::Send {
+            conversation: "c1".into(),
+            text,
+        };
+        assert!(check_limits(&send("x".repeat(MAX_TEXT_BYTES))).is_ok());
+        let why = check_limits(&send("x".repeat(MAX_TEXT_BYTES + 1))).unwrap_err();
+        assert!(why.contains("8192"), "{why}");
+        // Multi-byte text counts bytes, not characters.
+        assert!(check_limits(&send("é".repeat(MAX_TEXT_BYTES / 2 + 1))).is_err());
+        let invite = |n: usize, len: usize| DeviceCommand::Invite {
+            conversation: "c1".into(),
+            uris: vec![format!("sip:{}@x", "u".repeat(len)); n],
+        };
+        assert!(check_limits(&invite(MAX_URIS, 10)).is_ok());
+        assert!(check_limits(&invite(MAX_URIS + 1, 10)).is_err());
+        assert!(check_limits(&invite(1, MAX_ID_BYTES)).is_err());
+        // Within every per-field limit, but escaping makes the request too
+        // big: 100 URIs of 1000 quotes each.
+        let quoted = DeviceCommand::SubscribePresence {
+            uris: vec!["\"".repeat(1000); MAX_URIS],
+        };
+        let why = check_limits(&quoted).unwrap_err();
+        assert!(why.contains("CWA request"), "{why}");
+    }
+
+    #[test]
+    fn long_texts_from_cwa_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_TEXT_BYTES);
+        let events = conference(
+            "3".into(),
+            ConferenceItem::MessageReceived {
+                sender: "sip:bob@x".into(),
+                message: ImMessage::plain(&long),
+            },
+        );
+        let [DeviceEvent::Message { text, .. }] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(text.len(), MAX_TEXT_BYTES);
+        assert!(long.starts_with(text.as_str()));
+    }
 
     #[test]
     fn an_empty_cwa_subject_is_no_subject() {

@@ -619,7 +619,13 @@ impl Server {
             .directory
             .by_domain_account(&auth.domain, &auth.user);
         let verified = user.is_some_and(|u| {
-            ntlm::verify_ntlmv2(&auth, challenge, &self.ocs.directory.users[u].password)
+            match ntlm::verify_ntlmv2(&auth, challenge, &self.ocs.directory.users[u].password) {
+                Ok(verified) => verified,
+                Err(e) => {
+                    log::error!("{}: IWA logon cannot be checked: {e}", st.peer);
+                    false
+                }
+            }
         });
         let Some(user) = user.filter(|_| verified) else {
             log::warn!(

@@ -12,13 +12,15 @@
 //! normalisation turns CR LF and lone CR into LF. Otherwise every message
 //! round-trips exactly. Parsing refuses documents over
 //! [`MAX_MESSAGE_LEN`], with a DTD, nested deeper than
-//! [`MAX_DEPTH`], with an unknown message, command or event element, or with
-//! a missing or malformed attribute; unknown extra attributes and child
-//! elements are ignored.
+//! [`MAX_DEPTH`] or holding more than [`MAX_ELEMENTS`] elements, with
+//! anything but whitespace and comments after the message element (one
+//! message per frame), with an unknown message, command or event element,
+//! or with a missing or malformed attribute; unknown extra attributes and
+//! child elements are ignored.
 
 use std::io::{Read, Write};
 
-use xmltree::{Element, ParserConfig};
+use xmltree::{Element, ParserConfig, XMLNode};
 
 use super::channel::{SecureChannel, SecureReader, SecureWriter, MAX_MESSAGE_LEN};
 use super::secret::Secret;
@@ -28,6 +30,10 @@ use crate::xml;
 
 /// The deepest element nesting a message may have (ours go 4 deep).
 pub const MAX_DEPTH: usize = 16;
+/// The most elements one message may hold. A frame's 65504 deflated bytes
+/// carry a few thousand contacts at most; the bound keeps a small deflate
+/// bomb of `<a/>`s from building a tree of millions of elements.
+pub const MAX_ELEMENTS: usize = 20_000;
 
 /// What the device reports about its radio and use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -883,12 +889,26 @@ fn parse_document(bytes: &[u8]) -> Result<Element, WireError> {
     check_shape(bytes)?;
     // Whitespace-only text is content here (a message may be "  "), so
     // whitespace is kept as characters.
+    // One message per frame: a second root element is malformed XML
+    // here, not a message to answer after the first.
     let config = ParserConfig::new()
         .whitespace_to_characters(true)
         .cdata_to_characters(true)
-        .ignore_comments(true);
-    let root = Element::parse_with_config(bytes, config)
+        .ignore_comments(true)
+        .allow_multiple_root_elements(false);
+    let nodes = Element::parse_all_with_config(bytes, config)
         .map_err(|e| bad(format!("malformed XML: {e}")))?;
+    let mut root = None;
+    for node in nodes {
+        match node {
+            XMLNode::Element(e) if root.is_none() => root = Some(e),
+            XMLNode::Element(_) => return Err(bad("more than one element in one frame")),
+            XMLNode::Text(t) if t.trim().is_empty() => {}
+            XMLNode::Comment(_) | XMLNode::ProcessingInstruction(..) => {}
+            _ => return Err(bad("content outside the message element")),
+        }
+    }
+    let root = root.ok_or_else(|| bad("no message element"))?;
     if root.namespace.is_some() || root.prefix.is_some() {
         return Err(bad("message elements take no namespace"));
     }
@@ -900,7 +920,7 @@ fn parse_document(bytes: &[u8]) -> Result<Element, WireError> {
 fn check_shape(b: &[u8]) -> Result<(), WireError> {
     let shape = crate::xml::Shape {
         max_depth: MAX_DEPTH,
-        max_elements: usize::MAX,
+        max_elements: MAX_ELEMENTS,
         allow_declarations: false,
     };
     crate::xml::check_shape(b, &shape).map_err(|e| bad(e.to_string()))

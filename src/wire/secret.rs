@@ -6,9 +6,9 @@
 //! A password passes through buffers that are not ours: the XML parser's
 //! text buffers, the inflater's window, the HTTP client's output buffer,
 //! the NTLM hashing. Our own buffers are wiped explicitly; for the others
-//! a sign-in runs inside a [`WipeScope`], and the crate's global allocator
-//! ([`WipingAllocator`], set in the crate root) zeroes each block freed on
-//! that thread while the scope is open. Outside a scope the allocator is
+//! a sign-in runs inside a [`WipeScope`], and the global allocator
+//! ([`WipingAllocator`], which the `collabd` and `collab-device` programs
+//! install) zeroes each block freed on that thread while the scope is open. Outside a scope the allocator is
 //! the system's, plus one thread-local flag test per free.
 //!
 //! Wiping uses volatile writes, so the compiler cannot drop them as dead

@@ -1172,7 +1172,8 @@ fn sim_conversation_over_https_with_the_test_ca() {
 /// Every sign-in made from one configuration shares its TLS context: later
 /// connections resume a cached TLS session, yet certificates are still
 /// verified (a server the configured CA does not vouch for is refused while
-/// the context is in use) and each user keeps their own connections.
+/// the context is in use, and so is a certificate for another name) and
+/// each user keeps their own connections.
 #[test]
 fn sim_shared_tls_context_resumes_verifies_and_keeps_users_apart() {
     let ca = TestCa::new();
@@ -1220,6 +1221,19 @@ fn sim_shared_tls_context_resumes_verifies_and_keeps_users_apart() {
     assert!(matches!(e, SignInError::Tls(_)), "{e:?}");
     assert_eq!(e.device_status(), 306);
     assert!(stranger.connections().iter().all(|c| c.users().is_empty()));
+    // A server with a certificate from the trusted CA but for another
+    // name: the host name check refuses it.
+    let misnamed_ca = TestCa::for_name("cwa.example.com", None);
+    let misnamed = Sim::start_tls(USERS, &misnamed_ca, &FAST);
+    let e = sign_in_error(
+        &sim_config(&misnamed.base_url(), Some(&misnamed_ca)),
+        r"CONTOSO\carol",
+        "pw-carol",
+    );
+    assert!(
+        matches!(&e, SignInError::Tls(why) if why.contains("hostname mismatch")),
+        "{e:?}"
+    );
     let carol = sign_in(&config, r"CONTOSO\carol", "pw-carol");
     assert_eq!(carol.info().own_uri, "sip:carol@contoso.com");
     assert_connections_unshared(
@@ -1240,6 +1254,19 @@ fn sim_shared_tls_context_resumes_verifies_and_keeps_users_apart() {
 fn sim_forms_fallback_for_an_iwa_no_user() {
     let sim = Sim::start_with(USERS, &FAST);
     let config = sim_config(&sim.base_url(), None);
+    // A server with a certificate from the trusted CA but for another
+    // name: the host name check refuses it.
+    let misnamed_ca = TestCa::for_name("cwa.example.com", None);
+    let misnamed = Sim::start_tls(USERS, &misnamed_ca, &FAST);
+    let e = sign_in_error(
+        &sim_config(&misnamed.base_url(), Some(&misnamed_ca)),
+        r"CONTOSO\carol",
+        "pw-carol",
+    );
+    assert!(
+        matches!(&e, SignInError::Tls(why) if why.contains("hostname mismatch")),
+        "{e:?}"
+    );
     let carol = sign_in(&config, r"CONTOSO\carol", "pw-carol");
     assert_eq!(carol.info().via, SignedInVia::Forms);
     assert_eq!(carol.info().own_uri, "sip:carol@contoso.com");

@@ -1,5 +1,6 @@
 //! A throwaway test CA made at test time with OpenSSL: a CA certificate and
-//! a server certificate for `localhost` and `127.0.0.1` signed by it,
+//! a server certificate (for `localhost` and `127.0.0.1` unless asked for
+//! another name) signed by it,
 //! written as PEM files (the key as PKCS#8, as native-tls wants), plus
 //! client configurations that trust only that CA.
 #![allow(dead_code)]
@@ -58,8 +59,15 @@ fn builder(cn: &str, key: &PKey<Private>, days: u32) -> X509Builder {
 }
 
 impl TestCa {
-    /// Generates a fresh CA and server certificate in a new temp dir.
+    /// Generates a fresh CA and server certificate (for `localhost` and
+    /// 127.0.0.1) in a new temp dir.
     pub fn new() -> TestCa {
+        TestCa::for_name("localhost", Some("127.0.0.1"))
+    }
+
+    /// Like [`TestCa::new`], with the server certificate issued for `dns`
+    /// (and `ip`, if given) only.
+    pub fn for_name(dns: &str, ip: Option<&str>) -> TestCa {
         let dir = TempDir::new("testca");
         let ca_key = new_key();
         let mut ca = builder("collabd test CA", &ca_key, 30);
@@ -87,7 +95,7 @@ impl TestCa {
         let ca_cert: X509 = ca.build();
 
         let key = new_key();
-        let mut srv = builder("localhost", &key, 30);
+        let mut srv = builder(dns, &key, 30);
         srv.set_issuer_name(ca_cert.subject_name()).unwrap();
         srv.append_extension(BasicConstraints::new().build().unwrap())
             .unwrap();
@@ -103,11 +111,12 @@ impl TestCa {
         srv.append_extension(ExtendedKeyUsage::new().server_auth().build().unwrap())
             .unwrap();
         let ctx = srv.x509v3_context(Some(&ca_cert), None);
-        let san = SubjectAlternativeName::new()
-            .dns("localhost")
-            .ip("127.0.0.1")
-            .build(&ctx)
-            .unwrap();
+        let mut san = SubjectAlternativeName::new();
+        san.dns(dns);
+        if let Some(ip) = ip {
+            san.ip(ip);
+        }
+        let san = san.build(&ctx).unwrap();
         let ski = SubjectKeyIdentifier::new().build(&ctx).unwrap();
         let aki = AuthorityKeyIdentifier::new()
             .keyid(false)

@@ -1,10 +1,12 @@
 //! Running the programs on a real system: readiness and watchdog
 //! notifications ([`notify`]), signals and the shutdown flag ([`signals`]),
-//! logging to stderr or the journal ([`logging`]), and a throwaway
+//! logging to stderr or the journal ([`logging`]), resident memory kept
+//! proportional to what is held ([`memory`]), and a throwaway
 //! PostgreSQL cluster for tests and the demo ([`scratch_pg`]), and UTC
 //! calendar time without a date crate ([`utc`]).
 
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod scratch_pg;
 pub mod signals;

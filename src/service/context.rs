@@ -2,7 +2,7 @@
 //! shares: the instance's name and current settings from its Config DB
 //! row, the session table, the pool of Config DB connections, the live
 //! sessions by id (for a device re-attaching), the stopping flag, and the
-//! daemon's timeouts. Also the two Config DB writes every part makes:
+//! daemon's timeouts, and the pool of finisher threads. Also the two Config DB writes every part makes:
 //! audit events and session registry updates, which are best effort (a
 //! running session carries on when PostgreSQL is down; the failure is
 //! logged).
@@ -16,12 +16,19 @@ use crate::configdb::pool::{Pool, PoolError};
 use crate::configdb::{AuditEvent, ConfigDb, DbError, Instance};
 use crate::cwa::ClientConfig;
 
+use super::finishers::Finishers;
 use super::session::Session;
 use super::table::{Limits, SessionId, SessionTable};
 
 /// Config DB connections a collabd instance keeps for logins, registry
 /// writes, audit and the heartbeat.
 pub const DB_POOL_SIZE: usize = 8;
+
+/// Most threads ending sessions at once (CWA sign-out, the device's last
+/// message, registry and audit): enough to end 5,000 sessions within a
+/// few seconds with CWA and the Config DB answering in milliseconds, few
+/// enough that a mass end adds little to the task count.
+pub const FINISHER_THREADS: usize = 32;
 
 /// How long a registry or audit write may wait for a pooled connection.
 pub const DB_WRITE_WAIT: Duration = Duration::from_secs(5);
@@ -88,6 +95,8 @@ pub struct ServiceContext {
     pub db: Pool<ConfigDb>,
     /// Timeouts and sizes.
     pub timeouts: Timeouts,
+    /// The threads that end sessions.
+    pub finishers: Finishers,
     cwa: RwLock<CwaSettings>,
     stopping: AtomicBool,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
@@ -116,6 +125,7 @@ impl ServiceContext {
             instance,
             table,
             db,
+            finishers: Finishers::new(FINISHER_THREADS, timeouts.thread_stack_size),
             timeouts,
             cwa: RwLock::new(cwa),
             stopping: AtomicBool::new(false),
@@ -160,6 +170,7 @@ impl ServiceContext {
     pub fn forget_session(&self, id: SessionId) {
         self.sessions().remove(&id);
         self.sessions_changed.notify_all();
+        self.finishers.note_freed();
     }
 
     /// A live session by id, for a device re-attaching.

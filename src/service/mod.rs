@@ -3,7 +3,8 @@
 //! device connection's login ([`login`]), the running session and its
 //! event relay ([`session`]), the translation between device protocol and
 //! CWA ([`translate`]), the in-memory password proof for re-attaching
-//! ([`credential`]), the state every thread shares ([`context`]) and the
+//! ([`credential`]), the state every thread shares ([`context`]), the
+//! bounded pool of threads that end sessions ([`finishers`]) and the
 //! daemon's start-up and shutdown ([`run`]).
 //!
 //! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; the
@@ -11,6 +12,7 @@
 
 pub mod context;
 pub mod credential;
+pub mod finishers;
 pub mod listener;
 pub mod login;
 pub mod run;

@@ -3,26 +3,89 @@
 //! with `Read` and `Write`, so the code that reads requests or frames is
 //! written once for both transports. What each program needs beyond that
 //! (timeouts, halves for two threads, half-close) lives with that program.
+//!
+//! The socket under a [`Stream`] is a `TcpStream` or a [`SharedSocket`]:
+//! one descriptor shared (by reference count) by every handle that needs
+//! it (a reading half, a writing half, a shutdown handle), where `try_clone`
+//! would spend a descriptor on each.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+
+/// What a [`Stream`] runs over: a byte stream with a TCP socket beneath.
+pub trait TcpSocket: Read + Write {
+    /// The TCP socket (for timeouts, addresses and shutdown).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl TcpSocket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// One TCP socket shared by several handles without duplicating its
+/// descriptor: reads and writes go to the same socket (`&TcpStream` is
+/// `Read` and `Write`), and the descriptor is closed when the last handle
+/// goes. A handle kept only to call `shutdown(2)` therefore also keeps the
+/// descriptor number from being reused under it.
+#[derive(Clone, Debug)]
+pub struct SharedSocket(Arc<TcpStream>);
+
+impl SharedSocket {
+    /// Share `tcp`.
+    pub fn new(tcp: TcpStream) -> SharedSocket {
+        SharedSocket(Arc::new(tcp))
+    }
+}
+
+impl std::ops::Deref for SharedSocket {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl TcpSocket for SharedSocket {
+    fn tcp(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl Read for SharedSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for SharedSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
 
 /// A connection: plain TCP, or TLS over TCP (boxed: a TLS stream is large
 /// and most connections in tests and on internal networks are plain).
 #[derive(Debug)]
-pub enum Stream {
+pub enum Stream<S = TcpStream> {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(S),
     /// TLS over TCP.
-    Tls(Box<native_tls::TlsStream<TcpStream>>),
+    Tls(Box<native_tls::TlsStream<S>>),
 }
 
-impl Stream {
+impl<S: TcpSocket> Stream<S> {
     /// The TCP socket underneath (for timeouts, addresses and shutdown).
     pub fn tcp(&self) -> &TcpStream {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref(),
+            Stream::Plain(s) => s.tcp(),
+            Stream::Tls(s) => s.get_ref().tcp(),
         }
     }
 
@@ -32,7 +95,7 @@ impl Stream {
     }
 }
 
-impl Read for Stream {
+impl<S: Read + Write> Read for Stream<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
@@ -41,7 +104,7 @@ impl Read for Stream {
     }
 }
 
-impl Write for Stream {
+impl<S: Read + Write> Write for Stream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),

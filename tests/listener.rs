@@ -1,6 +1,5 @@
 //! The device-link listener with real sockets on 127.0.0.1: the cap on
-//! connections not yet signed in, the sign-in deadline (and a handler's
-//! shorter cut for one step of it), handler panics,
+//! connections not yet signed in, the sign-in deadline, handler panics,
 //! shutdown, and TLS with a certificate generated at test time.
 
 mod support;
@@ -470,6 +469,103 @@ fn a_tls_read_half_honours_the_read_timeout() {
         rx.recv_timeout(PATIENCE).unwrap(),
         Err(std::io::ErrorKind::TimedOut)
     );
+    server.stop(Duration::ZERO, PATIENCE);
+}
+
+/// A client-side stream that, once `hold` is set, keeps what TLS writes
+/// instead of sending it, so the test can send a record piecemeal.
+#[derive(Debug)]
+struct Holding {
+    tcp: TcpStream,
+    held: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl Read for Holding {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Holding {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.held.lock().unwrap().as_mut() {
+            Some(held) => {
+                held.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            None => self.tcp.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// A slow device has sent only part of a TLS record: the reading half
+/// waits for the rest without holding the stream, so an event written
+/// meanwhile still reaches the device (the read timeout is 60 s; the
+/// client gives up on the tick long before that).
+#[test]
+fn a_partial_tls_record_from_the_device_does_not_hold_up_writes() {
+    let cert = support::certs::self_signed_localhost();
+    let acceptor = tls_acceptor_from_pem(&cert.cert_pem, &cert.key_pem).unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let (got_tx, got_rx) = mpsc::channel();
+    let got_tx = Mutex::new(got_tx);
+    let handler: Handler = Arc::new(move |incoming: Incoming| {
+        let (mut reader, mut writer) = incoming.stream.into_halves().unwrap();
+        let got = got_tx.lock().unwrap().clone();
+        let read = std::thread::spawn(move || {
+            let mut buf = [0u8; 5];
+            let r = reader.read_exact(&mut buf).map(|()| buf.to_vec());
+            let _ = got.send(r.map_err(|e| e.kind()));
+        });
+        // The reader is inside its read, part of a record arrived.
+        go_rx.lock().unwrap().recv_timeout(PATIENCE).unwrap();
+        writer.write_all(b"tick\n").unwrap();
+        read.join().unwrap();
+    });
+    let server = Listener::bind("127.0.0.1:0", Some(acceptor), limits(2, PATIENCE))
+        .unwrap()
+        .serve(handler)
+        .unwrap();
+    let tcp = connect(server.local_addr());
+    let mut raw = tcp.try_clone().unwrap();
+    let held = Arc::new(Mutex::new(None));
+    let connector = support::certs::client_trusting(&cert);
+    let mut c = connector
+        .connect(
+            "localhost",
+            Holding {
+                tcp,
+                held: Arc::clone(&held),
+            },
+        )
+        .unwrap();
+    *held.lock().unwrap() = Some(Vec::new());
+    c.write_all(b"hello").unwrap();
+    let record = held.lock().unwrap().take().unwrap();
+    assert!(record.len() > 10, "one TLS record: {} bytes", record.len());
+    raw.write_all(&record[..8]).unwrap();
+    // Let the reader see the partial record (poll says readable) and try it.
+    std::thread::sleep(Duration::from_millis(200));
+    go_tx.send(()).unwrap();
+    c.get_ref()
+        .tcp
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tick = [0u8; 5];
+    c.read_exact(&mut tick)
+        .expect("the event written while a record is half in arrives");
+    assert_eq!(&tick, b"tick\n");
+    raw.write_all(&record[8..]).unwrap();
+    assert_eq!(
+        got_rx.recv_timeout(PATIENCE).unwrap(),
+        Ok(b"hello".to_vec())
+    );
+    drop(c);
     server.stop(Duration::ZERO, PATIENCE);
 }
 

@@ -487,6 +487,41 @@ fn silent_garbage_and_stalled_connections_never_hold_a_slot() {
     assert!(stack.audited("login_admitted", devices[0].pin, "s-"));
 }
 
+#[test]
+fn a_refused_frame_gets_its_308_and_an_orderly_end_even_with_input_in_flight() {
+    let (mut stack, _devices) = stack_with(&["alice"], settings(Some(1)));
+    let addr = stack.start_collabd(&[]);
+    for attempt in 0..3 {
+        let mut device = TcpStream::connect(addr).unwrap();
+        device.set_read_timeout(Some(WAIT)).unwrap();
+        device.set_write_timeout(Some(WAIT)).unwrap();
+        // A Hello announcing 200,000 bytes (the limit is 65,536), and all
+        // of them sent: collabd refuses on the length and stops reading,
+        // while most of the frame is still on its way.
+        let len = 200_000usize;
+        let mut frame = (len as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[1, 1, 0, 0, 0, 0, 0, 7]);
+        frame.resize(4 + len, 0xa5);
+        let mut writer = device.try_clone().unwrap();
+        let sender = std::thread::spawn(move || writer.write_all(&frame));
+        let mut got = Vec::new();
+        let read = device.read_to_end(&mut got);
+        let sent = sender.join().unwrap();
+        // A reset would fail the read (after or instead of the refusal) and
+        // the rest of the device's writes.
+        assert!(
+            read.is_ok(),
+            "try {attempt}: read ended with {read:?} after {} bytes",
+            got.len()
+        );
+        assert!(sent.is_ok(), "try {attempt}: the device's writes: {sent:?}");
+        let refused = collabd::wire::read_frame(&mut &got[..], collabd::wire::MAX_FRAME_LEN)
+            .expect("a whole Refused frame");
+        let (status, text) = refused.refusal().unwrap();
+        assert_eq!(status.code(), 308, "{text}");
+    }
+}
+
 fn library_client(stack: &Stack, dev: &support::collabd::TestDevice) -> DeviceClient {
     DeviceClient::connect(&DeviceConfig {
         addr: stack.collabd.as_ref().unwrap().addr.to_string(),

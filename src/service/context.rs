@@ -1,12 +1,12 @@
 //! What every connection and session thread of one collabd instance
 //! shares: the instance's name and current settings from its Config DB
 //! row, the session table, the pool of Config DB connections, the live
-//! sessions by id (for a device re-attaching), the stopping flag, and the
-//! daemon's timeouts. Also the two Config DB writes every part makes:
-//! audit events and session registry updates, which are best effort (a
-//! running session carries on when PostgreSQL is down; the failure is
-//! logged); and the Hellos' device lookups and the audit of failures,
-//! bounded as [`super::throttle`] says.
+//! sessions by id (for a device re-attaching), the stopping flag, the
+//! daemon's timeouts and the pool of finisher threads. Also the two Config
+//! DB writes every part makes, audit events and session registry updates
+//! (through the [`super::spool`] while PostgreSQL is unavailable: a running
+//! session carries on); and the Hellos' device lookups and the audit of
+//! failures, bounded as [`super::throttle`] says.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use crate::configdb::{AuditEvent, ConfigDb, DbError, Device, Instance};
 use crate::cwa::ClientConfig;
 use crate::wire::{self, Status};
 
+use super::finishers::Finishers;
 use super::session::Session;
 use super::spool::{RegistryWrite, Spool};
 use super::table::{Limits, SessionId, SessionTable};
@@ -30,6 +31,12 @@ use super::throttle::{
 /// Config DB connections a collabd instance keeps for logins, registry
 /// writes, audit and the heartbeat.
 pub const DB_POOL_SIZE: usize = 8;
+
+/// Most threads ending sessions at once (CWA sign-out, the device's last
+/// message, registry and audit): enough to end 5,000 sessions within a
+/// few seconds with CWA and the Config DB answering in milliseconds, few
+/// enough that a mass end adds little to the task count.
+pub const FINISHER_THREADS: usize = 32;
 
 /// How long a registry or audit write may wait for a pooled connection.
 pub const DB_WRITE_WAIT: Duration = Duration::from_secs(5);
@@ -109,6 +116,8 @@ pub struct ServiceContext {
     pub spool: Spool,
     /// Timeouts and sizes.
     pub timeouts: Timeouts,
+    /// The threads that end sessions.
+    pub finishers: Finishers,
     cwa: RwLock<CwaSettings>,
     stopping: AtomicBool,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
@@ -143,6 +152,7 @@ impl ServiceContext {
             table,
             db,
             spool,
+            finishers: Finishers::new(FINISHER_THREADS, timeouts.thread_stack_size),
             timeouts,
             cwa: RwLock::new(cwa),
             stopping: AtomicBool::new(false),
@@ -196,6 +206,7 @@ impl ServiceContext {
     pub fn forget_session(&self, id: SessionId) {
         self.sessions().remove(&id);
         self.sessions_changed.notify_all();
+        self.finishers.note_freed();
     }
 
     /// A live session by id, for a device re-attaching.

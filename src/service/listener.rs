@@ -34,8 +34,18 @@
 //!   no way to interrupt it; tiny_http does the same). [`Server::stop`]
 //!   then gives live connections a grace period to finish (the caller has
 //!   already told sessions to end), shuts down the sockets still open
-//!   (a `try_clone` of each is kept for this), and waits up to a hard
+//!   (the listener keeps a handle of each), and waits up to a hard
 //!   deadline; threads still running after that are reported, not joined.
+//! - **One descriptor per connection.** The socket is a [`SharedSocket`]:
+//!   the listener's handle, the reading and writing halves and a session's
+//!   [`Closer`] share it; none duplicates the descriptor.
+//! - **What was sent last arrives.** When the handler returns, the sending
+//!   side is shut down and what the peer still sends is read and discarded
+//!   until it closes, for at most [`LINGER`] and [`LINGER_BYTES`]; only then
+//!   is the socket closed. Closing with unread input would answer the peer
+//!   with a reset, which can destroy a refusal or last message before the
+//!   peer (or a relay in between) reads it. A session ending the
+//!   connection from another thread does the same through its [`Closer`].
 //!
 //! A panic in a handler is caught and logged; the connection is closed and
 //! its permit freed.
@@ -44,12 +54,15 @@
 //! to the device: [`Stream::into_halves`] splits the connection for that.
 //! A plain connection splits into two handles of the socket. A TLS
 //! connection cannot be read and written from two threads at once (OpenSSL
-//! forbids it), so its halves share it behind a mutex: the reader waits
-//! for the socket to become readable *without* the lock (`poll(2)`, bounded
-//! by the socket's read timeout), then takes the lock and reads a whole TLS
-//! record into its own 16 KiB buffer, so no decrypted data is ever left
-//! inside OpenSSL unseen by `poll`. A writer thus waits at most for one
-//! record being read, never for the device to speak.
+//! forbids it), so its halves share it behind a mutex, over a socket made
+//! non-blocking: the reader waits for the socket to become readable
+//! *without* the lock (`poll(2)`, bounded by the socket's read timeout),
+//! then takes the lock and reads into its own 16 KiB buffer (a whole
+//! record, so no decrypted data is ever left inside OpenSSL unseen by
+//! `poll`); if only part of a record has arrived (a slow device), OpenSSL
+//! returns at once, the lock is let go and the reader polls again. A
+//! writer thus waits at most for one record being decrypted, never for the
+//! device to speak or to finish a record.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -135,8 +148,12 @@ impl Default for ListenerLimits {
     }
 }
 
-/// A device-link connection, plain or TLS ([`crate::net::Stream`]).
-pub use crate::net::Stream;
+/// A device-link connection, plain or TLS ([`crate::net::Stream`]) over
+/// one socket that its halves and the listener's shutdown handle share
+/// (one descriptor per connection, not one per handle).
+pub type Stream = crate::net::Stream<SharedSocket>;
+
+pub use crate::net::SharedSocket;
 
 /// What the device listener needs of a connection beyond reading and
 /// writing.
@@ -151,10 +168,19 @@ impl Stream {
         self.tcp().set_write_timeout(Some(timeout))
     }
 
-    /// A second handle to the socket, e.g. for a session waker that calls
-    /// `shutdown(Both)` to unblock this connection's reader.
+    /// A second descriptor of the socket (tests only need this; collabd
+    /// itself shares one descriptor, see [`Stream::socket`]).
     pub fn try_clone_tcp(&self) -> io::Result<TcpStream> {
         self.tcp().try_clone()
+    }
+
+    /// Another handle of the socket, without a new descriptor (e.g. for a
+    /// session waker that calls `shutdown(Both)` to unblock the reader).
+    pub fn socket(&self) -> SharedSocket {
+        match self {
+            Stream::Plain(s) => s.clone(),
+            Stream::Tls(s) => s.get_ref().clone(),
+        }
     }
 
     /// The peer's address.
@@ -165,19 +191,23 @@ impl Stream {
     /// Wait up to `timeout` for the socket to become readable (data, EOF or
     /// an error), without reading.
     pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        poll_readable(self.tcp().as_raw_fd(), Some(timeout))
+        poll_fd(self.tcp().as_raw_fd(), libc::POLLIN, Some(timeout))
     }
 
     /// Split into a reading and a writing half usable from two threads (see
-    /// the module documentation). Timeouts stay those of the socket.
+    /// the module documentation). Timeouts stay those of the socket. Both
+    /// halves use the one socket: no descriptor is added.
     pub fn into_halves(self) -> io::Result<(ReadHalf, WriteHalf)> {
         match self {
-            Stream::Plain(s) => {
-                let w = s.try_clone()?;
-                Ok((ReadHalf::Plain(s), WriteHalf::Plain(w)))
-            }
+            Stream::Plain(s) => Ok((ReadHalf::Plain(s.clone()), WriteHalf::Plain(s))),
             Stream::Tls(s) => {
-                let socket = s.get_ref().try_clone()?;
+                let socket = s.get_ref().clone();
+                // From now on OpenSSL never blocks under the lock: a read
+                // that finds only part of a record returns WANT_READ and
+                // the reader waits for the rest without the lock; a write
+                // that finds the send buffer full waits for room, bounded
+                // by the write timeout (see `WriteHalf::write`).
+                socket.set_nonblocking(true)?;
                 let shared = Arc::new(Mutex::new(*s));
                 Ok((
                     ReadHalf::Tls {
@@ -201,10 +231,16 @@ impl Stream {
     }
 }
 
-fn poll_readable(fd: std::os::unix::io::RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+/// Wait up to `timeout` (forever if `None`) for `events` on `fd`. Ok(false)
+/// if the time ran out.
+fn poll_fd(
+    fd: std::os::unix::io::RawFd,
+    events: libc::c_short,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events,
         revents: 0,
     };
     let ms = match timeout {
@@ -224,6 +260,24 @@ fn poll_readable(fd: std::os::unix::io::RawFd, timeout: Option<Duration>) -> io:
     }
 }
 
+/// Time left until `deadline`, or a timeout error.
+fn left_until(deadline: Option<Instant>, what: &str) -> io::Result<Option<Duration>> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{what} timed out"),
+                ))
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
+
 /// A TLS record's largest plaintext: reading this much at once drains a
 /// record from OpenSSL.
 const TLS_RECORD: usize = 16 * 1024;
@@ -231,14 +285,15 @@ const TLS_RECORD: usize = 16 * 1024;
 /// The reading half of a [`Stream`].
 pub enum ReadHalf {
     /// A handle of the plain socket.
-    Plain(TcpStream),
-    /// The shared TLS stream, a socket handle to poll, and decrypted bytes
-    /// not yet handed out (`buffer[start..]`).
+    Plain(SharedSocket),
+    /// The shared TLS stream (its socket non-blocking), a handle of the
+    /// socket to poll, and decrypted bytes not yet handed out
+    /// (`buffer[start..]`).
     Tls {
         /// The TLS stream, shared with the writing half.
-        shared: Arc<Mutex<native_tls::TlsStream<TcpStream>>>,
+        shared: Arc<Mutex<native_tls::TlsStream<SharedSocket>>>,
         /// For `poll` and the read timeout.
-        socket: TcpStream,
+        socket: SharedSocket,
         /// Decrypted bytes read ahead.
         buffer: Vec<u8>,
         /// How much of `buffer` was already handed out.
@@ -252,6 +307,14 @@ impl ReadHalf {
         match self {
             ReadHalf::Plain(s) => s,
             ReadHalf::Tls { socket, .. } => socket,
+        }
+    }
+
+    /// Another handle of the socket, without a new descriptor.
+    pub fn socket(&self) -> SharedSocket {
+        match self {
+            ReadHalf::Plain(s) => s.clone(),
+            ReadHalf::Tls { socket, .. } => socket.clone(),
         }
     }
 }
@@ -276,20 +339,44 @@ impl Read for ReadHalf {
                 start,
             } => {
                 if *start == buffer.len() {
-                    if !poll_readable(socket.as_raw_fd(), socket.read_timeout()?)? {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"));
-                    }
+                    let deadline = socket.read_timeout()?.map(|t| Instant::now() + t);
                     buffer.resize(TLS_RECORD, 0);
-                    let n = {
-                        let mut tls = shared.lock().unwrap_or_else(|p| p.into_inner());
-                        tls.read(buffer)
-                    };
-                    let n = match n {
-                        Ok(n) => n,
-                        Err(e) => {
-                            buffer.clear();
-                            *start = 0;
-                            return Err(e);
+                    let n = loop {
+                        // Wait without the lock: the writer may send while
+                        // the device is silent or mid-record.
+                        let wait = left_until(deadline, "read")
+                            .and_then(|left| poll_fd(socket.as_raw_fd(), libc::POLLIN, left));
+                        match wait {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                buffer.clear();
+                                *start = 0;
+                                return Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "read timed out",
+                                ));
+                            }
+                            Err(e) => {
+                                buffer.clear();
+                                *start = 0;
+                                return Err(e);
+                            }
+                        }
+                        let read = {
+                            let mut tls = shared.lock().unwrap_or_else(|p| p.into_inner());
+                            tls.read(buffer)
+                        };
+                        match read {
+                            Ok(n) => break n,
+                            // Only part of a record (or a record with no
+                            // application data) was there: wait for more.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => {
+                                buffer.clear();
+                                *start = 0;
+                                return Err(e);
+                            }
                         }
                     };
                     buffer.truncate(n);
@@ -310,9 +397,9 @@ impl Read for ReadHalf {
 /// The writing half of a [`Stream`].
 pub enum WriteHalf {
     /// A handle of the plain socket.
-    Plain(TcpStream),
-    /// The shared TLS stream.
-    Tls(Arc<Mutex<native_tls::TlsStream<TcpStream>>>),
+    Plain(SharedSocket),
+    /// The shared TLS stream (its socket non-blocking).
+    Tls(Arc<Mutex<native_tls::TlsStream<SharedSocket>>>),
 }
 
 impl fmt::Debug for WriteHalf {
@@ -328,7 +415,33 @@ impl Write for WriteHalf {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             WriteHalf::Plain(s) => s.write(buf),
-            WriteHalf::Tls(t) => t.lock().unwrap_or_else(|p| p.into_inner()).write(buf),
+            WriteHalf::Tls(t) => {
+                let mut tls = t.lock().unwrap_or_else(|p| p.into_inner());
+                let socket = tls.get_ref().clone();
+                let deadline = socket.write_timeout()?.map(|t| Instant::now() + t);
+                loop {
+                    match tls.write(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // The send buffer is full: wait for room, the
+                            // lock held (OpenSSL wants the same write
+                            // retried); the reader only waits for it while
+                            // it has a whole record to read.
+                            let left = left_until(deadline, "write")?;
+                            if !poll_fd(socket.as_raw_fd(), libc::POLLOUT, left)? {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "write timed out",
+                                ));
+                            }
+                            // Room, yet OpenSSL may want to read first (a
+                            // renegotiation): do not spin on it.
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        other => return other,
+                    }
+                }
+            }
         }
     }
 
@@ -387,10 +500,113 @@ impl PendingPermit {
     /// the handshake); never later than [`sign_in_deadline`](Self::sign_in_deadline).
     pub fn cut_at(&self, at: Instant) {
         let at = at.min(self.sign_in_deadline);
-        if let Some(record) = self.shared.lock().map.get_mut(&self.conn) {
-            record.deadline = Some(at);
+        {
+            let mut conns = self.shared.lock();
+            if conns.map.contains_key(&self.conn) {
+                conns.deadlines.insert(self.conn, at);
+            }
         }
         self.shared.changed.notify_all();
+    }
+
+    /// A handle that ends this connection gracefully from another thread
+    /// (see [`Closer`]); it stays usable after the permit is released.
+    pub fn closer(&self) -> Closer {
+        Closer {
+            shared: Arc::clone(&self.shared),
+            conn: self.conn,
+        }
+    }
+}
+
+/// Ends a connection from another thread (a session's finisher) so that
+/// the peer reads everything sent before: the sending side is shut down
+/// (the peer reads the last message, then end of stream) while the
+/// connection's own thread keeps reading, and the listener's watchdog shuts
+/// the socket down both ways [`LINGER`] later if the peer has not closed by
+/// then. Closing both ways at once instead would discard what the peer
+/// still had in flight and answer it with a reset, which can destroy the
+/// last message before the peer (or a relay in between) reads it.
+#[derive(Clone)]
+pub struct Closer {
+    shared: Arc<Shared>,
+    conn: u64,
+}
+
+impl fmt::Debug for Closer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Closer(conn {})", self.conn)
+    }
+}
+
+impl Closer {
+    /// Shut the sending side down now and the whole socket down after
+    /// [`LINGER`] unless the connection has ended by then.
+    pub fn close_gracefully(&self) {
+        let mut conns = self.shared.lock();
+        let Some(socket) = conns.map.get(&self.conn).cloned() else {
+            return;
+        };
+        let _ = socket.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + LINGER;
+        let entry = conns.deadlines.entry(self.conn).or_insert(deadline);
+        *entry = (*entry).min(deadline);
+        drop(conns);
+        self.shared.changed.notify_all();
+    }
+
+    /// Shut the socket down both ways now (the peer is gone or replaced).
+    pub fn close_now(&self) {
+        if let Some(socket) = self.shared.lock().map.get(&self.conn) {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// How long a connection being closed keeps reading (and discarding) what
+/// the peer still sends, so that the peer gets our last message and an
+/// orderly end instead of a reset; and at most how much it reads.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// See [`LINGER`].
+pub const LINGER_BYTES: usize = 1 << 20;
+
+/// After the handler: shut the sending side down, then read and discard
+/// what the peer still sends until it closes, for at most [`LINGER`] and
+/// [`LINGER_BYTES`]; the caller then closes the socket. Works on the bare
+/// socket (blocking or not, whatever TLS state is left).
+fn linger_close(socket: &TcpStream) {
+    let _ = socket.shutdown(Shutdown::Write);
+    let fd = socket.as_raw_fd();
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0usize;
+    let mut scratch = [0u8; 4096];
+    while drained < LINGER_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !matches!(poll_fd(fd, libc::POLLIN, Some(left)), Ok(true)) {
+            return;
+        }
+        // SAFETY: reads into our own buffer from a socket we hold.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return,
+            n if n > 0 => drained += n as usize,
+            _ => {
+                let err = io::Error::last_os_error();
+                if !matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -398,9 +614,7 @@ impl Drop for PendingPermit {
     fn drop(&mut self) {
         let mut conns = self.shared.lock();
         conns.pending -= 1;
-        if let Some(record) = conns.map.get_mut(&self.conn) {
-            record.deadline = None;
-        }
+        conns.deadlines.remove(&self.conn);
         drop(conns);
         self.shared.changed.notify_all();
     }
@@ -412,14 +626,16 @@ impl fmt::Debug for PendingPermit {
     }
 }
 
-struct Record {
-    socket: TcpStream,
-    deadline: Option<Instant>,
-}
-
 struct Conns {
     next_id: u64,
-    map: HashMap<u64, Record>,
+    /// Every open connection's socket (a handle of the one descriptor),
+    /// for the watchdog, [`Closer`] and [`Server::stop`].
+    map: HashMap<u64, SharedSocket>,
+    /// When to shut a connection down both ways: the sign-in deadline of
+    /// connections holding a permit, the end of a graceful close's
+    /// [`LINGER`]. Kept apart from `map` so that the watchdog looks at
+    /// these few, not at every signed-in connection.
+    deadlines: HashMap<u64, Instant>,
     pending: usize,
     /// Set when the server has stopped; ends the watchdog.
     finished: bool,
@@ -446,7 +662,10 @@ struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.shared.lock().map.remove(&self.conn);
+        let mut conns = self.shared.lock();
+        conns.map.remove(&self.conn);
+        conns.deadlines.remove(&self.conn);
+        drop(conns);
         self.shared.changed.notify_all();
     }
 }
@@ -538,6 +757,7 @@ impl Listener {
             conns: Mutex::new(Conns {
                 next_id: 1,
                 map: HashMap::new(),
+                deadlines: HashMap::new(),
                 pending: 0,
                 finished: false,
             }),
@@ -629,25 +849,15 @@ fn accept_loop(listener: Listener, shared: &Arc<Shared>, handler: Handler) {
                 drop(socket);
                 continue;
             }
-            let clone = match socket.try_clone() {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("{peer}: cannot clone socket: {e}");
-                    continue;
-                }
-            };
             let conn = conns.next_id;
             conns.next_id += 1;
             conns.pending += 1;
-            conns.map.insert(
-                conn,
-                Record {
-                    socket: clone,
-                    deadline: Some(sign_in_deadline),
-                },
-            );
-            conn
+            let socket = SharedSocket::new(socket);
+            conns.map.insert(conn, socket.clone());
+            conns.deadlines.insert(conn, sign_in_deadline);
+            (conn, socket)
         };
+        let (conn, socket) = conn;
         shared.changed.notify_all();
         let permit = PendingPermit {
             shared: Arc::clone(shared),
@@ -679,7 +889,7 @@ fn accept_loop(listener: Listener, shared: &Arc<Shared>, handler: Handler) {
 }
 
 fn run_connection(
-    socket: TcpStream,
+    socket: SharedSocket,
     peer: SocketAddr,
     tls: Option<Arc<TlsAcceptor>>,
     read_timeout: Duration,
@@ -695,8 +905,8 @@ fn run_connection(
         return;
     }
     let stream = match tls {
-        None => Stream::Plain(socket),
-        Some(acceptor) => match acceptor.accept(socket) {
+        None => Stream::Plain(socket.clone()),
+        Some(acceptor) => match acceptor.accept(socket.clone()) {
             Ok(tls) => Stream::Tls(Box::new(tls)),
             Err(native_tls::HandshakeError::Failure(e)) => {
                 log::debug!("{peer}: TLS handshake failed: {e}");
@@ -717,6 +927,9 @@ fn run_connection(
     if outcome.is_err() {
         log::error!("{peer}: connection handler panicked; connection closed");
     }
+    // Whatever the handler last sent (a refusal, a last word) reaches the
+    // peer even if it was still sending: see `linger_close`.
+    linger_close(&socket);
 }
 
 fn watchdog_loop(shared: &Shared) {
@@ -727,15 +940,19 @@ fn watchdog_loop(shared: &Shared) {
         }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
-        for (id, record) in conns.map.iter_mut() {
-            match record.deadline {
-                Some(deadline) if deadline <= now => {
-                    log::debug!("connection {id}: not signed in by its deadline; closing");
-                    let _ = record.socket.shutdown(Shutdown::Both);
-                    record.deadline = None;
-                }
-                Some(deadline) => next = Some(next.map_or(deadline, |n: Instant| n.min(deadline))),
-                None => {}
+        let mut due = Vec::new();
+        for (&id, &deadline) in conns.deadlines.iter() {
+            if deadline <= now {
+                due.push(id);
+            } else {
+                next = Some(next.map_or(deadline, |n: Instant| n.min(deadline)));
+            }
+        }
+        for id in due {
+            conns.deadlines.remove(&id);
+            if let Some(socket) = conns.map.get(&id) {
+                log::debug!("connection {id}: past its deadline (sign-in or close); closing");
+                let _ = socket.shutdown(Shutdown::Both);
             }
         }
         conns = match next {
@@ -863,8 +1080,8 @@ impl Server {
         }
         let mut conns = self.wait_empty(self.shared.lock(), grace);
         let forced = conns.map.len();
-        for record in conns.map.values() {
-            let _ = record.socket.shutdown(Shutdown::Both);
+        for socket in conns.map.values() {
+            let _ = socket.shutdown(Shutdown::Both);
         }
         conns = self.wait_empty(conns, hard_deadline);
         let still_running = conns.map.len();

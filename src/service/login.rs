@@ -506,22 +506,15 @@ impl Login<'_> {
         );
         self.ctx.remember_session(Arc::clone(&session));
         session.arm_waker();
+        let closer = permit.closer();
         permit.release();
-        let socket = match reader.get_ref().tcp().try_clone() {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("{session:?}: cannot clone the device socket: {e}");
-                // The guard drops: the session ends (Closed) and finishes.
-                return Ok(());
-            }
-        };
         let result = ServiceMessage::LoginResult {
             status: Status::Ok,
             text: "OK".to_string(),
             session_id: Some(session::session_id_text(session.id())),
             sip_uri: Some(sip_uri),
         };
-        let link = session.attach(writer, socket, 0, &result);
+        let link = session.attach(writer, closer, 0, &result);
         self.ctx.audit(
             "login_admitted",
             Some(login),
@@ -555,15 +548,6 @@ impl Login<'_> {
         mut writer: LinkWriter,
         permit: Pending,
     ) -> Result<(), Refusal> {
-        let socket = match reader.get_ref().tcp().try_clone() {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(self.refuse(
-                    &mut writer,
-                    Refusal::new(Status::Failed, format!("cannot clone the socket: {e}")),
-                ))
-            }
-        };
         // Events are only ever numbered upwards, so a resume within this
         // bound stays within it while attaching.
         let last = session.last_event_seq();
@@ -576,6 +560,7 @@ impl Login<'_> {
                 ),
             ));
         }
+        let closer = permit.closer();
         permit.release();
         let result = ServiceMessage::LoginResult {
             status: Status::Ok,
@@ -583,7 +568,7 @@ impl Login<'_> {
             session_id: Some(session::session_id_text(session.id())),
             sip_uri: Some(session.sip_uri().to_string()),
         };
-        let Some(link_id) = session.attach(writer, socket, acked, &result) else {
+        let Some(link_id) = session.attach(writer, closer, acked, &result) else {
             log::info!("{session:?}: ended while re-attaching");
             return Ok(());
         };

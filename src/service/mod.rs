@@ -4,7 +4,9 @@
 //! event relay ([`session`]), the translation between device protocol and
 //! CWA ([`translate`]), the in-memory password proof for re-attaching
 //! ([`credential`]), the state every thread shares ([`context`]), the
-//! bounds that keep a flood of handshakes cheap ([`throttle`]) and the
+//! bounds that keep a flood of handshakes cheap ([`throttle`]), the
+//! registry writes kept while the Config DB is away ([`spool`]), the
+//! bounded pool of threads that end sessions ([`finishers`]) and the
 //! daemon's start-up and shutdown ([`run`]).
 //!
 //! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; the
@@ -12,6 +14,7 @@
 
 pub mod context;
 pub mod credential;
+pub mod finishers;
 pub mod listener;
 pub mod login;
 pub mod run;

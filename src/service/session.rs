@@ -16,7 +16,8 @@
 //!   replay buffer) and logout. A read timeout (`status_timeout`) or a lost
 //!   connection detaches the link and leaves the session out of coverage:
 //!   it may be re-attached, evicted at the limit, or reaped;
-//! - the **finisher**, started by the table's waker whenever the session
+//! - the **finisher**, queued by the table's waker on the bounded pool of
+//!   finisher threads ([`super::finishers`]) whenever the session
 //!   ends (logout, eviction, inactivity, replacement, CWA lost, shutdown,
 //!   or the event thread dying): it signs out of CWA (which also releases
 //!   the event thread's held GET), tells the device why, closes the link,
@@ -36,12 +37,12 @@
 //! (the two race) waits in a small bounded list.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::configdb;
 use crate::cwa::{CommandChannel, CwaSession, EventChannel, Outcome, SessionError};
+use crate::ops::memory;
 use crate::wire::{
     self, DeviceCommand, DeviceEvent, DeviceMessage, SecureReader, SecureWriter, ServiceMessage,
     Status, WireError,
@@ -49,7 +50,7 @@ use crate::wire::{
 
 use super::context::ServiceContext;
 use super::credential::Credential;
-use super::listener::{ReadHalf, WriteHalf};
+use super::listener::{Closer, ReadHalf, WriteHalf};
 use super::spool::RegistryWrite;
 use super::table::{Coverage, EndReason, SessionHandle, SessionId, SlotGuard};
 use super::translate::{self, Translated};
@@ -91,7 +92,7 @@ pub type LinkWriter = SecureWriter<WriteHalf>;
 struct Link {
     id: u64,
     writer: Arc<Mutex<LinkWriter>>,
-    socket: Arc<TcpStream>,
+    closer: Closer,
 }
 
 impl Link {
@@ -103,8 +104,16 @@ impl Link {
         self.send(&m.encode())
     }
 
+    /// The device is gone or replaced: cut the connection (this wakes
+    /// its link thread).
     fn close(&self) {
-        let _ = self.socket.shutdown(Shutdown::Both);
+        self.closer.close_now();
+    }
+
+    /// After the last message: end the connection so that the device
+    /// reads that message (see [`Closer`]).
+    fn close_gracefully(&self) {
+        self.closer.close_gracefully();
     }
 }
 
@@ -154,6 +163,9 @@ struct State {
     registry_coverage: Coverage,
     /// The finisher has run: no link may attach any more.
     finished: bool,
+    /// The finisher has told the device why the session ended (or had no
+    /// link to tell): a link thread still reading may now return.
+    last_word_sent: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -228,6 +240,7 @@ impl Session {
                 subscriptions: Vec::new(),
                 registry_coverage: Coverage::In,
                 finished: false,
+                last_word_sent: false,
             }),
         })
     }
@@ -283,20 +296,13 @@ impl Session {
         self.state().next_seq - 1
     }
 
-    /// Make the table's waker start the finisher when the session ends.
+    /// Make the table's waker queue the finisher (on the bounded pool of
+    /// [`super::finishers`]) when the session ends.
     pub fn arm_waker(self: &Arc<Self>) {
         let session = Arc::clone(self);
         self.handle.set_waker(move || {
-            let stack = session.ctx.timeouts.thread_stack_size;
-            let s = Arc::clone(&session);
-            let spawned = std::thread::Builder::new()
-                .name("session-end".into())
-                .stack_size(stack)
-                .spawn(move || s.finish_guarded());
-            if let Err(e) = spawned {
-                log::warn!("cannot start a session-end thread ({e}); finishing inline");
-                session.finish_guarded();
-            }
+            let finishers = session.ctx.finishers.clone();
+            finishers.run(move || session.finish_guarded());
         });
     }
 
@@ -306,7 +312,7 @@ impl Session {
     pub fn attach(
         &self,
         writer: LinkWriter,
-        socket: TcpStream,
+        closer: Closer,
         acked: u64,
         login_result: &ServiceMessage,
     ) -> Option<u64> {
@@ -319,7 +325,7 @@ impl Session {
             let link = Link {
                 id: st.next_link,
                 writer: Arc::new(Mutex::new(writer)),
-                socket: Arc::new(socket),
+                closer,
             };
             st.next_link += 1;
             let old = st.link.replace(link.clone());
@@ -348,8 +354,11 @@ impl Session {
         Some(link.id)
     }
 
-    /// Forget link `id` (its socket is shut down) if it is still current.
-    fn drop_link(&self, id: u64) {
+    /// Forget link `id` if it is still current; `cut`: shut its socket
+    /// down too (from another thread than the link's, to wake it; the link
+    /// thread itself leaves the closing to the listener, which lets the
+    /// device read what was sent last).
+    fn drop_link(&self, id: u64, cut: bool) {
         let gone = {
             let mut st = self.state();
             match &st.link {
@@ -357,15 +366,16 @@ impl Session {
                 _ => None,
             }
         };
-        if let Some(link) = gone {
+        if let Some(link) = gone.filter(|_| cut) {
             link.close();
         }
     }
 
     /// Link `id` went away without a logout: the session stays, out of
-    /// coverage, unless a newer link is attached.
+    /// coverage, unless a newer link is attached. Called on the link's own
+    /// thread.
     fn detach(&self, id: u64, why: &str) {
-        self.drop_link(id);
+        self.drop_link(id, false);
         if self.is_ended() {
             return;
         }
@@ -426,7 +436,7 @@ impl Session {
             if let Some(link) = link {
                 if let Err(e) = link.send(&payload) {
                     log::info!("{self:?}: cannot write to the device: {e}");
-                    self.drop_link(link.id);
+                    self.drop_link(link.id, true);
                 }
             }
         }
@@ -439,7 +449,7 @@ impl Session {
         if let Some(link) = link {
             if let Err(e) = link.send_message(&message) {
                 log::info!("{self:?}: cannot write to the device: {e}");
-                self.drop_link(link.id);
+                self.drop_link(link.id, true);
             }
         }
     }
@@ -731,8 +741,9 @@ impl Session {
                 },
             };
             let _ = link.send_message(&message);
-            link.close();
+            link.close_gracefully();
         }
+        self.state().last_word_sent = true;
         let text = reason.to_string();
         if let Some(row) = self.registry_id {
             self.ctx.record(RegistryWrite::Ended {
@@ -837,6 +848,10 @@ fn poll_events(session: &Arc<Session>, mut events: EventChannel) {
     let mut failures = 0u32;
     while !session.is_ended() {
         session.expire_commands();
+        // About to wait in the long-poll, at the loop's shallowest point:
+        // the stack pages of the sign-in and of the last batch go back
+        // (see `ops::memory`; this thread lives as long as the session).
+        memory::release_stack_below_here();
         if let Ok(mut commands) = session.commands.try_lock() {
             if commands.republish_due() {
                 if let Err(e) = commands.republish() {
@@ -910,8 +925,22 @@ pub fn serve_link(session: &Arc<Session>, link_id: u64, mut reader: LinkReader) 
         return;
     }
     loop {
+        // About to wait for the device, at the loop's shallowest point: the
+        // deep sign-in (TLS, CWA, Config DB) ran on this thread, and a
+        // session lives for hours; its stack pages go back rather than
+        // stay resident (see `ops::memory`). Cheaper than handing the link
+        // to a fresh small thread: no thread start per sign-in, and the
+        // pages of every later deep command are released as well.
+        memory::release_stack_below_here();
         let message = reader.recv_device();
         if session.is_ended() {
+            // The finisher tells the device why, then ends the connection
+            // gracefully (the device reads that, then end of stream). Until
+            // it has, keep reading: returning now would close the
+            // connection under the last word.
+            if message.is_ok() && !session.state().last_word_sent {
+                continue;
+            }
             return;
         }
         let now = Instant::now();
@@ -945,7 +974,9 @@ pub fn serve_link(session: &Arc<Session>, link_id: u64, mut reader: LinkReader) 
             Ok(DeviceMessage::Logout) => {
                 session.ctx.table.note_activity(session.id(), now);
                 session.ctx.table.end(session.id(), EndReason::Logout);
-                return;
+                // Read on until the finisher's answer has gone out (see
+                // above).
+                continue;
             }
             Ok(DeviceMessage::Login { .. }) => {
                 refuse_link(session, link_id, "login after the session started");

@@ -1,0 +1,254 @@
+//! Keeping a thread-per-connection daemon's resident memory proportional to
+//! what it holds, not to what it once did (glibc and Linux only; elsewhere
+//! these do nothing):
+//!
+//! - [`limit_malloc_arenas`]: glibc gives each thread that contends for the
+//!   allocator an arena of its own, up to eight per core, each keeping
+//!   freed memory in 64 MiB heaps; with thousands of threads those hold
+//!   most of the freed memory. Called once at start-up.
+//! - [`MemoryReturn`]: after a burst of session ends, `malloc_trim(0)` hands
+//!   the free pages inside the arenas back to the system, at most once per
+//!   interval so a storm of ends costs one trim, not thousands.
+//! - [`release_stack_below_here`]: a long-lived thread (a session's link
+//!   or event thread) that did deep work once (the sign-in: TLS, the CWA
+//!   client, XML, the Config DB) keeps every stack page it touched resident
+//!   for hours. Before it blocks for a long wait, it gives the pages below
+//!   its current frame back (`madvise(MADV_DONTNEED)`; the next deep call
+//!   touches them again as zero pages).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bound glibc's malloc arenas to `max` (`M_ARENA_MAX`). Call before the
+/// threads start.
+pub fn limit_malloc_arenas(max: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let max = libc::c_int::try_from(max.max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tuning parameter.
+        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, max) };
+        if ok != 1 {
+            log::warn!("mallopt(M_ARENA_MAX, {max}) refused");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = max;
+}
+
+/// Gives freed heap memory back to the system after bursts of frees,
+/// rate-limited: [`MemoryReturn::note_freed`] after something big ended;
+/// the trim runs at most once per `interval`, on the calling thread.
+#[derive(Debug)]
+pub struct MemoryReturn {
+    start: Instant,
+    interval: Duration,
+    /// Milliseconds after `start` of the last trim (0: never).
+    last_ms: AtomicU64,
+    /// Frees noted since the last trim.
+    pending: AtomicU64,
+}
+
+impl MemoryReturn {
+    /// A trimmer that trims at most once per `interval`.
+    pub fn new(interval: Duration) -> MemoryReturn {
+        MemoryReturn {
+            start: Instant::now(),
+            interval,
+            last_ms: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        }
+    }
+
+    /// Something was freed (a session ended). Trims now if the last trim
+    /// is at least `interval` ago; returns whether it did.
+    pub fn note_freed(&self) -> bool {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.trim_if_due()
+    }
+
+    /// Trims if frees were noted and the last trim is at least `interval`
+    /// ago (call it now and then, e.g. from a periodic thread, so the last
+    /// frees of a burst are returned too). Returns whether it trimmed.
+    pub fn trim_if_due(&self) -> bool {
+        if self.pending.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < self.interval.as_millis() as u64 {
+            return false;
+        }
+        // One thread wins the slot; the others skip.
+        if self
+            .last_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.pending.store(0, Ordering::Relaxed);
+        trim_heap();
+        true
+    }
+}
+
+/// `malloc_trim(0)`: return free memory at the top of and inside every
+/// arena to the system.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Stack headroom kept below the caller's frame: the frames of the blocking
+/// call about to be made (a socket read through TLS and the frame reader)
+/// stay resident, so releasing costs no fault on the way back in.
+const KEEP_BELOW: usize = 16 * 1024;
+
+/// Give the calling thread's stack pages more than [`KEEP_BELOW`] below the
+/// current frame back to the system. Call it from a long-lived thread just
+/// before a long blocking wait, at a shallow point of its loop. Pages that
+/// were never touched cost nothing; pages in use are above the current
+/// frame and untouched. Returns the bytes of address range advised (not
+/// necessarily resident before).
+pub fn release_stack_below_here() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let Some(low) = stack_low_end() else { return 0 };
+        let marker = 0u8;
+        let here = std::hint::black_box(&marker) as *const u8 as usize;
+        let page = page_size();
+        let top = here.saturating_sub(KEEP_BELOW) & !(page - 1);
+        let low = (low + page - 1) & !(page - 1);
+        if top <= low {
+            return 0;
+        }
+        // SAFETY: [low, top) is inside this thread's own stack mapping,
+        // below every live frame (the stack grows down and `top` is under
+        // the current frame by KEEP_BELOW); MADV_DONTNEED on private
+        // anonymous memory only drops pages, which read back as zeros.
+        let rc = unsafe { libc::madvise(low as *mut libc::c_void, top - low, libc::MADV_DONTNEED) };
+        if rc == 0 {
+            top - low
+        } else {
+            0
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+thread_local! {
+    /// The lowest usable address of this thread's stack (0: unknown),
+    /// looked up once per thread.
+    static STACK_LOW: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The lowest usable address of the calling thread's stack (above its
+/// guard page), from `pthread_getattr_np`. None for the main thread, whose
+/// stack grows on demand.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn stack_low_end() -> Option<usize> {
+    let cached = STACK_LOW.with(|c| c.get());
+    if cached != 0 {
+        return Some(cached);
+    }
+    // SAFETY: pthread_getattr_np fills an attribute object that we destroy
+    // after reading the stack address and size from it.
+    let (addr, size) = unsafe {
+        if libc::getpid() == libc::gettid() {
+            return None;
+        }
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let mut addr: *mut libc::c_void = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 || addr.is_null() {
+            return None;
+        }
+        (addr as usize, size)
+    };
+    let _ = size;
+    STACK_LOW.with(|c| c.set(addr));
+    Some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Touches `kib` KiB of stack so that there is something to release.
+    #[inline(never)]
+    fn deep(kib: usize) -> u8 {
+        let mut buf = [0u8; 1024];
+        buf[kib % 1024] = kib as u8;
+        let below = if kib > 1 { deep(kib - 1) } else { 0 };
+        std::hint::black_box(&mut buf);
+        buf[0].wrapping_add(below)
+    }
+
+    fn resident_pages(low: usize, len: usize) -> usize {
+        let page = page_size();
+        let mut vec = vec![0u8; len / page];
+        // SAFETY: mincore over a mapped range into a buffer of one byte
+        // per page.
+        let rc = unsafe { libc::mincore(low as *mut libc::c_void, len, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.iter().filter(|b| **b & 1 == 1).count()
+    }
+
+    #[test]
+    fn a_thread_gives_back_the_stack_it_touched_below_its_frame() {
+        let t = std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(|| {
+                std::hint::black_box(deep(400));
+                let low = stack_low_end().expect("a spawned thread knows its stack");
+                let page = page_size();
+                let marker = 0u8;
+                let here = (&marker as *const u8 as usize) & !(page - 1);
+                let span = here - KEEP_BELOW - low;
+                let before = resident_pages(low, span);
+                let released = release_stack_below_here();
+                let after = resident_pages(low, span);
+                (before, released, after)
+            })
+            .unwrap();
+        let (before, released, after) = t.join().unwrap();
+        assert!(before >= 64, "the deep call touched pages: {before}");
+        assert!(released > 0);
+        assert!(
+            after < before / 4,
+            "pages below the frame released: {before} -> {after}"
+        );
+    }
+
+    #[test]
+    fn trims_are_rate_limited() {
+        let r = MemoryReturn::new(Duration::from_secs(3600));
+        assert!(!r.trim_if_due(), "nothing freed, nothing to trim");
+        assert!(r.note_freed(), "the first free after start trims");
+        assert!(!r.note_freed(), "the next within the interval does not");
+        let r = MemoryReturn::new(Duration::ZERO);
+        assert!(r.note_freed());
+        assert!(r.note_freed());
+    }
+}

@@ -569,7 +569,10 @@ fn a_device_whose_link_drops_resumes_on_the_instance_holding_its_session() {
         alice_rows().len() == 1
     });
     assert_eq!(alice_rows(), [ALPHA]);
-    assert!(c.stack.audited("replaced", pin, "replaced by a new login"));
+    // The finisher ends the row, then audits: wait for the audit too.
+    wait_until("the replacement's audit", || {
+        c.stack.audited("replaced", pin, "replaced by a new login")
+    });
     for d in [alice, bob] {
         let (code, lines) = finish(d);
         assert_eq!(code, 0, "{lines:?}");

@@ -206,11 +206,13 @@ fn sessions_and_memory(https: bool) {
 
     let per_session = (with.rss_kib as f64 - before.rss_kib as f64) / n as f64;
     let per_session_pss = (with.pss_kib as f64 - before.pss_kib as f64) / n as f64;
+    let fds_per_session = (with.fds as f64 - before.fds as f64) / n as f64;
     let transport = if https { "HTTPS" } else { "HTTP" };
     println!(
         "FIGURE {} sessions-memory build={} cwa={transport} sessions={n} \
          rss_before_kib={} rss_with_kib={} rss_per_session_kib={per_session:.1} \
-         pss_per_session_kib={per_session_pss:.1} threads={} fds={} rss_after_logout_kib={} \
+         pss_per_session_kib={per_session_pss:.1} threads={} fds={} \
+         fds_per_session={fds_per_session:.2} rss_after_logout_kib={} \
          sign_in_s={:.1} collabd_cpu_s_during_sign_in_and_settle={:.1}",
         today(),
         build(),

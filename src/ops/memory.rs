@@ -102,10 +102,11 @@ pub fn trim_heap() {
     }
 }
 
-/// Stack headroom kept below the caller's frame: the frames of the blocking
-/// call about to be made (a socket read through TLS and the frame reader)
-/// stay resident, so releasing costs no fault on the way back in.
-const KEEP_BELOW: usize = 16 * 1024;
+/// Stack headroom kept below the caller's frame: room for this function's
+/// own frame and the `madvise` call with a wide margin. The frames of the
+/// blocking read that follows fault back in (a few pages, a few
+/// microseconds); an idle session keeps only its frames above the loop.
+const KEEP_BELOW: usize = 4 * 1024;
 
 /// Give the calling thread's stack pages more than [`KEEP_BELOW`] below the
 /// current frame back to the system. Call it from a long-lived thread just

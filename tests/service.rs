@@ -1192,8 +1192,14 @@ fn a_stalled_heartbeat_stops_the_watchdog_and_says_so() {
         .unwrap();
     let next = || {
         let mut buf = [0u8; 512];
-        let n = notifications.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).to_string()
+        loop {
+            match notifications.recv(&mut buf) {
+                Ok(n) => return String::from_utf8_lossy(&buf[..n]).to_string(),
+                // Other tests' children end meanwhile (SIGCHLD).
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("no notification: {e}"),
+            }
+        }
     };
     let socket = socket_path.display().to_string();
     let collabd = support::collabd::Collabd::start_with_env(
@@ -1274,7 +1280,7 @@ fn writes_made_while_postgres_is_down_reach_it_when_it_is_back() {
     let mut carol = stack.device(&devices[2]);
     assert!(carol.expect("refused ").starts_with("refused code=307"));
     finish(carol);
-    let spool = stack.dir.join("collabd-0-state").join("registry.spool");
+    let spool = stack.collabd().state.join("registry.spool");
     wait_until("the writes to be spooled", || {
         std::fs::read_to_string(&spool)
             .map(|s| s.lines().count() >= 3)

@@ -72,6 +72,8 @@ pub struct Collabd {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    /// Its state directory (the registry spool).
+    pub state: PathBuf,
 }
 
 impl Collabd {
@@ -132,7 +134,12 @@ impl Collabd {
             for _ in lines {}
         });
         match rx.recv_timeout(WAIT) {
-            Ok(Some(addr)) => Collabd { child, addr, log },
+            Ok(Some(addr)) => Collabd {
+                child,
+                addr,
+                log,
+                state,
+            },
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -1289,6 +1289,13 @@ fn writes_made_while_postgres_is_down_reach_it_when_it_is_back() {
     assert!(!std::fs::read_to_string(&spool)
         .unwrap()
         .contains(&devices[0].user.password));
+    // An outage of ten seconds, as an operator's PostgreSQL restart takes:
+    // the writes wait in the spool meanwhile.
+    let down_for = std::time::SystemTime::now()
+        .duration_since(outage_started)
+        .unwrap_or_default();
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(down_for));
+    assert!(spool.exists());
 
     admin
         .batch_execute(&format!(

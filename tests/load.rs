@@ -20,7 +20,8 @@
 //! `LOAD_SESSIONS` (5000), `LOAD_LOGIN_CONCURRENCY` (64), `LOAD_SETTLE_S`
 //! (10), `LOAD_IDLE` (1000), `LOAD_PAIRS` (10), `LOAD_RATE` (200),
 //! `LOAD_MESSAGES` (10000), `LOAD_DIRECT` (0: through the dispatcher; 1:
-//! straight to collabd), `LOAD_LOGINS` (2000; 1000 over HTTPS),
+//! straight to collabd), `LOAD_HTTPS` (0; 1: the latency run's CWA over
+//! HTTPS), `LOAD_LOGINS` (2000; 1000 over HTTPS),
 //! `LOAD_STORM_MAX` (500),
 //! `LOAD_PERF_DIR` (unset: no profile; else `perf record` of collabd
 //! during the login-rate and latency runs), `LOAD_STACK_KIB` (device threads here; default
@@ -253,9 +254,10 @@ fn message_latency() {
     let rate = env_usize("LOAD_RATE", 200) as f64;
     let messages = env_usize("LOAD_MESSAGES", 10_000);
     let direct = env_usize("LOAD_DIRECT", 0) == 1;
+    let https = env_usize("LOAD_HTTPS", 0) == 1;
     let per_device = (messages / (2 * pairs)).max(1) as u64;
     let devices = generate_devices(idle + 2 * pairs, 0x5000_0000, "LOAD").unwrap();
-    let s = stack(&devices, devices.len(), false, &[]);
+    let s = stack(&devices, devices.len(), https, &[]);
     wait_for_heartbeat(&s.db_url);
     let dispatcher = (!direct).then(|| start_dispatcher(&s.db_url, devices.len() + 64, &s.dir));
     let addr = match &dispatcher {
@@ -318,9 +320,9 @@ fn message_latency() {
         me1 - me0
     );
     println!(
-        "FIGURE {} message-latency build={} path={} idle={idle} pairs={pairs} rate={:.1}/s \
-         messages={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} \
-         mean_ms={:.3} lost={} duplicates={}",
+        "FIGURE {} message-latency build={} path={} cwa={} idle={idle} pairs={pairs} \
+         rate={:.1}/s messages={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} \
+         max_ms={:.3} mean_ms={:.3} lost={} duplicates={}",
         today(),
         build(),
         if direct {
@@ -328,6 +330,7 @@ fn message_latency() {
         } else {
             "device-dispatcher-collabd-sim"
         },
+        if https { "HTTPS" } else { "HTTP" },
         report.send_rate(),
         lat.count,
         lat.p50.as_secs_f64() * 1e3,

@@ -40,6 +40,14 @@ impl SharedSocket {
     }
 }
 
+impl From<Arc<TcpStream>> for SharedSocket {
+    /// Another handle on a socket already shared through an `Arc` (the CWA
+    /// transport's, whose HTTP client keeps a weak one to shut it down).
+    fn from(tcp: Arc<TcpStream>) -> SharedSocket {
+        SharedSocket(tcp)
+    }
+}
+
 impl std::ops::Deref for SharedSocket {
     type Target = TcpStream;
 

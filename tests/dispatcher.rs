@@ -20,7 +20,7 @@ use support::dispatch::{
     connect_device, contains, login, provision, read_until_closed, say, wait_until, Behaviour,
     Dispatcher, TestInstance,
 };
-use support::pg::{migrated_database, with_dbname};
+use support::pg::migrated_database;
 use support::tls::TestCa;
 
 /// The status of the clear `Refused` frame that ends `bytes`' first frame.
@@ -372,16 +372,7 @@ fn a_config_db_outage_gives_307_and_the_dispatcher_recovers() {
 
     // The database goes away for the dispatcher: new connections refused,
     // existing ones cut.
-    let db_name = url.rsplit('/').next().unwrap().to_string();
-    let mut admin =
-        postgres::Client::connect(&with_dbname(&url, "postgres"), postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = '{db_name}' AND pid <> pg_backend_pid();"
-        ))
-        .unwrap();
+    let mut outage = support::pg::Outage::start(&url);
     expect_refused(
         connect_device(dispatcher.addr, *pin, key),
         Status::ConfigUnavailable,
@@ -389,11 +380,7 @@ fn a_config_db_outage_gives_307_and_the_dispatcher_recovers() {
     // The relay that was already open does not depend on the database.
     support::dispatch::say(&mut link, "still here").unwrap();
 
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS true"
-        ))
-        .unwrap();
+    outage.end();
     wait_until(
         "the dispatcher to reach the database again",
         || match connect_device(dispatcher.addr, *pin, key) {

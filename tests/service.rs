@@ -391,19 +391,7 @@ fn postgres_down_refuses_new_logins_while_running_sessions_carry_on() {
     bob.expect("result ");
 
     // The scratch database refuses new connections and drops the open ones.
-    let db_name = stack.db_url.rsplit('/').next().unwrap().to_string();
-    let mut admin = postgres::Client::connect(
-        &support::pg::with_dbname(&stack.db_url, "postgres"),
-        postgres::NoTls,
-    )
-    .unwrap();
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = '{db_name}' AND pid <> pg_backend_pid();"
-        ))
-        .unwrap();
+    let mut outage = support::pg::Outage::start(&stack.db_url);
 
     let mut carol = stack.device(&devices[2]);
     let line = carol.expect("refused ");
@@ -432,11 +420,7 @@ fn postgres_down_refuses_new_logins_while_running_sessions_carry_on() {
         }
     }
 
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS true"
-        ))
-        .unwrap();
+    outage.end();
     // The Config DB is back: new logins work again (the pool reconnects).
     wait_until("a login to succeed again", || {
         let mut carol = stack.device(&devices[2]);
@@ -1255,19 +1239,7 @@ fn writes_made_while_postgres_is_down_reach_it_when_it_is_back() {
     let alice_row = stack.db.list_sessions(None).unwrap()[0].id;
 
     // The Config DB goes away: new connections refused, open ones dropped.
-    let db_name = stack.db_url.rsplit('/').next().unwrap().to_string();
-    let mut admin = postgres::Client::connect(
-        &support::pg::with_dbname(&stack.db_url, "postgres"),
-        postgres::NoTls,
-    )
-    .unwrap();
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = '{db_name}' AND pid <> pg_backend_pid();"
-        ))
-        .unwrap();
+    let mut outage = support::pg::Outage::start(&stack.db_url);
     let outage_started = std::time::SystemTime::now();
 
     // Meanwhile a session ends and another's device goes dormant; a new
@@ -1297,11 +1269,7 @@ fn writes_made_while_postgres_is_down_reach_it_when_it_is_back() {
     std::thread::sleep(Duration::from_secs(10).saturating_sub(down_for));
     assert!(spool.exists());
 
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS true"
-        ))
-        .unwrap();
+    outage.end();
     let outage_ended = std::time::SystemTime::now();
     wait_until("the spool to be written", || !spool.exists());
     // The test's own connection was dropped with the others.

@@ -74,6 +74,25 @@ struct Shared {
 }
 
 impl Shared {
+    /// A signed-in session's shared state, with the ticket and sid sign-in
+    /// got (its replies came before any channel's).
+    fn new(http: Http, ticket: String, sid: String) -> Shared {
+        Shared {
+            http,
+            state: Mutex::new(State {
+                ticket: Some(ticket),
+                ticket_arrived: Instant::now(),
+                sid,
+                pending: BTreeMap::new(),
+                embedded_eids: BTreeSet::new(),
+            }),
+            closed: AtomicBool::new(false),
+            signing_out: AtomicBool::new(false),
+            user_active: AtomicBool::new(false),
+            ticket_rotations: AtomicU64::new(0),
+        }
+    }
+
     /// The state; a panic elsewhere while it was held leaves plain data,
     /// so a poisoned lock is still usable.
     fn state(&self) -> MutexGuard<'_, State> {
@@ -170,21 +189,7 @@ impl CwaSession {
             sid: signed.sid.clone(),
             via: signed.via,
         };
-        let shared = Arc::new(Shared {
-            http: signed.http,
-            state: Mutex::new(State {
-                ticket: Some(signed.ticket),
-                // Sign-in's replies came before any channel's.
-                ticket_arrived: Instant::now(),
-                sid: signed.sid,
-                pending: BTreeMap::new(),
-                embedded_eids: BTreeSet::new(),
-            }),
-            closed: AtomicBool::new(false),
-            signing_out: AtomicBool::new(false),
-            user_active: AtomicBool::new(false),
-            ticket_rotations: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(signed.http, signed.ticket, signed.sid));
         Ok(CwaSession {
             shared,
             info,
@@ -766,20 +771,7 @@ mod tests {
     #[test]
     fn a_ticket_from_an_earlier_response_never_replaces_a_newer_one() {
         let http = Http::new(&ClientConfig::new("http://127.0.0.1:9")).unwrap();
-        let shared = Shared {
-            http,
-            state: Mutex::new(State {
-                ticket: Some("t1".into()),
-                ticket_arrived: Instant::now(),
-                sid: "1".into(),
-                pending: BTreeMap::new(),
-                embedded_eids: BTreeSet::new(),
-            }),
-            closed: AtomicBool::new(false),
-            signing_out: AtomicBool::new(false),
-            user_active: AtomicBool::new(false),
-            ticket_rotations: AtomicU64::new(0),
-        };
+        let shared = Shared::new(http, "t1".into(), "1".into());
         let reply = |ticket: &str, arrived| HttpReply {
             status: 200,
             ticket: Some(ticket.into()),

@@ -48,6 +48,8 @@ use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, NextTimeout, ShutdownHandle, Transport,
 };
+
+use crate::net::SharedSocket;
 use ureq::Error;
 
 /// How long resolved addresses of a CWA host name are reused.
@@ -465,7 +467,7 @@ impl CwaConnector {
             // is what SSL_set_session requires.
             unsafe { ssl.set_session(&session) }.map_err(tls_setup)?;
         }
-        match ssl.connect(host, SharedSocket(Arc::clone(tcp))) {
+        match ssl.connect(host, SharedSocket::from(Arc::clone(tcp))) {
             Ok(stream) => {
                 let counter = if stream.ssl().session_reused() {
                     &self.context.resumed_handshakes
@@ -493,26 +495,6 @@ impl CwaConnector {
                 Err(Error::Other(Box::new(TlsFailure(why))))
             }
         }
-    }
-}
-
-/// The TCP socket under a TLS stream, shared with the shutdown handle
-/// ureq keeps for it.
-pub(crate) struct SharedSocket(Arc<TcpStream>);
-
-impl Read for SharedSocket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
-    }
-}
-
-impl Write for SharedSocket {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        (&*self.0).flush()
     }
 }
 

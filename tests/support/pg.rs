@@ -117,3 +117,49 @@ pub fn dump_tables(url: &str) -> String {
     }
     out
 }
+
+/// The database at `url` made unavailable: new connections refused and the
+/// open ones dropped, until [`Outage::end`] (or drop).
+pub struct Outage {
+    admin: postgres::Client,
+    db_name: String,
+    ended: bool,
+}
+
+impl Outage {
+    /// Starts the outage.
+    pub fn start(url: &str) -> Outage {
+        let db_name = url.rsplit('/').next().unwrap().to_string();
+        let mut admin =
+            postgres::Client::connect(&with_dbname(url, "postgres"), postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{db_name}\" ALLOW_CONNECTIONS false;
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = '{db_name}' AND pid <> pg_backend_pid();"
+            ))
+            .unwrap();
+        Outage {
+            admin,
+            db_name,
+            ended: false,
+        }
+    }
+
+    /// Lets connections in again.
+    pub fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            let sql = format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", self.db_name);
+            self.admin.batch_execute(&sql).unwrap();
+        }
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if !self.ended && !std::thread::panicking() {
+            self.end();
+        }
+    }
+}

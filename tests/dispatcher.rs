@@ -390,3 +390,39 @@ fn a_config_db_outage_gives_307_and_the_dispatcher_recovers() {
         },
     );
 }
+
+#[test]
+fn the_sessions_of_an_instance_gone_silent_are_ended_by_the_dispatcher() {
+    let (url, mut db) = migrated_database();
+    let gone = TestInstance::start(&url, "gone", Behaviour::Serve, 1, 100);
+    let _live = TestInstance::start(&url, "live", Behaviour::Serve, 0, 100);
+    let row = db
+        .session_started("gone", "CORP\\alice", 0x3100_0001)
+        .unwrap();
+    let kept = db
+        .session_started("live", "CORP\\bob", 0x3100_0002)
+        .unwrap();
+    gone.age_heartbeat();
+    let _dispatcher = Dispatcher::start(
+        &url,
+        &["--instance-lost-after-ms", "1000", "--refresh-ms", "100"],
+    );
+    wait_until("the lost instance's session to be ended", || {
+        db.session(row).unwrap().state == collabd::configdb::SessionState::Ended
+    });
+    let ended = db.session(row).unwrap();
+    assert_eq!(ended.end_reason.as_deref(), Some("instance lost"));
+    assert_eq!(
+        db.session(kept).unwrap().state,
+        collabd::configdb::SessionState::Active
+    );
+    let audited: Vec<_> = db
+        .list_audit(100)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.event == "session_ended")
+        .collect();
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    let reason = audited[0].event.reason.clone().unwrap_or_default();
+    assert!(reason.contains("collab-dispatcher"), "{reason}");
+}

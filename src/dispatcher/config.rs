@@ -10,6 +10,9 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3101";
 /// An instance whose heartbeat is older than this is skipped.
 pub const DEFAULT_STALE_AFTER_MS: u64 = 15_000;
+/// An instance silent this long is lost: the dispatcher ends its sessions
+/// in the registry (the same default as collabd's `instance_lost_after_ms`).
+pub const DEFAULT_INSTANCE_LOST_AFTER_MS: u64 = 15_000;
 /// Concurrent device connections (each is one relay thread): room for
 /// 5,000 devices (one CWA 2007 front end's worth) with some to spare.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 6_000;
@@ -44,6 +47,9 @@ pub struct DispatcherConfig {
     pub database_url: String,
     /// Heartbeats older than this are stale (`--stale-after-ms`).
     pub stale_after: Duration,
+    /// Instances silent this long have their sessions ended in the
+    /// registry (`--instance-lost-after-ms`).
+    pub instance_lost_after: Duration,
     /// Concurrent device connections (`--max-connections`).
     pub max_connections: usize,
     /// Deadline for the device's first frame (`--header-timeout-ms`).
@@ -82,6 +88,7 @@ impl fmt::Debug for DispatcherConfig {
             .field("listen", &self.listen)
             .field("database_url", &"<redacted>")
             .field("stale_after", &self.stale_after)
+            .field("instance_lost_after", &self.instance_lost_after)
             .field("max_connections", &self.max_connections)
             .field("header_timeout", &self.header_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
@@ -147,6 +154,7 @@ impl std::error::Error for ConfigError {}
 /// The usage text printed by `--help`.
 pub const USAGE: &str = "\
 usage: collab-dispatcher [--listen ADDR] [--database URL] [--stale-after-ms N]
+                         [--instance-lost-after-ms N]
                          [--max-connections N] [--header-timeout-ms N]
                          [--handshake-timeout-ms N]
                          [--max-pending-per-address N] [--drain-grace-ms N]
@@ -167,6 +175,7 @@ where
     let mut listen = DEFAULT_LISTEN.to_string();
     let mut database_url: Option<String> = None;
     let mut stale_after_ms = DEFAULT_STALE_AFTER_MS;
+    let mut instance_lost_after_ms = DEFAULT_INSTANCE_LOST_AFTER_MS;
     let mut max_connections = DEFAULT_MAX_CONNECTIONS;
     let mut header_timeout_ms = DEFAULT_HEADER_TIMEOUT_MS;
     let mut handshake_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
@@ -199,6 +208,12 @@ where
             "--database" => database_url = Some(value("--database")?),
             "--stale-after-ms" => {
                 stale_after_ms = positive("--stale-after-ms", &value("--stale-after-ms")?)?
+            }
+            "--instance-lost-after-ms" => {
+                instance_lost_after_ms = positive(
+                    "--instance-lost-after-ms",
+                    &value("--instance-lost-after-ms")?,
+                )?
             }
             "--max-connections" => {
                 max_connections =
@@ -261,6 +276,7 @@ where
     const MAX_MS: u64 = 24 * 3600 * 1000;
     for (flag, ms) in [
         ("--stale-after-ms", stale_after_ms),
+        ("--instance-lost-after-ms", instance_lost_after_ms),
         ("--header-timeout-ms", header_timeout_ms),
         ("--handshake-timeout-ms", handshake_timeout_ms),
         ("--drain-grace-ms", drain_grace_ms),
@@ -292,6 +308,7 @@ where
         listen,
         database_url,
         stale_after: Duration::from_millis(stale_after_ms),
+        instance_lost_after: Duration::from_millis(instance_lost_after_ms),
         max_connections,
         header_timeout: Duration::from_millis(header_timeout_ms),
         handshake_timeout: Duration::from_millis(handshake_timeout_ms),

@@ -2,8 +2,9 @@
 //! heartbeat's age (measured by the database's clock, so the clocks of the
 //! dispatcher and instance hosts never matter), and, per device connection,
 //! whether the PIN is provisioned and which instance holds its live session
-//! (one round trip). The dispatcher only reads; instances write their own
-//! rows.
+//! (one round trip). The dispatcher only reads here; its one write, ending
+//! the sessions of an instance whose heartbeat is long gone, is the
+//! registry's own (`configdb`), made by the refresher.
 //!
 //! Connections come from a small bounded pool (the Config DB's
 //! [`crate::configdb::pool`], each connection with the lookup statement

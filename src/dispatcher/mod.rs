@@ -575,11 +575,40 @@ fn read_into_router(shared: &Shared, db: &mut Option<crate::configdb::ConfigDb>)
     }
     let Some(conn) = db.as_mut() else { return };
     match directory::read_instances(conn) {
-        Ok(rows) => shared.router.replace(rows),
+        Ok(rows) => {
+            let lost_after = shared.config.instance_lost_after;
+            let any_lost = rows
+                .iter()
+                .any(|r| r.heartbeat_age.is_some_and(|age| age > lost_after));
+            shared.router.replace(rows);
+            if any_lost {
+                end_sessions_of_lost_instances(conn, lost_after);
+            }
+        }
         Err(e) => {
             log::warn!("instance table: {e}");
             *db = None;
         }
+    }
+}
+
+/// The registry must not show sessions of an instance that is gone as
+/// active: the dispatcher ends them, as a live collabd would (whichever
+/// notices first; each row is ended exactly once, see
+/// [`crate::configdb::ConfigDb::end_sessions_of_lost_instances`]). A failure
+/// is logged; the next refresh tries again.
+fn end_sessions_of_lost_instances(conn: &mut crate::configdb::ConfigDb, lost_after: Duration) {
+    let ms = u64::try_from(lost_after.as_millis()).unwrap_or(u64::MAX);
+    match conn.end_sessions_of_lost_instances(ms, "collab-dispatcher") {
+        Ok(ended) => {
+            for (instance, n) in ended {
+                log::warn!(
+                    "instance {instance} lost (no heartbeat for {ms} ms): ended its {n} \
+                     sessions in the registry"
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot end the sessions of lost instances: {e}"),
     }
 }
 

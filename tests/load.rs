@@ -179,14 +179,7 @@ fn sessions_and_memory(https: bool) {
     let in_db = active_sessions(&s.db_url, INSTANCE);
     pause_for_inspection(pid);
     eprintln!("collabd with {n} sessions: {with}");
-    eprintln!(
-        "collabd resident memory by mapping:\n{}",
-        support::loadrig::smaps_summary(pid, 12)
-    );
-    eprintln!(
-        "collabd threads by name: {:?}",
-        support::loadrig::thread_names(pid)
-    );
+    support::loadrig::print_breakdown("collabd", pid, 12);
     eprintln!(
         "collabd TCP sockets by remote port (sim {}): {:?}",
         s.sim.addr().port(),
@@ -363,64 +356,35 @@ fn message_latency() {
     );
 }
 
+/// The login rate: `LOAD_LOGINS` devices (default 2000 over HTTP, 1000
+/// over HTTPS), `LOAD_LOGIN_CONCURRENCY` at a time, each session kept
+/// open. Prints the rate, collabd's (and cwa-sim's) CPU per sign-in, the
+/// refusals and failures, and the sign-in latency; then asserts that every
+/// login was admitted.
 #[test]
 #[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
 fn login_rate() {
-    let m = env_usize("LOAD_LOGINS", 2000);
-    let c = env_usize("LOAD_LOGIN_CONCURRENCY", 64);
-    let devices = generate_devices(m, 0x6000_0000, "LOAD").unwrap();
-    let s = stack(&devices, m, false, &[]);
-    wait_for_heartbeat(&s.db_url);
-    thread::sleep(Duration::from_secs(1));
-    let pid = s.collabd.pid();
-    let profile = Profiler::start(pid, "collabd-login-rate");
-    let cpu0 = cpu_seconds(pid);
-    let report = login_burst(&options(s.collabd.addr.to_string()), &devices, c).expect("burst");
-    let cpu1 = cpu_seconds(pid);
-    drop(profile);
-    let lat = report.latency.expect("some logins succeeded");
-    eprintln!(
-        "{} in {:.2} s; connect-to-result {lat}; collabd CPU {:.1} s",
-        report.logins,
-        report.elapsed.as_secs_f64(),
-        cpu1 - cpu0
-    );
-    println!(
-        "FIGURE {} login-rate build={} logins={m} concurrency={c} ok={} seconds={:.2} \
-         logins_per_s={:.0} login_p50_ms={:.1} login_p99_ms={:.1}",
-        today(),
-        build(),
-        report.logins.ok,
-        report.elapsed.as_secs_f64(),
-        report.logins_per_second(),
-        lat.p50.as_secs_f64() * 1e3,
-        lat.p99.as_secs_f64() * 1e3,
-    );
-    assert_eq!(
-        report.logins.ok, m,
-        "every login admitted: {}",
-        report.logins
-    );
-    assert_eq!(active_sessions(&s.db_url, INSTANCE), m as i64);
-    drop(report.clients);
+    login_rate_run(false);
 }
 
-/// The login rate with collabd signing in to the simulator over HTTPS:
-/// `LOAD_LOGINS` devices (default 1000), `LOAD_LOGIN_CONCURRENCY` at a
-/// time, each session kept open. Prints the rate, collabd's CPU per
-/// sign-in, the refusals by status, and the sign-in latency; then asserts
-/// that none was refused.
+/// [`login_rate`] with collabd signing in to the simulator over HTTPS.
 #[test]
 #[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
 fn login_rate_over_https() {
-    let m = env_usize("LOAD_LOGINS", 1000);
+    login_rate_run(true);
+}
+
+fn login_rate_run(https: bool) {
+    let m = env_usize("LOAD_LOGINS", if https { 1000 } else { 2000 });
     let c = env_usize("LOAD_LOGIN_CONCURRENCY", 64);
-    let devices = generate_devices(m, 0x6800_0000, "LOAD").unwrap();
-    let s = stack(&devices, m, true, &[]);
+    let first_pin = if https { 0x6800_0000 } else { 0x6000_0000 };
+    let devices = generate_devices(m, first_pin, "LOAD").unwrap();
+    let s = stack(&devices, m, https, &[]);
     wait_for_heartbeat(&s.db_url);
     thread::sleep(Duration::from_secs(1));
     let pid = s.collabd.pid();
-    let profile = Profiler::start(pid, "collabd-login-rate-https");
+    let transport = if https { "HTTPS" } else { "HTTP" };
+    let profile = Profiler::start(pid, &format!("collabd-login-rate-{transport}"));
     let (sim_pid, me) = (s.sim.pid(), std::process::id());
     let (cpu0, sim0, me0) = (cpu_seconds(pid), cpu_seconds(sim_pid), cpu_seconds(me));
     let report = login_burst(&options(s.collabd.addr.to_string()), &devices, c).expect("burst");
@@ -443,9 +407,10 @@ fn login_rate_over_https() {
         sample(pid)
     );
     println!(
-        "FIGURE {} login-rate build={} cwa=HTTPS logins={m} concurrency={c} ok={} refused={refused} \
-         failed={failed} seconds={:.2} logins_per_s={:.0} collabd_cpu_ms_per_login={cpu_ms_per_login:.2} \
-         sim_cpu_ms_per_login={:.2} login_p50_ms={p50:.1} login_p99_ms={p99:.1}",
+        "FIGURE {} login-rate build={} cwa={transport} logins={m} concurrency={c} ok={} \
+         refused={refused} failed={failed} seconds={:.2} logins_per_s={:.0} \
+         collabd_cpu_ms_per_login={cpu_ms_per_login:.2} sim_cpu_ms_per_login={:.2} \
+         login_p50_ms={p50:.1} login_p99_ms={p99:.1}",
         today(),
         build(),
         report.logins.ok,
@@ -548,14 +513,7 @@ fn dispatcher_relays() {
 fn report_relays(upstream: &str, n: usize, pid: u32, before: &support::loadrig::ProcSample) {
     let with = sample(pid);
     eprintln!("dispatcher with {n} relays: {with}");
-    eprintln!(
-        "dispatcher resident memory by mapping:\n{}",
-        support::loadrig::smaps_summary(pid, 8)
-    );
-    eprintln!(
-        "dispatcher threads by name: {:?}",
-        support::loadrig::thread_names(pid)
-    );
+    support::loadrig::print_breakdown("dispatcher", pid, 8);
     eprintln!("system threads: {}", system_threads());
     let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
     println!(

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use collabd::configdb::InstanceSettings;
-use collabd::device::{DeviceClient, DeviceConfig};
+use collabd::device::DeviceClient;
 use collabd::wire::{DeviceCommand, DeviceEvent, Resume, Secret, ServiceMessage};
 
 use support::collabd::{field, finish, sim_line, wait_until, Stack, TestUser, WAIT};
@@ -506,18 +506,6 @@ fn a_refused_frame_gets_its_308_and_an_orderly_end_even_with_input_in_flight() {
     }
 }
 
-fn library_client(stack: &Stack, dev: &support::collabd::TestDevice) -> DeviceClient {
-    DeviceClient::connect(&DeviceConfig {
-        addr: stack.collabd.as_ref().unwrap().addr.to_string(),
-        pin: dev.pin,
-        transport_key: dev.key,
-        tls: None,
-        timeout: Duration::from_secs(30),
-        status_interval: None,
-    })
-    .expect("connect")
-}
-
 /// Waits for the next event, answering nothing else.
 fn next_event(client: &mut DeviceClient) -> (u64, DeviceEvent) {
     loop {
@@ -535,7 +523,7 @@ fn a_device_that_comes_back_resumes_its_session_with_nothing_lost_or_duplicated(
     stack.start_collabd(&[]);
     let alice_dev = &devices[0];
     let password = Secret::new(alice_dev.user.password.clone());
-    let mut alice = library_client(&stack, alice_dev);
+    let mut alice = stack.library_client(alice_dev);
     let accepted = alice
         .login(&alice_dev.user.login, &password, None)
         .expect("login");
@@ -607,7 +595,7 @@ fn a_device_that_comes_back_resumes_its_session_with_nothing_lost_or_duplicated(
         assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
     }
     // A wrong password cannot take the session over.
-    let mut intruder = library_client(&stack, alice_dev);
+    let mut intruder = stack.library_client(alice_dev);
     let refused = intruder.login(
         &alice_dev.user.login,
         &Secret::new("guess"),
@@ -622,7 +610,7 @@ fn a_device_that_comes_back_resumes_its_session_with_nothing_lost_or_duplicated(
     );
 
     // Alice comes back and resumes after the last event she acknowledged.
-    let mut alice = library_client(&stack, alice_dev);
+    let mut alice = stack.library_client(alice_dev);
     let resumed = alice
         .login(
             &alice_dev.user.login,

@@ -7,10 +7,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use collabd::configdb::InstanceSettings;
-use collabd::device::{DeviceClient, DeviceConfig, DeviceError};
+use collabd::device::{DeviceClient, DeviceError};
 use collabd::service::translate::MAX_TEXT_BYTES;
 use collabd::wire::{
     DeviceCommand, DeviceEvent, Resume, Secret, ServiceMessage, Status, WireError,
@@ -43,20 +41,8 @@ fn stack(names: &[&str]) -> (Stack, Vec<TestDevice>) {
     (stack, devices)
 }
 
-fn client(stack: &Stack, dev: &TestDevice) -> DeviceClient {
-    DeviceClient::connect(&DeviceConfig {
-        addr: stack.collabd.as_ref().unwrap().addr.to_string(),
-        pin: dev.pin,
-        transport_key: dev.key,
-        tls: None,
-        timeout: Duration::from_secs(30),
-        status_interval: None,
-    })
-    .expect("connect")
-}
-
 fn login(stack: &Stack, dev: &TestDevice, resume: Option<Resume>) -> (DeviceClient, String) {
-    let mut c = client(stack, dev);
+    let mut c = stack.library_client(dev);
     let ok = c
         .login(
             &dev.user.login,
@@ -124,7 +110,7 @@ fn two_elements_in_one_frame_are_refused_308_also_after_a_login() {
 
     // A login followed by a logout in the same frame: refused, no session.
     let bob = &devices[1];
-    let mut c = client(&stack, bob);
+    let mut c = stack.library_client(bob);
     let login = format!(
         r#"<login user="{}"><password>{}</password></login><logout/>"#,
         bob.user.login, bob.user.password
@@ -159,7 +145,7 @@ fn acks_beyond_the_last_event_sent_are_refused_and_nothing_is_dropped() {
     drop(alice);
 
     // A resume that claims the same: login-result 308, session kept.
-    let mut c = client(&stack, dev);
+    let mut c = stack.library_client(dev);
     let refused = c.login(
         &dev.user.login,
         &Secret::new(dev.user.password.clone()),

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use collabd::configdb::{AuditRecord, ConfigDb, InstanceChange, InstanceSettings};
+use collabd::device::{DeviceClient, DeviceConfig};
 
 use super::device_peer::DeviceProcess;
 use super::pg::migrated_database;
@@ -335,6 +336,25 @@ impl Stack {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         DeviceProcess::spawn(env!("CARGO_BIN_EXE_collab-device"), &args)
+    }
+
+    /// A device-library client connected (handshake done, not signed in)
+    /// to this stack's collabd as `device`.
+    pub fn library_client(&self, device: &TestDevice) -> DeviceClient {
+        DeviceClient::connect(&DeviceConfig {
+            addr: self
+                .collabd
+                .as_ref()
+                .expect("collabd started")
+                .addr
+                .to_string(),
+            pin: device.pin,
+            transport_key: device.key,
+            tls: None,
+            timeout: Duration::from_secs(30),
+            status_interval: None,
+        })
+        .expect("connect")
     }
 
     /// Starts the device as its own user with the right password.

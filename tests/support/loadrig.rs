@@ -485,3 +485,13 @@ impl Drop for Profiler {
         }
     }
 }
+
+/// Prints where `name`'s resident memory is (the `top` largest kinds of
+/// mapping) and its threads by name, to the run's standard error.
+pub fn print_breakdown(name: &str, pid: u32, top: usize) {
+    eprintln!(
+        "{name} resident memory by mapping:\n{}",
+        smaps_summary(pid, top)
+    );
+    eprintln!("{name} threads by name: {:?}", thread_names(pid));
+}

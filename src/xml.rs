@@ -44,11 +44,37 @@ impl fmt::Display for XmlError {
 impl std::error::Error for XmlError {}
 
 /// Parses `bytes` as one XML document of at most `limit` bytes.
+///
+/// A whitespace-only text is kept when it is all an element holds (a
+/// message, subject or note may be "  ", and must arrive as sent); white
+/// space between child elements is layout and is dropped.
 pub fn parse(bytes: &[u8], limit: usize) -> Result<Element, XmlError> {
     if bytes.len() > limit {
         return Err(XmlError::TooLarge { limit });
     }
-    Element::parse(bytes).map_err(|e| XmlError::Malformed(e.to_string()))
+    let config = xmltree::ParserConfig::new()
+        .ignore_comments(false)
+        .whitespace_to_characters(true);
+    let mut root = Element::parse_with_config(bytes, config)
+        .map_err(|e| XmlError::Malformed(e.to_string()))?;
+    drop_layout_whitespace(&mut root);
+    Ok(root)
+}
+
+/// Removes whitespace-only text beside child elements, all the way down.
+/// Recursion is bounded by the document's depth, which callers of
+/// untrusted input check first ([`parse_shaped`]).
+fn drop_layout_whitespace(e: &mut Element) {
+    let has_elements = e.children.iter().any(|n| n.as_element().is_some());
+    if has_elements {
+        e.children
+            .retain(|n| !matches!(n, XMLNode::Text(t) if t.trim().is_empty()));
+    }
+    for child in e.children.iter_mut() {
+        if let XMLNode::Element(c) = child {
+            drop_layout_whitespace(c);
+        }
+    }
 }
 
 /// Bounds on a document's shape, checked by [`check_shape`] before the

@@ -681,4 +681,37 @@ Kasturi_Rao@mahindrasatyam.com</email></identity></contactCard>
             matches!(&p.events[4].1, Event::SelfPresence { categories } if categories[0].note.as_deref() == Some("lunch"))
         );
     }
+    /// A whitespace-only message, subject or note is what the user sent:
+    /// it reaches the device as sent, while layout white space between
+    /// elements is not text.
+    #[test]
+    fn whitespace_only_texts_arrive_as_sent() {
+        let doc = "<cwaEvents ackId=\"3\">\n  <conference eid=\"1\" confId=\"4\"><imSessionReceived><inviter uri=\"sip:bob@x\" name=\"Bob\"/><subject> </subject><message><format>text/plain</format><content>\t </content></message></imSessionReceived></conference>\n  <conference eid=\"2\" confId=\"4\">\n    <messageReceived sender=\"sip:bob@x\"><message><format>text/plain</format><content>   </content></message></messageReceived>\n  </conference>\n  <selfPresence eid=\"3\"><cwaCategory name=\"note\"><note><body>  </body></note></cwaCategory></selfPresence>\n</cwaEvents>";
+        let p = parse(doc);
+        assert_eq!(p.events.len(), 3, "{:?}", p.events);
+        let Event::Conference {
+            item:
+                ConferenceItem::ImSessionReceived {
+                    subject, message, ..
+                },
+            ..
+        } = &p.events[0].1
+        else {
+            panic!("{:?}", p.events[0]);
+        };
+        assert_eq!(subject.as_deref(), Some(" "));
+        assert_eq!(message.as_ref().map(|m| m.content.as_str()), Some("\t "));
+        let Event::Conference {
+            item: ConferenceItem::MessageReceived { message, .. },
+            ..
+        } = &p.events[1].1
+        else {
+            panic!("{:?}", p.events[1]);
+        };
+        assert_eq!(message.content, "   ");
+        let Event::SelfPresence { categories } = &p.events[2].1 else {
+            panic!("{:?}", p.events[2]);
+        };
+        assert_eq!(categories[0].note.as_deref(), Some("  "));
+    }
 }

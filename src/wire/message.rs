@@ -753,7 +753,12 @@ impl ServiceMessage {
                     .text("reason", reason)
                     .0
             }
-            ServiceMessage::ServiceStopping => Build::new("service-stopping").0,
+            // The status collabd(8) says devices are told at shutdown.
+            ServiceMessage::ServiceStopping => {
+                Build::new("service-stopping")
+                    .attr("code", &Status::ServiceStopping.code().to_string())
+                    .0
+            }
         }
     }
 

@@ -792,3 +792,150 @@ fn failed_handshakes_are_logged_with_peer_and_status() {
         })
     });
 }
+
+/// The `event message` texts (escaped) in `lines`, in order.
+fn message_texts(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("event message "))
+        .filter_map(|l| field(l, "text"))
+        .collect()
+}
+
+/// Reads `d`'s lines until its `event message` texts number `n`; returns
+/// them.
+fn messages_until(d: &mut DeviceProcess, n: usize) -> Vec<String> {
+    while message_texts(&d.transcript).len() < n {
+        d.expect("event message ");
+    }
+    message_texts(&d.transcript)
+}
+
+#[test]
+fn collab_device_resumes_by_itself_after_a_cut_link_with_nothing_lost_or_repeated() {
+    let mut c = Cluster::new(&["alice", "bob"], 5, 5);
+    c.wait_live(ALPHA);
+    // Alice reaches the dispatcher through a link the test can cut.
+    let cutter = support::cutting_proxy::LinkCutter::start(c.dispatcher.addr);
+    let alice_dev = c.device("alice").clone();
+    let mut alice = c.stack.device_at(
+        cutter.addr,
+        &alice_dev,
+        &alice_dev.user,
+        &alice_dev.user.password,
+        &["--reconnect", "5"],
+    );
+    let login = alice.expect("login ");
+    assert!(login.starts_with("login ok"), "{login}");
+    let session = field(&login, "session").expect("session id");
+    let (mut bob, _) = c.sign_in("bob");
+
+    let m0 = c.text("m0 before the cut");
+    let conv = start_conversation(&mut bob, &sip("alice"), &m0);
+    let inv = alice.expect("event invitation ");
+    assert_eq!(field(&inv, "conv").as_deref(), Some(conv.as_str()));
+    alice.send(&format!("accept conv={conv}"));
+    let r = alice.expect("result ");
+    assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+    let m1 = c.text("m1 before the cut");
+    bob.send(&format!("send conv={conv} text={m1}"));
+    bob.expect("result ");
+    let a0 = c.text("a0 before the cut");
+    alice.send(&format!("send conv={conv} text={a0}"));
+    alice.expect("result ");
+    messages_until(&mut alice, 1);
+    messages_until(&mut bob, 1);
+
+    // The link drops mid-conversation. Alice has just typed a1 (it goes
+    // into the dead link or waits for the new one); Bob goes on talking.
+    cutter.cut();
+    let a1 = c.text("a1 as the link dropped");
+    alice.send(&format!("send conv={conv} text={a1}"));
+    let mut sent_in_gap = Vec::new();
+    for i in 2..4 {
+        let m = c.text(&format!("m{i} while alice was away"));
+        bob.send(&format!("send conv={conv} text={m}"));
+        let r = bob.expect("result ");
+        assert_eq!(field(&r, "status").as_deref(), Some("ok"), "{r}");
+        sent_in_gap.push(m);
+    }
+    let reconnecting = alice.expect("reconnecting ");
+    assert!(field(&reconnecting, "wait-ms").is_some(), "{reconnecting}");
+    let resumed = alice.expect("resumed ");
+    assert_eq!(
+        field(&resumed, "session").as_deref(),
+        Some(session.as_str()),
+        "{resumed}"
+    );
+
+    // After the resume both ways go on; a whitespace-only text arrives as
+    // sent.
+    let m4 = c.text("m4 after the resume");
+    bob.send(&format!("send conv={conv} text={m4}"));
+    bob.expect("result ");
+    bob.send(&format!("send conv={conv} text=\\s\\s"));
+    bob.expect("result ");
+    let a2 = c.text("a2 after the resume");
+    alice.send(&format!("send conv={conv} text={a2}"));
+
+    let want_alice = vec![
+        m1.clone(),
+        sent_in_gap[0].clone(),
+        sent_in_gap[1].clone(),
+        m4.clone(),
+        "\\s\\s".to_string(),
+    ];
+    assert_eq!(messages_until(&mut alice, want_alice.len()), want_alice);
+    assert_eq!(messages_until(&mut bob, 3), vec![a0, a1, a2]);
+    // Her commands were accept (1) and three sends (2 to 4): wait for the
+    // last result before signing out.
+    while !alice
+        .transcript
+        .iter()
+        .any(|l| l.starts_with("result id=4 "))
+    {
+        alice.expect("result ");
+    }
+
+    // Nothing more comes: no late duplicate of anything.
+    alice.send("logout");
+    bob.send("logout");
+    let (code, alice_lines) = finish(alice);
+    assert_eq!(code, 0, "{alice_lines:?}");
+    assert_eq!(message_texts(&alice_lines), want_alice, "{alice_lines:?}");
+    let (code, bob_lines) = finish(bob);
+    assert_eq!(code, 0, "{bob_lines:?}");
+    assert_eq!(message_texts(&bob_lines).len(), 3, "{bob_lines:?}");
+    let results: Vec<String> = alice_lines
+        .iter()
+        .filter(|l| l.starts_with("result "))
+        .filter_map(|l| field(l, "id"))
+        .collect();
+    let mut unique = results.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        results.len(),
+        "one result per id: {alice_lines:?}"
+    );
+    let mut sent_ids: Vec<String> = alice_lines
+        .iter()
+        .filter(|l| l.starts_with("sent id="))
+        .filter_map(|l| field(l, "id"))
+        .collect();
+    sent_ids.sort();
+    sent_ids.dedup();
+    assert_eq!(unique, sent_ids, "{alice_lines:?}");
+    // Event sequence numbers are shown once each, in order.
+    let seqs: Vec<u64> = alice_lines
+        .iter()
+        .filter(|l| l.starts_with("event ") && !l.starts_with("event contact-list-"))
+        .filter(|l| !l.starts_with("event search-entry"))
+        .filter_map(|l| field(l, "seq")?.parse().ok())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(c.stack.audited("login_resumed", alice_dev.pin, &session));
+    assert!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst) == 1);
+    c.assert_no_plaintext();
+}

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::lineformat::{self, Line, Record, ScriptAction};
+use super::reconnect::{self, Backoff, Reattached};
 use super::{DeviceClient, DeviceConfig, DeviceError, TlsConfig};
 use crate::wire::{
     self, Availability, Coverage, DeviceCommand, DeviceEvent, Secret, ServiceMessage, Status,
@@ -21,7 +22,7 @@ use crate::wire::{
 
 const USAGE: &str = "usage: collab-device --connect HOST:PORT --pin PIN --key-file FILE \
 --user LOGIN --password-file FILE [--tls] [--ca FILE] [--tls-name NAME] [--script] \
-[--manual-ack] [--status-interval SECS] [--timeout SECS]";
+[--manual-ack] [--status-interval SECS] [--timeout SECS] [--reconnect ATTEMPTS]";
 
 /// How often the front ends look at standard input between reads.
 const POLL_SLICE: Duration = Duration::from_millis(100);
@@ -107,6 +108,8 @@ pub struct Options {
     manual_ack: bool,
     status_interval: Option<Duration>,
     timeout: Duration,
+    /// Reconnect attempts after a lost link (0: none).
+    reconnect_attempts: u32,
 }
 
 /// Parses the arguments (without the program name).
@@ -131,6 +134,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, CliError> {
         manual_ack: false,
         status_interval: Some(Duration::from_secs(60)),
         timeout: Duration::from_secs(30),
+        reconnect_attempts: reconnect::DEFAULT_ATTEMPTS,
     };
     let secs = |flag: &str, v: &str| -> Result<u64, CliError> {
         v.parse::<u64>()
@@ -172,6 +176,14 @@ pub fn parse_args(args: &[String]) -> Result<Options, CliError> {
                     return Err(usage("--timeout must be at least 1".into()));
                 }
                 o.timeout = Duration::from_secs(n);
+            }
+            "--reconnect" => {
+                let v = value(a)?;
+                o.reconnect_attempts = v.parse::<u32>().map_err(|_| {
+                    usage(format!(
+                        "--reconnect wants a number of attempts, not \"{v}\""
+                    ))
+                })?;
             }
             "-h" | "--help" => return Err(usage("help requested".into())),
             other => return Err(usage(format!("unknown argument \"{other}\""))),
@@ -242,6 +254,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
         status_interval: o.status_interval,
     };
     let mut out = Output::new(o.script);
+    out.resumes = o.reconnect_attempts > 0;
     let mut client = match DeviceClient::connect(&cfg) {
         Ok(c) => c,
         Err(e) => {
@@ -277,7 +290,6 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
             return Err(CliError::from_device(e, false));
         }
     };
-    drop(password);
     out.record(
         Line::new("login ok")
             .opt("session", accepted.session_id.as_deref())
@@ -292,7 +304,16 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     ));
     let input = spawn_stdin_reader();
     let mut ui = Interactive::default();
-    session_loop(&mut client, &input, &mut out, &mut ui, o.manual_ack)?;
+    loop {
+        match session_loop(&mut client, &input, &mut out, &mut ui, o.manual_ack) {
+            Ok(()) => break,
+            Err(CliError::Connection(why)) if out.resumes => {
+                keep_session(&mut client, &cfg, &o, &password, &mut out, why)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    drop(password);
     // Logout requested or input ended.
     let seen = client
         .logout()
@@ -379,6 +400,15 @@ fn session_loop(
 }
 
 fn lost(e: DeviceError, out: &mut Output) -> CliError {
+    if out.resumes {
+        if let DeviceError::Wire(w) = &e {
+            if reconnect::is_lost_link(w) {
+                // Not yet the end: [`keep_session`] reconnects, and says
+                // `lost` only if it gives up.
+                return CliError::Connection(e.to_string());
+            }
+        }
+    }
     let err = CliError::from_device(e, true);
     let kind = match &err {
         CliError::Protocol(_) => "protocol",
@@ -393,6 +423,108 @@ fn lost(e: DeviceError, out: &mut Output) -> CliError {
     );
     out.human(&format!("*** {err}"));
     err
+}
+
+/// The link was lost (`why`): reconnect with [`Backoff`] and resume the
+/// session, saying so in `reconnecting`, `resumed` or `resume refused`
+/// records (collab-device(1)). Gives up, with `lost`, when the bounds are
+/// reached or a failure is final.
+fn keep_session(
+    client: &mut DeviceClient,
+    cfg: &DeviceConfig,
+    o: &Options,
+    password: &Secret,
+    out: &mut Output,
+    why: String,
+) -> Result<(), CliError> {
+    let mut backoff = Backoff::new(o.reconnect_attempts);
+    let mut last = why;
+    let give_up = |out: &mut Output, err: CliError| {
+        let kind = match &err {
+            CliError::Protocol(_) => "protocol",
+            CliError::Refused(..) | CliError::Ended(..) => "refused",
+            _ => "connection",
+        };
+        out.record(
+            Line::new("lost")
+                .kv("kind", kind)
+                .kv("text", &err.to_string())
+                .done(),
+        );
+        out.human(&format!("*** {err}"));
+        err
+    };
+    loop {
+        let Some(wait) = backoff.next_wait() else {
+            return Err(give_up(
+                out,
+                CliError::Connection(format!(
+                    "{last}; gave up after {} reconnect attempts",
+                    backoff.tried()
+                )),
+            ));
+        };
+        out.record(
+            Line::new("reconnecting")
+                .kv("attempt", &backoff.tried().to_string())
+                .kv("wait-ms", &wait.as_millis().to_string())
+                .kv("text", &last)
+                .done(),
+        );
+        out.human(&format!(
+            "*** link lost ({last}); reconnecting in {} ms (attempt {})",
+            wait.as_millis(),
+            backoff.tried()
+        ));
+        thread::sleep(wait);
+        match client.reconnect(cfg, &o.user, password) {
+            Ok(Reattached::Resumed {
+                session,
+                acked,
+                resent,
+            }) => {
+                let mut rec = Line::new("resumed")
+                    .kv("session", &session)
+                    .kv("acked", &acked.to_string());
+                for id in &resent {
+                    rec = rec.kv("resent", &id.to_string());
+                }
+                out.record(rec.done());
+                out.human(&format!("*** back in session {session}"));
+                return Ok(());
+            }
+            Ok(Reattached::NewSession {
+                old,
+                session,
+                sip_uri,
+                text,
+                dropped,
+            }) => {
+                let mut rec = Line::new("resume refused")
+                    .opt("old", old.as_deref())
+                    .opt("session", session.as_deref())
+                    .opt("sip", sip_uri.as_deref())
+                    .kv("text", &text);
+                for id in &dropped {
+                    rec = rec.kv("dropped", &id.to_string());
+                }
+                out.record(rec.done());
+                out.human(&format!(
+                    "*** the session was gone; signed in afresh ({}); commands without a result: {}",
+                    session.as_deref().unwrap_or("no session id"),
+                    dropped.len()
+                ));
+                return Ok(());
+            }
+            Err(e) if reconnect::worth_retrying(&e) => last = e.to_string(),
+            Err(e) => {
+                if let DeviceError::LoginRefused(s, t) = &e {
+                    out.record(status_record("login refused", *s, t));
+                }
+                return Err(give_up(out, CliError::from_device(e, false)));
+            }
+        }
+    }
 }
 
 /// A write to the service failed. The service may have said its last word
@@ -507,6 +639,9 @@ fn script_line(
 struct Output {
     script: bool,
     stdout: io::Stdout,
+    /// A lost link is reconnected and resumed, not the end (then the
+    /// `lost` record waits until reconnecting gives up).
+    resumes: bool,
 }
 
 impl Output {
@@ -514,6 +649,7 @@ impl Output {
         Output {
             script,
             stdout: io::stdout(),
+            resumes: false,
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod lineformat;
 pub mod load;
+pub mod reconnect;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -177,6 +178,8 @@ pub struct DeviceClient {
     status_interval: Option<Duration>,
     coverage: Coverage,
     last_status: Instant,
+    /// The session as far as a resume needs it.
+    kept: reconnect::Kept,
 }
 
 /// Opens the TCP connection, trying every resolved address within the
@@ -248,6 +251,7 @@ impl DeviceClient {
             status_interval: cfg.status_interval,
             coverage: Coverage::InCoverage,
             last_status: Instant::now(),
+            kept: reconnect::Kept::default(),
         })
     }
 
@@ -275,6 +279,7 @@ impl DeviceClient {
                 sip_uri,
             } => {
                 self.last_status = Instant::now();
+                self.kept.session_id.clone_from(&session_id);
                 Ok(LoginAccepted {
                     session_id,
                     sip_uri,
@@ -301,6 +306,9 @@ impl DeviceClient {
     pub fn send_command(&mut self, command: DeviceCommand) -> Result<u64, DeviceError> {
         let id = self.next_command_id;
         self.next_command_id += 1;
+        // Noted before it goes: a command whose write fails is sent again
+        // after a resume.
+        self.kept.sent(id, command.clone());
         self.channel
             .send_device(&DeviceMessage::Command { id, command })?;
         Ok(id)
@@ -308,7 +316,9 @@ impl DeviceClient {
 
     /// Acknowledges all events up to and including `seq`.
     pub fn ack(&mut self, seq: u64) -> Result<(), DeviceError> {
-        Ok(self.channel.send_device(&DeviceMessage::Ack { seq })?)
+        self.channel.send_device(&DeviceMessage::Ack { seq })?;
+        self.kept.acked = self.kept.acked.max(seq);
+        Ok(())
     }
 
     /// Sends a status report now, and reports `coverage` from now on.
@@ -339,6 +349,8 @@ impl DeviceClient {
 
     /// Waits up to `timeout` for the next service message, sending the
     /// periodic status report when due. `Ok(None)`: nothing arrived in time.
+    /// An event replayed after a resume that was delivered before is not
+    /// delivered again.
     pub fn poll(&mut self, timeout: Duration) -> Result<Option<ServiceMessage>, DeviceError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -357,7 +369,13 @@ impl DeviceClient {
                 .set_read_timeout(wait)
                 .map_err(|e| DeviceError::Wire(WireError::Io(e)))?;
             match self.channel.recv_service() {
-                Ok(m) => return Ok(Some(m)),
+                Ok(ServiceMessage::Event { seq, .. }) if !self.kept.first_delivery(seq) => continue,
+                Ok(m) => {
+                    if let ServiceMessage::CommandResult { id, .. } = &m {
+                        self.kept.unanswered.remove(id);
+                    }
+                    return Ok(Some(m));
+                }
                 Err(WireError::Timeout) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -396,5 +414,33 @@ impl DeviceClient {
     /// The underlying channel (for tests that need the raw protocol).
     pub fn channel_mut(&mut self) -> &mut SecureChannel<Link> {
         &mut self.channel
+    }
+}
+
+/// What a client that resumes after a lost link needs: the command
+/// numbering goes on across connections (collab-protocol(7): ids are
+/// unique in the session), and a command without a result is sent again
+/// with its own id.
+impl DeviceClient {
+    /// The id the next [`DeviceClient::send_command`] will use.
+    pub fn next_command_id(&self) -> u64 {
+        self.next_command_id
+    }
+
+    /// Numbers commands from `next` on (after a resume on a new
+    /// connection).
+    pub fn continue_numbering(&mut self, next: u64) {
+        self.next_command_id = self.next_command_id.max(next);
+    }
+
+    /// Sends `command` again with the id it had on an earlier connection.
+    pub fn send_command_again(
+        &mut self,
+        id: u64,
+        command: DeviceCommand,
+    ) -> Result<(), DeviceError> {
+        Ok(self
+            .channel
+            .send_device(&DeviceMessage::Command { id, command })?)
     }
 }

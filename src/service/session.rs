@@ -35,6 +35,14 @@
 //! channel; the device's command result is sent then, matched by rid. A
 //! result that arrives before the command thread has registered the rid
 //! (the two race) waits in a small bounded list.
+//!
+//! Commands sent again after a resume: a device that lost its link does
+//! not know which of its commands ran. It sends those without a result
+//! again, with the same ids, on the new link; the session remembers its
+//! last [`MAX_SEEN_COMMANDS`] commands (a digest, where each came from, and
+//! the result once there is one), so the same command with the same id
+//! from a newer link is not run twice: its result goes to the newer link,
+//! now or when it comes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,6 +71,9 @@ pub const MAX_REPLAY_BYTES: usize = 1 << 20;
 const MAX_PENDING: usize = 64;
 /// Results that arrived before their command was registered.
 const MAX_EARLY: usize = 32;
+/// Commands remembered, with their results, for devices that send them
+/// again after a resume.
+pub const MAX_SEEN_COMMANDS: usize = 64;
 /// Presence subscriptions remembered to restore after a new CWA sign-in.
 const MAX_SUBSCRIPTIONS: usize = 200;
 /// Event polls failing in a row (network, busy, timeouts) before the
@@ -150,7 +161,31 @@ enum PendingKind {
     },
 }
 
+/// A command the session received, for recognising it when a resumed
+/// device sends it again.
+struct SeenCommand {
+    id: u64,
+    /// SHA-256 of the command's encoding: the same id with another
+    /// command is a new command (a client that numbers afresh).
+    digest: [u8; 32],
+    /// The link it came on.
+    origin: u64,
+    /// The link its result goes to (a newer one after a resend).
+    to: u64,
+    result: Option<ServiceMessage>,
+}
+
+fn command_digest(id: u64, command: &DeviceCommand) -> [u8; 32] {
+    let encoded = DeviceMessage::Command {
+        id,
+        command: command.clone(),
+    }
+    .encode();
+    openssl::sha::sha256(&encoded)
+}
+
 struct State {
+    seen: VecDeque<SeenCommand>,
     link: Option<Link>,
     next_link: u64,
     next_seq: u64,
@@ -230,6 +265,7 @@ impl Session {
             commands: Mutex::new(new.commands),
             delivery: Mutex::new(()),
             state: Mutex::new(State {
+                seen: VecDeque::new(),
                 link: None,
                 next_link: 1,
                 next_seq: 1,
@@ -443,9 +479,26 @@ impl Session {
         Ok(())
     }
 
-    /// Send a command result on link `link_id`, if it is still current.
+    /// Send a command result for a command that came on link `link_id`:
+    /// remembered for a resend, and sent to the link the device now
+    /// expects it on, if that is still current.
     fn answer(&self, link_id: u64, message: ServiceMessage) {
-        let link = self.state().link.clone().filter(|l| l.id == link_id);
+        let link = {
+            let mut st = self.state();
+            let mut target = link_id;
+            if let ServiceMessage::CommandResult { id, .. } = &message {
+                if let Some(seen) = st
+                    .seen
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.id == *id && s.origin == link_id)
+                {
+                    seen.result = Some(message.clone());
+                    target = seen.to;
+                }
+            }
+            st.link.clone().filter(|l| l.id == target)
+        };
         if let Some(link) = link {
             if let Err(e) = link.send_message(&message) {
                 log::info!("{self:?}: cannot write to the device: {e}");
@@ -820,6 +873,55 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Whether command `id` on link `link_id` is one an earlier link
+    /// already brought (a device that resumed sends again what got no
+    /// result): then it is not run again, and its result, if there is one
+    /// yet, goes to this link now, else when it comes. A new command is
+    /// remembered.
+    fn sent_again(&self, link_id: u64, id: u64, command: &DeviceCommand) -> bool {
+        let digest = command_digest(id, command);
+        let result = {
+            let mut st = self.state();
+            let earlier = st
+                .seen
+                .iter_mut()
+                .rev()
+                .find(|s| s.id == id && s.digest == digest && s.origin != link_id);
+            match earlier {
+                Some(seen) => {
+                    seen.to = link_id;
+                    seen.result.clone()
+                }
+                None => {
+                    st.seen.push_back(SeenCommand {
+                        id,
+                        digest,
+                        origin: link_id,
+                        to: link_id,
+                        result: None,
+                    });
+                    while st.seen.len() > MAX_SEEN_COMMANDS {
+                        st.seen.pop_front();
+                    }
+                    return false;
+                }
+            }
+        };
+        log::info!("{self:?}: command {id} sent again on link {link_id}; not run twice");
+        if let Some(result) = result {
+            let link = self.state().link.clone().filter(|l| l.id == link_id);
+            if let Some(link) = link {
+                if let Err(e) = link.send_message(&result) {
+                    log::info!("{self:?}: cannot write to the device: {e}");
+                    self.drop_link(link.id, true);
+                }
+            }
+        }
+        true
+    }
+}
+
 /// Drop acknowledged events from the replay buffer.
 fn trim(st: &mut State, acked: u64) {
     while let Some((seq, payload)) = st.replay.front() {
@@ -952,7 +1054,9 @@ pub fn serve_link(session: &Arc<Session>, link_id: u64, mut reader: LinkReader) 
             }
             Ok(DeviceMessage::Command { id, command }) => {
                 session.ctx.table.note_activity(session.id(), now);
-                session.command(link_id, id, command);
+                if !session.sent_again(link_id, id, &command) {
+                    session.command(link_id, id, command);
+                }
             }
             Ok(DeviceMessage::Ack { seq }) => {
                 session.ctx.table.note_activity(session.id(), now);

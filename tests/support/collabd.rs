@@ -333,6 +333,10 @@ impl Stack {
             "--script".into(),
             "--timeout".into(),
             "30".into(),
+            // A lost link ends the device here, as most tests expect; a
+            // test of reconnecting passes --reconnect N in `extra`.
+            "--reconnect".into(),
+            "0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         DeviceProcess::spawn(env!("CARGO_BIN_EXE_collab-device"), &args)

@@ -80,3 +80,57 @@ fn pump(mut from: TcpStream, mut to: TcpStream, trap: Option<Trap>) {
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
 }
+
+/// A TCP proxy in front of `target` whose [`cut`](Self::cut) drops every
+/// connection open through it at that moment, on both sides, as a lost
+/// radio link would; later connections go through as before.
+pub struct LinkCutter {
+    pub addr: SocketAddr,
+    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    pub cuts: Arc<AtomicUsize>,
+}
+
+impl LinkCutter {
+    pub fn start(target: SocketAddr) -> LinkCutter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        {
+            let open = open.clone();
+            thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let Ok(server) = TcpStream::connect(target) else {
+                        continue;
+                    };
+                    {
+                        let mut o = open.lock().unwrap();
+                        o.push(client.try_clone().unwrap());
+                        o.push(server.try_clone().unwrap());
+                    }
+                    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    thread::spawn(move || pump(c2, s2, None));
+                    thread::spawn(move || pump(server, client, None));
+                }
+            });
+        }
+        LinkCutter {
+            addr,
+            open,
+            cuts: Arc::default(),
+        }
+    }
+
+    /// Cuts every connection open now.
+    pub fn cut(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Connections made through the proxy so far that are still listed
+    /// (cut ones are not).
+    pub fn open_connections(&self) -> usize {
+        self.open.lock().unwrap().len() / 2
+    }
+}

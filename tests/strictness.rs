@@ -2,8 +2,9 @@
 //! `collabd` with a real `cwa-sim` and Config DB: one message per frame
 //! (a second element, also after a login, is 308), acknowledgements never
 //! beyond the last event sent (an ack is Refused 308, a resume is
-//! login-result 308, and no event is dropped), and a text over the relay
-//! limit answered with command-result 300 every time, never 306 or 308.
+//! login-result 308, and no event is dropped), a text over the relay
+//! limit answered with command-result 300 every time, never 306 or 308,
+//! and a command sent again after a resume run only once.
 
 mod support;
 
@@ -234,4 +235,69 @@ fn a_text_over_the_relay_limit_is_answered_300_every_time() {
         }
     };
     assert_eq!(got.map(|t| t.len()), Some(MAX_TEXT_BYTES));
+}
+
+/// A command sent again after a resume, with its id and unchanged, is run
+/// once: the newer link gets the remembered result, and CWA saw one
+/// request. The same id with another command is a new command.
+#[test]
+fn a_command_sent_again_after_a_resume_runs_once() {
+    let (running, devices) = stack(&["alice"]);
+    let stack = &running;
+    let (mut alice, session) = login(stack, &devices[0], None);
+    let add = DeviceCommand::AddGroup {
+        name: "Project X".into(),
+    };
+    let mut events = Vec::new();
+    let id = alice.send_command(add.clone()).unwrap();
+    let (status, text) = result_of(&mut alice, id, &mut events);
+    assert_eq!(status, Status::Ok, "{text}");
+    // Wait for the group's delta, then lose the link without a word.
+    while !events.iter().any(|(_, e)| added_group(e, "Project X")) {
+        match alice.poll(WAIT).expect("poll") {
+            Some(ServiceMessage::Event { seq, event }) => events.push((seq, event)),
+            Some(_) => {}
+            None => panic!("no contact-list delta for the new group: {events:?}"),
+        }
+    }
+    let last = events.iter().map(|(s, _)| *s).max().unwrap();
+    alice.ack(last).unwrap();
+    drop(alice);
+
+    let (mut alice, resumed) = login(
+        stack,
+        &devices[0],
+        Some(Resume {
+            session_id: session.clone(),
+            last_acked_seq: last,
+        }),
+    );
+    assert_eq!(resumed, session);
+    alice.send_command_again(id, add.clone()).unwrap();
+    let mut later = Vec::new();
+    let (status, text) = result_of(&mut alice, id, &mut later);
+    // Run twice, CWA would refuse the duplicate group name.
+    assert_eq!(status, Status::Ok, "the remembered result: {text}");
+    // The same id with another command is a new command, and runs.
+    let other = DeviceCommand::AddGroup {
+        name: "Project Y".into(),
+    };
+    alice.send_command_again(id, other).unwrap();
+    let (status, text) = result_of(&mut alice, id, &mut later);
+    assert_eq!(status, Status::Ok, "{text}");
+    while !later.iter().any(|(_, e)| added_group(e, "Project Y")) {
+        match alice.poll(WAIT).expect("poll") {
+            Some(ServiceMessage::Event { seq, event }) => later.push((seq, event)),
+            Some(_) => {}
+            None => panic!("no delta for Project Y: {later:?}"),
+        }
+    }
+    assert!(
+        !later.iter().any(|(_, e)| added_group(e, "Project X")),
+        "Project X was added once: {later:?}"
+    );
+}
+
+fn added_group(e: &DeviceEvent, name: &str) -> bool {
+    matches!(e, DeviceEvent::ContactList(l) if !l.complete && l.groups.iter().any(|g| g.name == name))
 }

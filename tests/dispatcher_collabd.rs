@@ -939,3 +939,76 @@ fn collab_device_resumes_by_itself_after_a_cut_link_with_nothing_lost_or_repeate
     assert!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst) == 1);
     c.assert_no_plaintext();
 }
+
+#[test]
+fn a_two_thousand_contact_list_arrives_whole_in_parts() {
+    let alice = user("alice");
+    // About 80 bytes of XML each: well over one message's bound.
+    let contacts: Vec<String> = (0..2000)
+        .map(|i| format!("sip:contact{i:04}@contoso.com"))
+        .collect();
+    let sim_users = sim_line(&alice, &format!("contacts={}", contacts.join(",")));
+    let mut stack = Stack::new(
+        &sim_users,
+        InstanceSettings {
+            max_sessions: Some(5),
+            ..InstanceSettings::default()
+        },
+    );
+    stack.add_user(&alice, true);
+    let dev = stack.add_device(&alice);
+    stack.start_collabd(&[]);
+    let dispatcher = Dispatcher::start(
+        &stack.db_url,
+        &["--refresh-ms", "100", "--stale-after-ms", STALE_AFTER_MS],
+    );
+    wait_until("the dispatcher to route to alpha", || {
+        dispatcher
+            .log()
+            .contains(&format!("live instances: {ALPHA}\n"))
+    });
+    let mut d = stack.device_at(dispatcher.addr, &dev, &alice, &alice.password, &[]);
+    let login = d.expect("login ");
+    assert!(login.starts_with("login ok"), "{login}");
+    let whole = d.expect("contact-list whole ");
+    assert_eq!(
+        field(&whole, "contacts").as_deref(),
+        Some("2000"),
+        "{whole}"
+    );
+    let parts: u64 = field(&whole, "parts").unwrap().parse().unwrap();
+    assert!(parts >= 2, "{whole}");
+
+    // Parts 1..=n, consecutive events; the first replaces the list.
+    let heads: Vec<&String> = d
+        .transcript
+        .iter()
+        .filter(|l| l.starts_with("event contact-list "))
+        .collect();
+    assert_eq!(heads.len() as u64, parts, "{heads:?}");
+    let first_seq: u64 = field(heads[0], "seq").unwrap().parse().unwrap();
+    for (i, h) in heads.iter().enumerate() {
+        assert_eq!(field(h, "part"), Some((i + 1).to_string()), "{h}");
+        assert_eq!(field(h, "parts"), Some(parts.to_string()), "{h}");
+        assert_eq!(
+            field(h, "complete").as_deref(),
+            Some(if i == 0 { "true" } else { "false" })
+        );
+        assert_eq!(
+            field(h, "seq"),
+            Some((first_seq + i as u64).to_string()),
+            "{h}"
+        );
+    }
+    // Every contact exactly once, in the order CWA gave them.
+    let got: Vec<String> = d
+        .transcript
+        .iter()
+        .filter(|l| l.starts_with("event contact-list-contact "))
+        .filter_map(|l| field(l, "uri"))
+        .collect();
+    assert_eq!(got, contacts);
+    d.send("logout");
+    let (code, lines) = finish(d);
+    assert_eq!(code, 0, "{:?}", &lines[lines.len().saturating_sub(5)..]);
+}

@@ -256,3 +256,27 @@ fn one_message_per_frame_and_bounded_element_counts() {
     let e = ServiceMessage::decode(many.as_bytes()).unwrap_err();
     assert!(e.to_string().contains("more than"), "{e}");
 }
+
+#[test]
+fn contact_list_parts_come_in_pairs_within_their_count() {
+    let list =
+        |attrs: &str| format!(r#"<event seq="1"><contact-list complete="true"{attrs}/></event>"#);
+    for ok in ["", r#" part="1" parts="1""#, r#" part="2" parts="3""#] {
+        assert!(ServiceMessage::decode(list(ok).as_bytes()).is_ok(), "{ok}");
+    }
+    for bad in [
+        r#" part="1""#,
+        r#" parts="2""#,
+        r#" part="0" parts="2""#,
+        r#" part="3" parts="2""#,
+        r#" part="x" parts="2""#,
+    ] {
+        assert!(
+            matches!(
+                ServiceMessage::decode(list(bad).as_bytes()),
+                Err(WireError::Protocol(_))
+            ),
+            "{bad}"
+        );
+    }
+}

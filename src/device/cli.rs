@@ -642,6 +642,9 @@ struct Output {
     /// A lost link is reconnected and resumed, not the end (then the
     /// `lost` record waits until reconnecting gives up).
     resumes: bool,
+    /// The contact list as the events so far make it, for the record
+    /// that says a list sent in parts is whole.
+    list: ListAssembly,
 }
 
 impl Output {
@@ -650,6 +653,7 @@ impl Output {
             script,
             stdout: io::stdout(),
             resumes: false,
+            list: ListAssembly::default(),
         }
     }
 
@@ -679,11 +683,57 @@ impl Output {
             for l in lineformat::service_lines(m) {
                 self.put(&l);
             }
+            if let ServiceMessage::Event {
+                seq,
+                event: DeviceEvent::ContactList(list),
+            } = m
+            {
+                if let Some(whole) = self.list.apply(*seq, list) {
+                    self.put(&whole);
+                }
+            }
         } else {
             for l in ui.show(m) {
                 self.put(&l);
             }
         }
+    }
+}
+
+/// The device's contact list as assembled from `contact-list` events: a
+/// complete list replaces it, a delta changes it. When the last part of a
+/// list sent in parts is in, [`ListAssembly::apply`] gives the
+/// `contact-list whole` record (collab-device(1)).
+#[derive(Default)]
+struct ListAssembly {
+    groups: std::collections::BTreeSet<String>,
+    contacts: std::collections::BTreeSet<String>,
+}
+
+impl ListAssembly {
+    fn apply(&mut self, seq: u64, list: &wire::ContactList) -> Option<String> {
+        if list.complete {
+            self.groups.clear();
+            self.contacts.clear();
+        }
+        self.groups.extend(list.groups.iter().map(|g| g.id.clone()));
+        self.contacts
+            .extend(list.contacts.iter().map(|c| c.uri.clone()));
+        for g in &list.removed_groups {
+            self.groups.remove(g);
+        }
+        for u in &list.removed_contacts {
+            self.contacts.remove(u);
+        }
+        let part = list.part?;
+        (part.number == part.of).then(|| {
+            Line::new("contact-list whole")
+                .kv("seq", &seq.to_string())
+                .kv("parts", &part.of.to_string())
+                .kv("groups", &self.groups.len().to_string())
+                .kv("contacts", &self.contacts.len().to_string())
+                .done()
+        })
     }
 }
 
@@ -903,6 +953,10 @@ impl Interactive {
                 }
                 for u in &list.removed_contacts {
                     self.contacts.remove(u);
+                }
+                // A list in parts is shown once it is whole.
+                if list.part.is_some_and(|p| p.number < p.of) {
+                    return vec![];
                 }
                 vec![format!(
                     "* contact list: {} contacts (/contacts)",

@@ -371,6 +371,8 @@ fn event_lines(seq: u64, e: &DeviceEvent) -> Vec<String> {
                 .kv("contacts", &list.contacts.len().to_string())
                 .kv("removed-groups", &list.removed_groups.len().to_string())
                 .kv("removed-contacts", &list.removed_contacts.len().to_string())
+                .opt("part", list.part.map(|p| p.number.to_string()).as_deref())
+                .opt("parts", list.part.map(|p| p.of.to_string()).as_deref())
                 .done()];
             for g in &list.groups {
                 out.push(

@@ -2,7 +2,7 @@
 //! the bounded session table with its admission rule ([`table`]), one
 //! device connection's login ([`login`]), the running session and its
 //! event relay ([`session`]), the translation between device protocol and
-//! CWA ([`translate`]), the in-memory password proof for re-attaching
+//! CWA ([`translate`]), contact lists split to fit frames ([`split`]), the in-memory password proof for re-attaching
 //! ([`credential`]), the state every thread shares ([`context`]), the
 //! bounds that keep a flood of handshakes cheap ([`throttle`]), the
 //! registry writes kept while the Config DB is away ([`spool`]), the
@@ -19,6 +19,7 @@ pub mod listener;
 pub mod login;
 pub mod run;
 pub mod session;
+pub mod split;
 pub mod spool;
 pub mod table;
 pub mod throttle;

@@ -451,6 +451,7 @@ impl Session {
         if events.is_empty() {
             return Ok(());
         }
+        let events = super::split::fit_frames(events);
         let _order = lock(&self.delivery);
         for event in events {
             let (payload, link) = {

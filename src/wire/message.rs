@@ -434,6 +434,19 @@ pub struct ContactList {
     pub removed_groups: Vec<String>,
     /// URIs of contacts deleted (deltas only).
     pub removed_contacts: Vec<String>,
+    /// Which part of a list too long for one frame this is (`None`: the
+    /// whole list, or delta, in one event).
+    pub part: Option<ListPart>,
+}
+
+/// Part `number` of `of` of a contact list sent in several events
+/// (`part="2" parts="3"`); parts come in order, one event each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListPart {
+    /// From 1.
+    pub number: u32,
+    /// The number of parts, at least `number`.
+    pub of: u32,
 }
 
 /// Someone's presence.
@@ -778,6 +791,11 @@ fn event_element(e: &DeviceEvent) -> Element {
     match e {
         DeviceEvent::ContactList(list) => {
             let mut b = b.attr("complete", bool_str(list.complete));
+            if let Some(p) = list.part {
+                b = b
+                    .attr("part", &p.number.to_string())
+                    .attr("parts", &p.of.to_string());
+            }
             for g in &list.groups {
                 b = b.child(
                     Build::new("group")
@@ -1130,6 +1148,27 @@ fn parse_service(e: &Element) -> Result<ServiceMessage, WireError> {
     })
 }
 
+/// The optional `part`/`parts` pair of a contact list: both or neither,
+/// 1 <= part <= parts.
+fn list_part(e: &Element) -> Result<Option<ListPart>, WireError> {
+    let number = |name: &str| {
+        attr(e, name)
+            .ok()
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| bad(format!("contact-list {name}=\"{v}\" is not a number")))
+            })
+            .transpose()
+    };
+    match (number("part")?, number("parts")?) {
+        (None, None) => Ok(None),
+        (Some(n), Some(of)) if n >= 1 && n <= of => Ok(Some(ListPart { number: n, of })),
+        _ => Err(bad(
+            "contact-list part and parts must come together, 1 <= part <= parts",
+        )),
+    }
+}
+
 fn parse_event(e: &Element) -> Result<DeviceEvent, WireError> {
     let conv = || attr(e, "conversation").map(str::to_string);
     let from = || attr(e, "from").map(str::to_string);
@@ -1137,6 +1176,7 @@ fn parse_event(e: &Element) -> Result<DeviceEvent, WireError> {
         "contact-list" => {
             let mut list = ContactList {
                 complete: bool_attr(e, "complete")?,
+                part: list_part(e)?,
                 ..ContactList::default()
             };
             for c in xml::children(e) {

@@ -29,12 +29,13 @@ pub mod status;
 
 pub use channel::{
     accept, connect, SecureChannel, SecureReader, SecureWriter, SharedStream, MAX_MESSAGE_LEN,
+    MAX_SEALED_PAYLOAD,
 };
 pub use error::WireError;
 pub use frame::{read_frame, write_frame, Frame, FrameReader, FrameType, Header, MAX_FRAME_LEN};
 pub use message::{
     Availability, Contact, ContactList, ConversationState, Coverage, DeviceCommand, DeviceEvent,
-    DeviceMessage, Group, Presence, Resume, SearchEntry, ServiceMessage,
+    DeviceMessage, Group, ListPart, Presence, Resume, SearchEntry, ServiceMessage,
 };
 pub use secret::Secret;
 pub use status::Status;

@@ -170,6 +170,7 @@ pub fn welcome_events() -> Vec<DeviceEvent> {
             }],
             removed_groups: vec![],
             removed_contacts: vec![],
+            part: None,
         }),
         DeviceEvent::Presence(Presence {
             uri: "sip:bob@example.com".into(),

@@ -100,7 +100,7 @@ pub fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
 
 use collabd::wire::{
     Availability, Contact, ContactList, ConversationState, Coverage, DeviceCommand, DeviceEvent,
-    DeviceMessage, Group, Presence, Resume, SearchEntry, Secret, ServiceMessage, Status,
+    DeviceMessage, Group, ListPart, Presence, Resume, SearchEntry, Secret, ServiceMessage, Status,
 };
 
 /// One of every device message and command, with text that needs escaping.
@@ -239,6 +239,7 @@ pub fn sample_service_messages(t: &str) -> Vec<ServiceMessage> {
             ],
             removed_groups: vec![],
             removed_contacts: vec![],
+            part: None,
         }),
         DeviceEvent::ContactList(ContactList {
             complete: false,
@@ -246,6 +247,7 @@ pub fn sample_service_messages(t: &str) -> Vec<ServiceMessage> {
             contacts: vec![],
             removed_groups: vec![s("3")],
             removed_contacts: vec![s("sip:old@example.com")],
+            part: Some(ListPart { number: 2, of: 3 }),
         }),
         DeviceEvent::Presence(Presence {
             uri: s("sip:bob@example.com"),

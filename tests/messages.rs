@@ -280,3 +280,49 @@ fn contact_list_parts_come_in_pairs_within_their_count() {
         );
     }
 }
+
+/// collab-protocol(7): an XML declaration may open a message, but only for
+/// UTF-8; numbers compare by value (leading zeros allowed), identifiers as
+/// strings; unknown child elements are ignored except where the page says
+/// a message holds exactly one element or only text.
+#[test]
+fn declarations_numbers_and_unknown_children_as_the_page_says() {
+    let ok = |d: &str| DeviceMessage::decode(d.as_bytes()).unwrap_or_else(|e| panic!("{d}: {e}"));
+    let refused = |d: &str| {
+        assert!(
+            matches!(
+                DeviceMessage::decode(d.as_bytes()),
+                Err(WireError::Protocol(_))
+            ),
+            "{d}"
+        )
+    };
+    ok(r#"<?xml version="1.0"?><logout/>"#);
+    ok(r#"<?xml version="1.0" encoding="UTF-8"?><logout/>"#);
+    ok(r#"<?xml version='1.0' encoding='utf-8' standalone='yes'?><logout/>"#);
+    refused(r#"<?xml version="1.0" encoding="ISO-8859-1"?><logout/>"#);
+    refused(r#"<?xml version="1.0" encoding="UTF-16"?><logout/>"#);
+    assert_eq!(ok(r#"<ack seq="007"/>"#), DeviceMessage::Ack { seq: 7 });
+    refused(r#"<ack seq="+7"/>"#);
+    match ok(r#"<command id="01"><remove-group group="02"/></command>"#) {
+        DeviceMessage::Command { id, command } => {
+            assert_eq!(id, 1);
+            assert_eq!(
+                command,
+                collabd::wire::DeviceCommand::RemoveGroup { group: "02".into() }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    ok(r#"<login user="a"><password>p</password><future/></login>"#);
+    ok(r#"<status coverage="active"><future/></status>"#);
+    ok(r#"<command id="1"><remove-group group="2"><future/></remove-group></command>"#);
+    refused(r#"<command id="1"><remove-group group="2"/><future/></command>"#);
+    refused(r#"<login user="a"><password>p<b/></password></login>"#);
+    let event = |d: &str| ServiceMessage::decode(d.as_bytes());
+    assert!(event(r#"<event seq="1"><typing conversation="c" from="u" composing="true"><future/></typing></event>"#).is_ok());
+    assert!(event(
+        r#"<event seq="1"><typing conversation="c" from="u" composing="true"/><future/></event>"#
+    )
+    .is_err());
+}

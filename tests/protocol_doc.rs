@@ -1,7 +1,9 @@
 //! collab-protocol(7) against the code: the worked example's hex blocks are
 //! rebuilt from the same fixed inputs with the library and compared byte
-//! for byte, the example runs through the real handshake functions, and
-//! every status code, frame type, message and event is documented.
+//! for byte, the example runs through the real handshake functions,
+//! every status code, frame type, message and event is documented, and
+//! every limit and timeout the page (and collab-device(1)'s reconnect
+//! bounds) states is the constant or default the code uses.
 
 use std::collections::BTreeMap;
 
@@ -283,4 +285,228 @@ fn every_status_frame_type_message_and_event_is_documented() {
             "element <{element}> undocumented"
         );
     }
+}
+
+/// The rows of the page's table that follows the section heading `section`
+/// (its first row, the column names, left out), each split at tabs.
+fn table_rows(section: &str) -> Vec<Vec<String>> {
+    let man = man();
+    let start = man
+        .find(&format!(".SH {section}\n"))
+        .unwrap_or_else(|| panic!("no section {section}"));
+    let rest = &man[start..];
+    let ts = rest.find(".TS\n").expect("a table") + 4;
+    let te = rest[ts..].find(".TE\n").expect("the table's end") + ts;
+    rest[ts..te]
+        .lines()
+        .filter(|l| l.contains('\t'))
+        .skip(1)
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+/// The value column of the table row whose first column is `name`.
+fn row_value(rows: &[Vec<String>], name: &str) -> String {
+    rows.iter()
+        .find(|r| r[0] == name)
+        .unwrap_or_else(|| panic!("no row {name:?} in {rows:?}"))[1]
+        .clone()
+}
+
+/// Every number in `text`, in order.
+fn numbers(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect()
+}
+
+/// collabd's configuration with every setting at its default.
+fn default_config() -> collabd::config::Config {
+    let dir = std::env::temp_dir().join(format!("protocol-doc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("collabd.conf");
+    std::fs::write(
+        &file,
+        "instance = bcs-01\ndatabase = postgresql://collabd@db/collab\n",
+    )
+    .unwrap();
+    let args = ["--config", file.to_str().unwrap()].map(std::ffi::OsString::from);
+    let parsed = collabd::config::Command::parse(args, &|_| None).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    match parsed {
+        collabd::config::Command::Run(c) => c,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every row of LIMITS and TIMEOUTS is compared with the constant or
+/// default the code uses; a row the test does not know fails, so a limit
+/// added to the page must be added here too.
+#[test]
+fn every_limit_and_timeout_on_the_page_is_the_one_the_code_uses() {
+    use collabd::dispatcher::config as dispatcher;
+    use collabd::service::{session, split, translate};
+    use collabd::wire::{frame, message};
+
+    let limits = table_rows("LIMITS");
+    let expected: Vec<(&str, Vec<u64>)> = vec![
+        (
+            "frame length field",
+            vec![frame::HEADER_LEN as u64, frame::MAX_FRAME_LEN as u64],
+        ),
+        (
+            "deflated payload per frame",
+            vec![collabd::wire::MAX_SEALED_PAYLOAD as u64],
+        ),
+        (
+            "message (inflated)",
+            vec![collabd::wire::MAX_MESSAGE_LEN as u64],
+        ),
+        ("messages per Data frame", vec![1]),
+        ("XML nesting", vec![message::MAX_DEPTH as u64]),
+        (
+            "XML elements per message",
+            vec![message::MAX_ELEMENTS as u64],
+        ),
+        ("Refused text", vec![frame::MAX_REFUSED_TEXT as u64]),
+        (
+            "free text in a command",
+            vec![translate::MAX_TEXT_BYTES as u64],
+        ),
+        (
+            "identifier in a command",
+            vec![translate::MAX_ID_BYTES as u64],
+        ),
+        ("URIs in a command", vec![translate::MAX_URIS as u64]),
+        (
+            "CWA request of a command",
+            vec![translate::MAX_CWA_COMMAND_BYTES as u64],
+        ),
+        (
+            "text from CWA in an event",
+            vec![translate::MAX_TEXT_BYTES as u64],
+        ),
+        ("ack or resume acked", vec![]),
+        (
+            "events kept unacknowledged",
+            vec![session::MAX_REPLAY_EVENTS as u64, 1],
+        ),
+        (
+            "contact-list event",
+            vec![split::MAX_LIST_EVENT_BYTES as u64],
+        ),
+        (
+            "commands remembered for a resend",
+            vec![session::MAX_SEEN_COMMANDS as u64],
+        ),
+    ];
+    assert_eq!(session::MAX_REPLAY_BYTES, 1 << 20, "the page says 1 MiB");
+    let names: Vec<&str> = limits.iter().map(|r| r[0].as_str()).collect();
+    let known: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, known, "LIMITS rows and the ones checked here");
+    for (name, want) in &expected {
+        assert_eq!(numbers(&row_value(&limits, name)), *want, "LIMITS: {name}");
+    }
+    // The same figures where the prose states them.
+    let man = man();
+    for phrase in [
+        format!(
+            "at most {} events\nand 1 MiB ({} bytes)",
+            session::MAX_REPLAY_EVENTS,
+            session::MAX_REPLAY_BYTES
+        ),
+        format!("longer than {} bytes of XML", split::MAX_LIST_EVENT_BYTES),
+        format!(
+            "remembers the last {} commands",
+            session::MAX_SEEN_COMMANDS
+        ),
+        format!(
+            "free text (message text, subject, note, name, search\nquery) of at most {} bytes",
+            translate::MAX_TEXT_BYTES
+        ),
+        format!(
+            "identifier (URI, conversation or\ngroup id) of at most {} bytes, at most {} URIs in one command, and at\nmost {} bytes",
+            translate::MAX_ID_BYTES,
+            translate::MAX_URIS,
+            translate::MAX_CWA_COMMAND_BYTES
+        ),
+        format!(
+            "longer than {} bytes reach the device cut to {} bytes",
+            translate::MAX_TEXT_BYTES,
+            translate::MAX_TEXT_BYTES
+        ),
+    ] {
+        assert!(man.contains(&phrase), "the page no longer says {phrase:?}");
+    }
+
+    let timeouts = table_rows("TIMEOUTS");
+    let c = default_config();
+    let secs = |d: std::time::Duration| d.as_millis() as u64 / 1000;
+    let expected: Vec<(&str, u64)> = vec![
+        (
+            "whole first frame (Hello), at the dispatcher",
+            dispatcher::DEFAULT_HEADER_TIMEOUT_MS / 1000,
+        ),
+        (
+            "whole Confirm after the Challenge, at the dispatcher",
+            dispatcher::DEFAULT_HANDSHAKE_TIMEOUT_MS / 1000,
+        ),
+        (
+            "Confirm, from connecting to collabd",
+            secs(c.key_proof_timeout),
+        ),
+        (
+            "login result, from connecting to collabd",
+            secs(c.handshake_timeout),
+        ),
+        ("silence of a signed-in device", secs(c.status_timeout)),
+        ("outcome of a command from CWA", secs(c.command_timeout)),
+        (
+            "relay idle both ways, at the dispatcher",
+            dispatcher::DEFAULT_IDLE_TIMEOUT_MS / 1000,
+        ),
+    ];
+    let names: Vec<&str> = timeouts.iter().map(|r| r[0].as_str()).collect();
+    let known: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, known, "TIMEOUTS rows and the ones checked here");
+    for (name, want) in &expected {
+        assert_eq!(
+            row_value(&timeouts, name),
+            format!("{want} seconds"),
+            "TIMEOUTS: {name}"
+        );
+    }
+    assert!(man.contains(&format!(
+        "reports its status more often than every {} seconds",
+        secs(c.status_timeout)
+    )));
+}
+
+/// collab-device(1) states the reconnect figures the code uses.
+#[test]
+fn collab_device_states_its_reconnect_bounds() {
+    use collabd::device::reconnect;
+    let page = include_str!("../man/collab-device.1")
+        .replace("\\-", "-")
+        .replace("\\(mu", "x");
+    let first = reconnect::FIRST_WAIT.as_millis() as f64 / 1000.0;
+    let most = reconnect::MAX_WAIT.as_secs();
+    assert!(
+        page.contains(&format!("min({first} s x 2^\\fIn\\fP, {most} s)")),
+        "the wait formula"
+    );
+    assert!(page.contains(&format!(
+        "{} to {} s before the first\nattempt",
+        first / 2.0,
+        first
+    )));
+    assert!(page.contains(&format!(
+        "(default {}; 0: a lost link",
+        reconnect::DEFAULT_ATTEMPTS
+    )));
+    assert!(page.contains(&format!(
+        "more than {} seconds after the\nlink was lost",
+        reconnect::GIVE_UP_AFTER.as_secs()
+    )));
 }

@@ -500,3 +500,39 @@ fn tls_stream_split_through_shared_stream() {
     drop(ch);
     service.join().unwrap();
 }
+
+/// A first frame refused after its header was read (here: a Hello of the
+/// wrong version) gets a Refused 308 that echoes the PIN; one refused
+/// before the PIN was read (a length out of range) carries PIN 0.
+#[test]
+fn a_refused_first_frame_echoes_the_pin_once_its_header_was_read() {
+    use collabd::wire::frame::{read_frame, FrameType, MAX_FRAME_LEN};
+    use std::io::Write;
+    let refused_pin = |first: Vec<u8>| {
+        let (listener, mut client) = pair();
+        let service = thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            s.set_read_timeout(WAIT).unwrap();
+            accept(s, lookup).err().unwrap()
+        });
+        client.set_read_timeout(WAIT).unwrap();
+        client.write_all(&first).unwrap();
+        let reply = read_frame(&mut client, MAX_FRAME_LEN).unwrap();
+        service.join().unwrap();
+        assert_eq!(reply.header.frame_type, FrameType::Refused);
+        assert_eq!(&reply.body[..2], &308u16.to_be_bytes());
+        reply.header.pin
+    };
+    let mut hello = Vec::new();
+    hello.extend_from_slice(&48u32.to_be_bytes());
+    hello.extend_from_slice(&[9, 1, 0, 0]); // version 9
+    hello.extend_from_slice(&PIN.to_be_bytes());
+    hello.extend_from_slice(&[0; 8]);
+    hello.extend_from_slice(&[0x40; 32]);
+    assert_eq!(refused_pin(hello), PIN);
+    let mut huge = Vec::new();
+    huge.extend_from_slice(&70_000u32.to_be_bytes());
+    huge.extend_from_slice(&[1, 1, 0, 0]);
+    huge.extend_from_slice(&PIN.to_be_bytes());
+    assert_eq!(refused_pin(huge), 0);
+}

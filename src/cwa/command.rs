@@ -116,7 +116,7 @@ pub enum Command {
         /// New name.
         name: String,
     },
-    /// `deleteGroup` (never the default group `~`).
+    /// `deleteGroup` (never the default group, the one named `~`).
     DeleteGroup {
         /// Group id.
         id: String,

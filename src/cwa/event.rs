@@ -92,7 +92,8 @@ pub enum Event {
 /// A group of the contact list.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupItem {
-    /// Group id (`~` is the default group).
+    /// Group id (the default group is the one named `~`; OCS 2007 gives
+    /// it id 1).
     pub id: String,
     /// Name.
     pub name: String,

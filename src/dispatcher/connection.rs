@@ -29,7 +29,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::wire::frame::{read_frame, Frame, FrameType, MAX_FRAME_LEN};
+use crate::wire::frame::{read_frame, Frame, FrameReader, FrameType, MAX_FRAME_LEN};
 use crate::wire::status::Status;
 use crate::wire::WireError;
 
@@ -62,7 +62,8 @@ pub(super) fn serve(
 ) {
     let _ = device.set_nodelay(true);
 
-    let hello = match read_first_frame(&mut device, shared.config.header_timeout) {
+    let (first, pin_read) = read_first_frame(&mut device, shared.config.header_timeout);
+    let hello = match first {
         Ok(frame) if frame.header.frame_type == FrameType::Hello => frame,
         Ok(frame) => {
             refusal_info!(
@@ -90,7 +91,12 @@ pub(super) fn serve(
         }
         Err(e @ (WireError::BadFrame(_) | WireError::TooLarge { .. })) => {
             refusal_info!("conn {connection} from {peer}: refused 308: bad first frame: {e}");
-            refuse(&mut device, 0, Status::ProtocolError, &e.to_string());
+            refuse(
+                &mut device,
+                pin_read.unwrap_or(0),
+                Status::ProtocolError,
+                &e.to_string(),
+            );
             return;
         }
         Err(e) => {
@@ -191,7 +197,7 @@ pub(super) fn serve(
     // The device's Confirm, whole, within the handshake timeout: a device
     // that holds no key cannot go further, so this is where a held or
     // trickled connection is cut.
-    let confirm = match read_first_frame(&mut device, shared.config.handshake_timeout) {
+    let confirm = match read_first_frame(&mut device, shared.config.handshake_timeout).0 {
         Ok(frame) if frame.header.frame_type == FrameType::Confirm => frame,
         Ok(frame) => {
             refusal_info!(
@@ -383,12 +389,20 @@ fn host_of(addr: &str) -> &str {
 
 /// Reads the device's first frame with one deadline for the whole frame,
 /// so a device dribbling a byte at a time cannot hold the thread longer.
-fn read_first_frame(device: &mut TcpStream, timeout: Duration) -> Result<Frame, WireError> {
+/// One whole frame from the device within `timeout`, and the PIN in its
+/// header if the header was read whole (a malformed frame's Refused
+/// echoes it).
+fn read_first_frame(
+    device: &mut TcpStream,
+    timeout: Duration,
+) -> (Result<Frame, WireError>, Option<u32>) {
     let mut bounded = DeadlineReader {
         stream: device,
         deadline: Instant::now() + timeout,
     };
-    read_frame(&mut bounded, MAX_FRAME_LEN)
+    let mut reader = FrameReader::new(MAX_FRAME_LEN);
+    let frame = reader.read(&mut bounded);
+    (frame, reader.pin_read())
 }
 
 /// A reader whose every read is bounded by one overall deadline.

@@ -132,7 +132,10 @@ pub fn accept_with_random<S: Read + Write>(
     let mut frames = FrameReader::new(MAX_FRAME_LEN);
     let hello = match frames.read(&mut stream) {
         Ok(f) => f,
-        Err(e) => return Err(refuse_on_violation(&mut stream, 0, e)),
+        Err(e) => {
+            let pin = frames.pin_read().unwrap_or(0);
+            return Err(refuse_on_violation(&mut stream, pin, e));
+        }
     };
     let pin = hello.header.pin;
     if hello.header.frame_type != FrameType::Hello {

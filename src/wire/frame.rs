@@ -263,6 +263,8 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Frame, WireError> {
 pub struct FrameReader {
     max: usize,
     buf: Vec<u8>,
+    /// The PIN field of the last frame whose header was read whole.
+    pin_read: Option<u32>,
 }
 
 impl FrameReader {
@@ -272,7 +274,14 @@ impl FrameReader {
         FrameReader {
             max: max.min(MAX_FRAME_LEN),
             buf: Vec::new(),
+            pin_read: None,
         }
+    }
+
+    /// The PIN field of the last frame whose 16-byte header was read whole,
+    /// even if that frame was then refused as malformed.
+    pub fn pin_read(&self) -> Option<u32> {
+        self.pin_read
     }
 
     /// True when part of a frame has been read.
@@ -295,6 +304,15 @@ impl FrameReader {
                 "length {len} is shorter than the header"
             )));
         }
+        // The header first: a frame refused for what follows still has a
+        // PIN to echo in the Refused frame (collab-protocol(7)).
+        self.fill(r, 4 + HEADER_LEN)?;
+        self.pin_read = Some(u32::from_be_bytes([
+            self.buf[8],
+            self.buf[9],
+            self.buf[10],
+            self.buf[11],
+        ]));
         self.fill(r, 4 + len)?;
         let mut header_bytes = [0u8; HEADER_LEN];
         header_bytes.copy_from_slice(&self.buf[4..4 + HEADER_LEN]);

@@ -910,6 +910,7 @@ fn parse_document(bytes: &[u8]) -> Result<Element, WireError> {
         });
     }
     check_shape(bytes)?;
+    check_declaration(bytes)?;
     // Whitespace-only text is content here (a message may be "  "), so
     // whitespace is kept as characters.
     // One message per frame: a second root element is malformed XML
@@ -936,6 +937,43 @@ fn parse_document(bytes: &[u8]) -> Result<Element, WireError> {
         return Err(bad("message elements take no namespace"));
     }
     Ok(root)
+}
+
+/// An XML declaration may open a message (many XML writers emit one), but
+/// messages are UTF-8: a declaration naming another encoding is refused
+/// rather than letting the parser decode the bytes as that encoding.
+fn check_declaration(b: &[u8]) -> Result<(), WireError> {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let rest = &b[start..];
+    if !rest.starts_with(b"<?xml") || rest.get(5).is_some_and(|c| !c.is_ascii_whitespace()) {
+        return Ok(());
+    }
+    let end = rest
+        .windows(2)
+        .position(|w| w == b"?>")
+        .ok_or_else(|| bad("unfinished XML declaration"))?;
+    let decl = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+    match decl.split_once("encoding") {
+        None => Ok(()),
+        Some((_, after)) => {
+            let value = after
+                .trim_start()
+                .strip_prefix('=')
+                .map(|v| v.trim_start().trim_start_matches(['"', '\'']))
+                .unwrap_or("");
+            if value.starts_with("utf-8") && !value[5..].starts_with(|c: char| c.is_alphanumeric())
+            {
+                Ok(())
+            } else {
+                Err(bad(
+                    "messages are UTF-8; the XML declaration names another encoding",
+                ))
+            }
+        }
+    }
 }
 
 /// Refuses DTDs and nesting deeper than [`MAX_DEPTH`] before the recursive

@@ -4,7 +4,9 @@
 //! beyond the last event sent (an ack is Refused 308, a resume is
 //! login-result 308, and no event is dropped), a text over the relay
 //! limit answered with command-result 300 every time, never 306 or 308,
-//! and a command sent again after a resume run only once.
+//! a command sent again after a resume run only once, and a session's
+//! life as the page tells it (start order, self-presence echo, login form,
+//! default group, replacement, resume or new session).
 
 mod support;
 
@@ -300,4 +302,172 @@ fn a_command_sent_again_after_a_resume_runs_once() {
 
 fn added_group(e: &DeviceEvent, name: &str) -> bool {
     matches!(e, DeviceEvent::ContactList(l) if !l.complete && l.groups.iter().any(|g| g.name == name))
+}
+
+/// The next event, skipping command results; panics after [`WAIT`].
+fn next_event(c: &mut DeviceClient) -> (u64, DeviceEvent) {
+    loop {
+        match c.poll(WAIT).expect("poll") {
+            Some(ServiceMessage::Event { seq, event }) => return (seq, event),
+            Some(_) => {}
+            None => panic!("no event within {WAIT:?}"),
+        }
+    }
+}
+
+/// What collab-protocol(7) says about a session's life, against the real
+/// service: the order a session starts in, set-presence echoed as
+/// self-presence (and <note/> clearing the note), the login form, the
+/// default group, a plain login replacing a live session with its reason,
+/// and how a client tells a resume from a new session.
+#[test]
+fn a_session_lives_as_the_page_says() {
+    use collabd::wire::Availability;
+    let (running, devices) = stack(&["alice", "bob"]);
+    let stack = &running;
+    let alice_dev = &devices[0];
+    let password = Secret::new(alice_dev.user.password.clone());
+
+    // The other form of Alice's login (she is registered as CONTOSO\alice).
+    let mut c = stack.library_client(alice_dev);
+    let refused = c.login("alice@contoso.com", &password, None);
+    assert!(
+        matches!(&refused, Err(DeviceError::LoginRefused(s, _)) if *s == Status::WrongUser),
+        "{refused:?}"
+    );
+
+    let (mut alice, session) = login(stack, alice_dev, None);
+    // Contact list, then self presence, then each contact's presence.
+    let (seq, first) = next_event(&mut alice);
+    assert_eq!(seq, 1);
+    assert!(
+        matches!(&first, DeviceEvent::ContactList(l) if l.complete && l.part.is_none()),
+        "{first:?}"
+    );
+    let (_, second) = next_event(&mut alice);
+    assert!(
+        matches!(second, DeviceEvent::SelfPresence { .. }),
+        "{second:?}"
+    );
+    let (_, third) = next_event(&mut alice);
+    assert!(
+        matches!(&third, DeviceEvent::Presence(p) if p.uri == "sip:bob@contoso.com"),
+        "{third:?}"
+    );
+    let default_group = match &first {
+        DeviceEvent::ContactList(l) => l.groups.iter().find(|g| g.name == "~").cloned(),
+        _ => None,
+    };
+    assert_eq!(default_group.map(|g| g.id).as_deref(), Some("1"));
+
+    // set-presence comes back as self-presence; <note/> clears the note.
+    let mut events = Vec::new();
+    let id = alice
+        .send_command(DeviceCommand::SetPresence {
+            availability: Availability::Busy,
+            note: Some("  ".into()),
+        })
+        .unwrap();
+    assert_eq!(result_of(&mut alice, id, &mut events).0, Status::Ok);
+    let echoed = |alice: &mut DeviceClient, events: &mut Vec<(u64, DeviceEvent)>| loop {
+        if let Some(i) = events
+            .iter()
+            .position(|(_, e)| matches!(e, DeviceEvent::SelfPresence { .. }))
+        {
+            return events.remove(i).1;
+        }
+        events.push(next_event(alice));
+    };
+    assert_eq!(
+        echoed(&mut alice, &mut events),
+        DeviceEvent::SelfPresence {
+            availability: Availability::Busy,
+            note: Some("  ".into()),
+        },
+        "a note of spaces arrives as sent"
+    );
+    let id = alice
+        .send_command(DeviceCommand::SetPresence {
+            availability: Availability::Online,
+            note: Some(String::new()),
+        })
+        .unwrap();
+    assert_eq!(result_of(&mut alice, id, &mut events).0, Status::Ok);
+    assert_eq!(
+        echoed(&mut alice, &mut events),
+        DeviceEvent::SelfPresence {
+            availability: Availability::Online,
+            note: None,
+        }
+    );
+
+    // group="~" names no group.
+    let id = alice
+        .send_command(DeviceCommand::AddContact {
+            uri: "sip:carol@contoso.com".into(),
+            name: None,
+            group: Some("~".into()),
+        })
+        .unwrap();
+    assert_eq!(result_of(&mut alice, id, &mut events).0, Status::Failed);
+
+    // A resume: the same session id, "OK (resumed)".
+    drop(alice);
+    let mut again = stack.library_client(alice_dev);
+    let resumed = again
+        .login(
+            &alice_dev.user.login,
+            &password,
+            Some(Resume {
+                session_id: session.clone(),
+                last_acked_seq: 0,
+            }),
+        )
+        .expect("resume");
+    assert_eq!(resumed.session_id.as_deref(), Some(session.as_str()));
+    assert_eq!(resumed.text, "OK (resumed)");
+    assert_eq!(next_event(&mut again).0, 1, "replayed from the start");
+
+    // A plain login replaces the live session, which is told why.
+    let (mut fresh, new_session) = login(stack, alice_dev, None);
+    assert_ne!(new_session, session);
+    let told = loop {
+        match again.poll(WAIT) {
+            Ok(Some(ServiceMessage::SessionEnded { status, reason })) => break (status, reason),
+            Ok(Some(_)) => {}
+            other => panic!("{other:?} instead of session-ended"),
+        }
+    };
+    assert_eq!(
+        told,
+        (
+            Status::SessionEnded,
+            "replaced by a new login from the same device".to_string()
+        )
+    );
+    assert!(matches!(
+        next_event(&mut fresh),
+        (1, DeviceEvent::ContactList(_))
+    ));
+    drop(fresh);
+
+    // A resume of the replaced session starts a new one: another id, events
+    // from 1 with the contact list.
+    let mut late = stack.library_client(alice_dev);
+    let started = late
+        .login(
+            &alice_dev.user.login,
+            &password,
+            Some(Resume {
+                session_id: session.clone(),
+                last_acked_seq: 0,
+            }),
+        )
+        .expect("login");
+    assert_ne!(started.session_id.as_deref(), Some(session.as_str()));
+    assert_eq!(started.text, "OK");
+    assert!(matches!(
+        next_event(&mut late),
+        (1, DeviceEvent::ContactList(_))
+    ));
 }

@@ -919,10 +919,18 @@ fn collab_device_resumes_by_itself_after_a_cut_link_with_nothing_lost_or_repeate
         results.len(),
         "one result per id: {alice_lines:?}"
     );
+    // A command whose write failed with the link is not said `sent`; the
+    // `resumed` record lists it as resent.
     let mut sent_ids: Vec<String> = alice_lines
         .iter()
         .filter(|l| l.starts_with("sent id="))
         .filter_map(|l| field(l, "id"))
+        .chain(
+            resumed
+                .split(' ')
+                .filter_map(|f| f.strip_prefix("resent="))
+                .map(str::to_string),
+        )
         .collect();
     sent_ids.sort();
     sent_ids.dedup();

@@ -948,14 +948,21 @@ fn collab_device_resumes_by_itself_after_a_cut_link_with_nothing_lost_or_repeate
     c.assert_no_plaintext();
 }
 
-#[test]
-fn a_two_thousand_contact_list_arrives_whole_in_parts() {
+/// Alice with 2,000 contacts, every one a user of the directory with a
+/// name, behind a dispatcher: her device, stack, dispatcher and contacts.
+fn alice_with_two_thousand_contacts() -> (TestUser, TestDevice, Stack, Dispatcher, Vec<String>) {
     let alice = user("alice");
-    // About 80 bytes of XML each: well over one message's bound.
+    // Users of the directory, with names: the list is well over one
+    // message's bound, and each contact's presence follows it.
     let contacts: Vec<String> = (0..2000)
         .map(|i| format!("sip:contact{i:04}@contoso.com"))
         .collect();
-    let sim_users = sim_line(&alice, &format!("contacts={}", contacts.join(",")));
+    let mut sim_users = sim_line(&alice, &format!("contacts={}", contacts.join(",")));
+    for i in 0..2000 {
+        sim_users.push_str(&format!(
+            "CONTOSO\\c{i:04} pw-c{i:04} sip:contact{i:04}@contoso.com name=Contact_number_{i}\n"
+        ));
+    }
     let mut stack = Stack::new(
         &sim_users,
         InstanceSettings {
@@ -975,6 +982,12 @@ fn a_two_thousand_contact_list_arrives_whole_in_parts() {
             .log()
             .contains(&format!("live instances: {ALPHA}\n"))
     });
+    (alice, dev, stack, dispatcher, contacts)
+}
+
+#[test]
+fn a_two_thousand_contact_list_arrives_whole_in_parts() {
+    let (alice, dev, stack, dispatcher, contacts) = alice_with_two_thousand_contacts();
     let mut d = stack.device_at(dispatcher.addr, &dev, &alice, &alice.password, &[]);
     let login = d.expect("login ");
     assert!(login.starts_with("login ok"), "{login}");
@@ -1016,7 +1029,53 @@ fn a_two_thousand_contact_list_arrives_whole_in_parts() {
         .filter_map(|l| field(l, "uri"))
         .collect();
     assert_eq!(got, contacts);
+    // Then her own presence and every contact's, each once.
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < contacts.len() {
+        let p = d.expect("event presence ");
+        assert!(seen.insert(field(&p, "uri").unwrap()), "twice: {p}");
+    }
+    assert!(d
+        .transcript
+        .iter()
+        .any(|l| l.starts_with("event self-presence ")));
     d.send("logout");
     let (code, lines) = finish(d);
     assert_eq!(code, 0, "{:?}", &lines[lines.len().saturating_sub(5)..]);
+}
+
+/// The same list's presence to a device that never acknowledges: the
+/// replay buffer fills, the service waits for acknowledgements that do
+/// not come, and the session ends with 310 rather than dropping events.
+#[test]
+fn a_device_that_never_acknowledges_overflows_the_event_buffer_with_310() {
+    let (alice, dev, stack, dispatcher, _) = alice_with_two_thousand_contacts();
+    let mut d = stack.device_at(
+        dispatcher.addr,
+        &dev,
+        &alice,
+        &alice.password,
+        &["--manual-ack"],
+    );
+    let login = d.expect("login ");
+    assert!(login.starts_with("login ok"), "{login}");
+    let ended = d.expect("ended ");
+    assert!(
+        ended.starts_with("ended code=310 name=SessionEnded reason=event\\sbuffer\\soverflow"),
+        "{ended}"
+    );
+    let (code, lines) = finish(d);
+    assert_eq!(code, 5);
+    // Nothing before the end was skipped: events 1, 2, 3, ... without gaps.
+    let mut seqs: Vec<u64> = lines
+        .iter()
+        .filter(|l| l.starts_with("event "))
+        .filter_map(|l| field(l, "seq")?.parse().ok())
+        .collect();
+    seqs.dedup();
+    assert!(seqs.len() >= 1000, "{} events", seqs.len());
+    assert!(
+        seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1),
+        "gaps in {seqs:?}"
+    );
 }

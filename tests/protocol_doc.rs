@@ -463,6 +463,10 @@ fn every_limit_and_timeout_on_the_page_is_the_one_the_code_uses() {
         ("silence of a signed-in device", secs(c.status_timeout)),
         ("outcome of a command from CWA", secs(c.command_timeout)),
         (
+            "an ack that makes room in a full event buffer",
+            session::ROOM_WAIT.as_secs(),
+        ),
+        (
             "relay idle both ways, at the dispatcher",
             dispatcher::DEFAULT_IDLE_TIMEOUT_MS / 1000,
         ),

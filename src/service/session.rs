@@ -26,9 +26,10 @@
 //! Events the device has not acknowledged stay in a replay buffer of at
 //! most [`MAX_REPLAY_EVENTS`] events and [`MAX_REPLAY_BYTES`] bytes of
 //! encoded messages; a device that re-attaches (`resume`) gets them again
-//! with their original sequence numbers. When the buffer is full the
-//! session ends with 310 "event buffer overflow" instead of dropping
-//! events silently.
+//! with their original sequence numbers. When the buffer is full and the
+//! device attached keeps acknowledging, delivery waits for room; when it
+//! is full otherwise, the session ends with 310 "event buffer overflow"
+//! instead of dropping events silently.
 //!
 //! Asynchronous command results: a CWA command answered `requestAccepted`
 //! completes later with `requestSucceeded` / `requestFailed` on the event
@@ -71,6 +72,10 @@ pub const MAX_REPLAY_BYTES: usize = 1 << 20;
 const MAX_PENDING: usize = 64;
 /// Results that arrived before their command was registered.
 const MAX_EARLY: usize = 32;
+/// How long delivery waits, with the replay buffer full and a device
+/// attached, for the device's next acknowledgement before the buffer
+/// overflows.
+pub const ROOM_WAIT: Duration = Duration::from_secs(2);
 /// Commands remembered, with their results, for devices that send them
 /// again after a resume.
 pub const MAX_SEEN_COMMANDS: usize = 64;
@@ -454,21 +459,16 @@ impl Session {
         let events = super::split::fit_frames(events);
         let _order = lock(&self.delivery);
         for event in events {
-            let (payload, link) = {
-                let mut st = self.state();
-                let seq = st.next_seq;
-                let payload = ServiceMessage::Event { seq, event }.encode();
-                if st.replay.len() >= MAX_REPLAY_EVENTS
-                    || st.replay_bytes + payload.len() > MAX_REPLAY_BYTES
-                {
-                    return Err(EndReason::BufferOverflow {
-                        events: st.replay.len(),
-                    });
-                }
+            // Only this function numbers events, under `delivery`: the
+            // number cannot change while the event is encoded.
+            let seq = self.state().next_seq;
+            let payload = ServiceMessage::Event { seq, event }.encode();
+            let link = {
+                let mut st = self.room_for(payload.len())?;
                 st.next_seq += 1;
                 st.replay_bytes += payload.len();
                 st.replay.push_back((seq, payload.clone()));
-                (payload, st.link.clone())
+                st.link.clone()
             };
             if let Some(link) = link {
                 if let Err(e) = link.send(&payload) {
@@ -875,6 +875,37 @@ impl Session {
 }
 
 impl Session {
+    /// The state, once the replay buffer has room for an event of `len`
+    /// bytes. A full
+    /// buffer with a device attached that is acknowledging (a long contact
+    /// list's presence arrives faster than a device acknowledges) is waited
+    /// for, as long as acknowledgements keep coming at least every
+    /// [`ROOM_WAIT`]; otherwise the buffer overflows and the session ends.
+    fn room_for(&self, len: usize) -> Result<MutexGuard<'_, State>, EndReason> {
+        let mut oldest = None;
+        let mut since = Instant::now();
+        loop {
+            let st = self.state();
+            let full =
+                st.replay.len() >= MAX_REPLAY_EVENTS || st.replay_bytes + len > MAX_REPLAY_BYTES;
+            if !full {
+                return Ok(st);
+            }
+            let front = st.replay.front().map(|(seq, _)| *seq);
+            if front != oldest {
+                oldest = front;
+                since = Instant::now();
+            }
+            if st.link.is_none() || since.elapsed() >= ROOM_WAIT || self.is_ended() {
+                return Err(EndReason::BufferOverflow {
+                    events: st.replay.len(),
+                });
+            }
+            drop(st);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Whether command `id` on link `link_id` is one an earlier link
     /// already brought (a device that resumed sends again what got no
     /// result): then it is not run again, and its result, if there is one

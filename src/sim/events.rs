@@ -50,6 +50,11 @@ impl EndReason {
     }
 }
 
+/// The most bytes of events one event GET returns (the first event always
+/// goes, whatever its size): a client that bounds its responses (collabd
+/// takes at most 1 MiB) gets a long backlog over several GETs.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 struct QueueState {
     last_eid: u64,
     events: VecDeque<(u64, String)>,
@@ -173,7 +178,8 @@ impl SessionQueue {
 
     /// Serves one event GET: acknowledges everything up to `ack`, then
     /// returns the events after it, waiting up to `hold` for one to arrive.
-    /// At most `max_batch` events are returned at once. A newer GET on the
+    /// At most `max_batch` events, and no more than [`MAX_BATCH_BYTES`] of
+    /// them (but always one), are returned at once. A newer GET on the
     /// same session releases this one with an empty batch (one outstanding
     /// GET per session). An `ack` ahead of the server is answered at once
     /// with an empty batch carrying the server's latest eid (PROPOSED).
@@ -200,11 +206,17 @@ impl SessionQueue {
                 return PollOutcome::Ended(reason);
             }
             if !st.events.is_empty() {
+                let mut bytes = 0usize;
                 let events: Vec<String> = st
                     .events
                     .iter()
                     .take(max_batch.max(1))
-                    .map(|(_, x)| x.clone())
+                    .enumerate()
+                    .take_while(|(i, (_, x))| {
+                        bytes += x.len();
+                        *i == 0 || bytes <= MAX_BATCH_BYTES
+                    })
+                    .map(|(_, (_, x))| x.clone())
                     .collect();
                 let ack_id = st.events[events.len() - 1].0;
                 return PollOutcome::Events { ack_id, events };

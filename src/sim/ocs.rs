@@ -71,6 +71,8 @@ impl Default for OcsSettings {
 /// The default (undeletable) group's id and name.
 const DEFAULT_GROUP_ID: u32 = 1;
 const DEFAULT_GROUP_NAME: &str = "~";
+/// Users in one `userPresence` event of a session's first presence.
+const PRESENCE_USERS_PER_EVENT: usize = 100;
 /// Bounds on a user's contact list, so one client cannot grow memory
 /// without limit.
 const MAX_CONTACTS: usize = 1000;
@@ -862,8 +864,12 @@ impl Ocs {
                 .iter()
                 .map(|&i| self.directory.users[i].sip_uri.clone())
                 .collect();
-            let ev = self.user_presence_event(st, &uris);
-            self.emit(st, sid, ev);
+            // A long contact list's presence in several events, so that
+            // no one event is larger than an event GET should carry.
+            for chunk in uris.chunks(PRESENCE_USERS_PER_EVENT) {
+                let ev = self.user_presence_event(st, chunk);
+                self.emit(st, sid, ev);
+            }
         }
         // Others see this user come online (or change availability).
         self.presence_changed(st, user, Some(sid));

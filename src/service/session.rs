@@ -876,11 +876,11 @@ impl Session {
 
 impl Session {
     /// The state, once the replay buffer has room for an event of `len`
-    /// bytes. A full
-    /// buffer with a device attached that is acknowledging (a long contact
-    /// list's presence arrives faster than a device acknowledges) is waited
-    /// for, as long as acknowledgements keep coming at least every
-    /// [`ROOM_WAIT`]; otherwise the buffer overflows and the session ends.
+    /// bytes. A full buffer with a device attached that is acknowledging
+    /// (a long contact list's presence arrives faster than a device
+    /// acknowledges) is waited for, as long as acknowledgements keep coming
+    /// at least every [`ROOM_WAIT`]; otherwise the buffer overflows and the
+    /// session ends.
     fn room_for(&self, len: usize) -> Result<MutexGuard<'_, State>, EndReason> {
         let mut oldest = None;
         let mut since = Instant::now();

@@ -1,5 +1,5 @@
-//! Contact lists too large for one frame (collab-protocol(7), "contact
-//! list in parts"): a `contact-list` event whose message would be longer
+//! Contact lists too large for one frame (collab-protocol(7), under
+//! `contact-list`): a `contact-list` event whose message would be longer
 //! than [`MAX_LIST_EVENT_BYTES`] is sent as several consecutive events,
 //! parts `1..=n` of `n`. The first keeps the list's `complete` flag and
 //! carries every group and removal; the others are deltas that add

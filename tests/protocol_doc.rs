@@ -436,6 +436,43 @@ fn every_limit_and_timeout_on_the_page_is_the_one_the_code_uses() {
             translate::MAX_TEXT_BYTES,
             translate::MAX_TEXT_BYTES
         ),
+        format!(
+            "a length below {} or above {}.",
+            frame::HEADER_LEN,
+            frame::MAX_FRAME_LEN
+        ),
+        format!(
+            "(a UTF-8 XML document, at most {} bytes)",
+            collabd::wire::MAX_MESSAGE_LEN
+        ),
+        format!(
+            "must be at most {} bytes ({} - {} header - {} tag)",
+            collabd::wire::MAX_SEALED_PAYLOAD,
+            frame::MAX_FRAME_LEN,
+            frame::HEADER_LEN,
+            frame::TAG_LEN
+        ),
+        format!(
+            "that inflates past {} bytes",
+            collabd::wire::MAX_MESSAGE_LEN
+        ),
+        format!(
+            "UTF-8 text (at most {} bytes)",
+            frame::MAX_REFUSED_TEXT
+        ),
+        format!(
+            "{} elements or holding more than {} elements",
+            message::MAX_DEPTH,
+            message::MAX_ELEMENTS
+        ),
+        format!(
+            "an acknowledgement comes at least every {}\nseconds",
+            session::ROOM_WAIT.as_secs()
+        ),
+        format!(
+            "(A frame over {} bytes is a different matter",
+            frame::MAX_FRAME_LEN
+        ),
     ] {
         assert!(man.contains(&phrase), "the page no longer says {phrase:?}");
     }

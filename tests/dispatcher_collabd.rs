@@ -1079,3 +1079,62 @@ fn a_device_that_never_acknowledges_overflows_the_event_buffer_with_310() {
         "gaps in {seqs:?}"
     );
 }
+
+/// A device that comes back after its session ended (here an
+/// administrator ended it while the device was out of coverage) is told
+/// the resume was refused and goes on in a new session, whose events start
+/// at 1 with the contact list.
+#[test]
+fn collab_device_whose_session_ended_while_away_signs_in_afresh() {
+    let mut c = Cluster::new(&["alice", "bob"], 5, 5);
+    c.wait_live(ALPHA);
+    let cutter = support::cutting_proxy::LinkCutter::start(c.dispatcher.addr);
+    let alice_dev = c.device("alice").clone();
+    let mut alice = c.stack.device_at(
+        cutter.addr,
+        &alice_dev,
+        &alice_dev.user,
+        &alice_dev.user.password,
+        &["--reconnect", "10"],
+    );
+    let login = alice.expect("login ");
+    let old = field(&login, "session").expect("session id");
+    alice.expect("event contact-list ");
+
+    cutter.set_out_of_coverage(true);
+    cutter.cut();
+    alice.expect("reconnecting ");
+    c.stack
+        .db
+        .request_session_end(
+            collabd::configdb::SessionTarget::Pin(alice_dev.pin),
+            "lost phone",
+            "test",
+        )
+        .expect("request the end");
+    wait_until("alice's session to end", || {
+        c.stack.session_coverage(alice_dev.pin).is_none()
+    });
+    cutter.set_out_of_coverage(false);
+
+    let refused = alice.expect("resume refused ");
+    assert_eq!(field(&refused, "old"), Some(old.clone()), "{refused}");
+    let new = field(&refused, "session").expect("new session id");
+    assert_ne!(new, old);
+    let first = alice.expect("event ");
+    assert!(
+        first.starts_with("event contact-list seq=1 complete=true"),
+        "{first}"
+    );
+    // The new session works both ways.
+    let (mut bob, _) = c.sign_in("bob");
+    let hello = c.text("hello again");
+    let conv = start_conversation(&mut bob, &sip("alice"), &hello);
+    let inv = alice.expect("event invitation ");
+    assert_eq!(field(&inv, "conv").as_deref(), Some(conv.as_str()));
+    alice.send("logout");
+    let (code, lines) = finish(alice);
+    assert_eq!(code, 0, "{lines:?}");
+    bob.send("logout");
+    assert_eq!(finish(bob).0, 0);
+}

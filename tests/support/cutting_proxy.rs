@@ -88,6 +88,8 @@ pub struct LinkCutter {
     pub addr: SocketAddr,
     open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
     pub cuts: Arc<AtomicUsize>,
+    /// While set, new connections are closed at once (no coverage).
+    out_of_coverage: Arc<AtomicBool>,
 }
 
 impl LinkCutter {
@@ -95,10 +97,16 @@ impl LinkCutter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let open: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        let out_of_coverage: Arc<AtomicBool> = Arc::default();
         {
             let open = open.clone();
+            let out_of_coverage = out_of_coverage.clone();
             thread::spawn(move || {
                 for client in listener.incoming().flatten() {
+                    if out_of_coverage.load(Ordering::SeqCst) {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    }
                     let Ok(server) = TcpStream::connect(target) else {
                         continue;
                     };
@@ -117,7 +125,13 @@ impl LinkCutter {
             addr,
             open,
             cuts: Arc::default(),
+            out_of_coverage,
         }
+    }
+
+    /// While `out` is true, every new connection is closed at once.
+    pub fn set_out_of_coverage(&self, out: bool) {
+        self.out_of_coverage.store(out, Ordering::SeqCst);
     }
 
     /// Cuts every connection open now.

@@ -1138,3 +1138,36 @@ fn collab_device_whose_session_ended_while_away_signs_in_afresh() {
     bob.send("logout");
     assert_eq!(finish(bob).0, 0);
 }
+
+/// Reconnecting is bounded: with no coverage at all, collab-device gives up
+/// after its attempts, says `lost`, and exits with 3.
+#[test]
+fn collab_device_gives_up_after_its_reconnect_attempts() {
+    let c = Cluster::new(&["alice"], 5, 5);
+    c.wait_live(ALPHA);
+    let cutter = support::cutting_proxy::LinkCutter::start(c.dispatcher.addr);
+    let alice_dev = c.device("alice").clone();
+    let mut alice = c.stack.device_at(
+        cutter.addr,
+        &alice_dev,
+        &alice_dev.user,
+        &alice_dev.user.password,
+        &["--reconnect", "2"],
+    );
+    alice.expect("login ok ");
+    cutter.set_out_of_coverage(true);
+    cutter.cut();
+    let first = alice.expect("reconnecting ");
+    assert_eq!(field(&first, "attempt").as_deref(), Some("1"), "{first}");
+    let second = alice.expect("reconnecting ");
+    assert_eq!(field(&second, "attempt").as_deref(), Some("2"), "{second}");
+    let lost = alice.expect("lost ");
+    assert!(lost.starts_with("lost kind=connection"), "{lost}");
+    assert!(lost.contains("gave\\sup\\safter\\s2"), "{lost}");
+    let (code, lines) = finish(alice);
+    assert_eq!(code, 3, "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("resumed ")),
+        "{lines:?}"
+    );
+}

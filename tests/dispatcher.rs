@@ -111,17 +111,21 @@ fn garbage_is_refused_and_silence_dropped_at_the_header_timeout() {
     let mut http = TcpStream::connect(dispatcher.addr).unwrap();
     http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let (_, status) = refusal_in(&read_until_closed(&mut http));
-    assert_eq!(status, Status::ProtocolError);
+    // Refused before a whole header was read: PIN 0.
+    assert_eq!(
+        refusal_in(&read_until_closed(&mut http)),
+        (0, Status::ProtocolError)
+    );
 
-    // A well-sized frame with a bad version.
+    // A well-sized frame with a bad version: its header was read, and the
+    // refusal echoes its PIN.
     let mut bad = Frame::new(Header::new(FrameType::Hello, 0x7000, 0), vec![0; 32]).to_bytes();
     bad[4] = 9;
     let mut conn = TcpStream::connect(dispatcher.addr).unwrap();
     conn.write_all(&bad).unwrap();
     assert_eq!(
-        refusal_in(&read_until_closed(&mut conn)).1,
-        Status::ProtocolError
+        refusal_in(&read_until_closed(&mut conn)),
+        (0x7000, Status::ProtocolError)
     );
 
     // A valid frame that is not a Hello.

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use xmltree::Element;
 
 use super::events::{iso_utc, EndReason, SessionQueue};
+use super::published::Published;
 use super::users::{valid_sip_uri, Directory};
 use crate::xml::{self, attr, child_text, children, elem, text_elem, with_child, CWA_NS};
 
@@ -110,6 +111,8 @@ struct UserState {
     delta_num: u64,
     sessions: Vec<u64>,
     watchers: HashSet<u64>,
+    /// What the user's clients published, and their `UA` activity.
+    published: Published,
 }
 
 struct Session {
@@ -348,6 +351,7 @@ impl Ocs {
                 delta_num: 1,
                 sessions: Vec::new(),
                 watchers: HashSet::new(),
+                published: Published::default(),
             })
             .collect();
         Ocs {
@@ -503,13 +507,15 @@ impl Ocs {
         sid: u64,
         user_active: bool,
     ) -> Result<Arc<SessionQueue>, PollRefusal> {
-        let st = self.lock();
+        let mut st = self.lock();
         match st.sessions.get(&sid) {
             Some(s) if s.user == ticket.user && s.queue.ended().is_none() => {
+                let queue = Arc::clone(&s.queue);
                 if user_active {
-                    s.queue.touch();
+                    queue.touch();
+                    st.users[ticket.user].published.user_activity += 1;
                 }
-                Ok(Arc::clone(&s.queue))
+                Ok(queue)
             }
             Some(s) if s.user == ticket.user => Err(PollRefusal::SessionNotFound(
                 s.queue
@@ -637,6 +643,24 @@ impl Ocs {
             conversations: st.conversations.len(),
             sessions_ended: self.sessions_ended.load(Ordering::Relaxed),
         }
+    }
+
+    /// One line per user whose clients published a state or reported
+    /// activity: what [`Published::line`] says, for `GET /admin/presence`.
+    pub fn published_text(&self) -> String {
+        let st = self.lock();
+        let mut out = String::new();
+        for (i, u) in st.users.iter().enumerate() {
+            if u.published.publishes == 0 && u.published.user_activity == 0 {
+                continue;
+            }
+            out.push_str(
+                &u.published
+                    .line(&self.directory.users[i].sip_uri, u.availability),
+            );
+            out.push('\n');
+        }
+        out
     }
 
     /// `(sid, SIP URI)` of every live session, for the admin page.
@@ -1101,6 +1125,7 @@ impl Ocs {
         if let Some(a) = new_avail {
             u.availability = a;
             u.state_version += 1;
+            u.published.published(a);
         }
         if let Some(n) = new_note {
             u.note = n;

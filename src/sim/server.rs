@@ -869,6 +869,7 @@ impl Server {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/admin/status") => Response::text(200, self.status_text()),
             ("GET", "/admin/connections") => Response::text(200, self.connections_text()),
+            ("GET", "/admin/presence") => Response::text(200, self.ocs.published_text()),
             ("POST", "/admin/faults") => match self.apply_faults(&req.body) {
                 Ok(done) => Response::text(200, format!("ok {done}\n{}", self.status_text())),
                 Err(why) => {
@@ -876,7 +877,7 @@ impl Server {
                     Response::text(400, format!("{why}\n"))
                 }
             },
-            (_, "/admin/status" | "/admin/connections" | "/admin/faults") => {
+            (_, "/admin/status" | "/admin/connections" | "/admin/faults" | "/admin/presence") => {
                 Response::text(405, "wrong method\n")
             }
             _ => Response::text(404, "unknown admin path\n"),

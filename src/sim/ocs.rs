@@ -213,6 +213,9 @@ pub struct Ocs {
     /// Fault: commands are accepted but their `requestSucceeded` /
     /// `requestFailed` events are never sent.
     withhold_outcomes: AtomicBool,
+    /// Fault: `queryPresence` is accepted, then fails (18201) with no
+    /// `userPresence` event.
+    fail_query_presence: AtomicBool,
 }
 
 fn err_elem(code: u32, reason: &str) -> Element {
@@ -372,6 +375,7 @@ impl Ocs {
             ticket_grace_ms: AtomicU64::new(ticket_grace.as_millis() as u64),
             sessions_ended: AtomicU64::new(0),
             withhold_outcomes: AtomicBool::new(false),
+            fail_query_presence: AtomicBool::new(false),
         }
     }
 
@@ -401,6 +405,16 @@ impl Ocs {
     /// Turns the withheld-outcomes fault on or off.
     pub fn set_withhold_outcomes(&self, on: bool) {
         self.withhold_outcomes.store(on, Ordering::Relaxed);
+    }
+
+    /// Turns the failing-presence-query fault on or off.
+    pub fn set_fail_query_presence(&self, on: bool) {
+        self.fail_query_presence.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether presence queries fail.
+    pub fn fails_query_presence(&self) -> bool {
+        self.fail_query_presence.load(Ordering::Relaxed)
     }
 
     /// Whether command outcomes are withheld.
@@ -1186,6 +1200,12 @@ impl Ocs {
             Ok(u) => u,
             Err(why) => return invalid(rid, 18001, &why),
         };
+        if self.fails_query_presence() {
+            log::warn!("fault: queryPresence of session {sid} fails");
+            let error = sip_err_elem(504, "Server Time-out");
+            self.emit(st, sid, failed(rid, error));
+            return accepted(rid);
+        }
         let ev = self.user_presence_event(st, &uris);
         self.emit(st, sid, ev);
         self.emit(st, sid, succeeded(rid));

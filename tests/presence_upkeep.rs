@@ -42,6 +42,15 @@ impl Upkept {
     /// names), the instance's away period `away_after_ms`, collabd with
     /// `collabd_flags`, and the dispatcher routing to it.
     fn new(names: &[&str], away_after_ms: u64, collabd_flags: &[&str]) -> Upkept {
+        let settings = InstanceSettings {
+            away_after_ms,
+            ..InstanceSettings::default()
+        };
+        Upkept::with(names, settings, collabd_flags)
+    }
+
+    /// [`Upkept::new`] with the whole instance row.
+    fn with(names: &[&str], settings: InstanceSettings, collabd_flags: &[&str]) -> Upkept {
         let users: Vec<TestUser> = names.iter().map(|n| TestUser::new(n)).collect();
         let mut sim_users = String::new();
         for u in &users {
@@ -56,13 +65,7 @@ impl Upkept {
                 &format!("name={name}_Smith contacts={}", contacts.join(",")),
             ));
         }
-        let mut stack = Stack::new(
-            &sim_users,
-            InstanceSettings {
-                away_after_ms,
-                ..InstanceSettings::default()
-            },
-        );
+        let mut stack = Stack::new(&sim_users, settings);
         // Event requests come back at least every 100 ms, so each session's
         // upkeep is checked that often.
         stack.sim.faults("hold_ms=100");
@@ -465,6 +468,44 @@ fn a_dormant_device_gets_invitations_and_messages_but_presence_only_when_it_wake
         "{line}"
     );
     assert_eq!(field(&line, "note").as_deref(), Some("lunch"), "{line}");
+
+    alice.send("logout");
+    alice.expect("ended ");
+    bob.send("logout");
+    bob.expect("ended ");
+    assert_eq!(finish(alice).0, 0);
+    assert_eq!(finish(bob).0, 0);
+}
+
+#[test]
+fn the_state_the_user_chose_is_published_again_after_a_new_cwa_sign_in() {
+    let settings = InstanceSettings {
+        away_after_ms: 0,
+        password_caching: true,
+        ..InstanceSettings::default()
+    };
+    let up = Upkept::with(&["alice", "bob"], settings, &[]);
+    let mut bob = up.sign_in("bob");
+    let mut alice = up.sign_in("alice");
+    command_ok(&mut alice, "presence availability=busy");
+    expect_presence(&mut bob, 0, &sip("alice"), "busy");
+    let before = up.published("alice");
+
+    // CWA loses Alice's session: watchers see her offline; collabd signs in
+    // again (online, CWA's sign-in state), then publishes Busy again.
+    let m = mark(&bob);
+    up.stack.sim.faults("drop_user=sip:alice@contoso.com");
+    let offline = expect_since(&mut bob, m, "event presence ", |l| {
+        field(l, "uri") == Some(sip("alice"))
+            && field(l, "availability").as_deref() == Some("offline")
+    });
+    let after_offline = bob.transcript.iter().rposition(|l| *l == offline).unwrap() + 1;
+    expect_presence(&mut bob, after_offline, &sip("alice"), "busy");
+    let again = up.published("alice");
+    assert!(again.publishes > before.publishes, "{again:?}");
+    assert_eq!(again.history.last(), Some(&6500), "{again:?}");
+    // Her session went on: a command still works.
+    command_ok(&mut alice, "search query=nobody");
 
     alice.send("logout");
     alice.expect("ended ");

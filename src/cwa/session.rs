@@ -352,6 +352,12 @@ impl CommandChannel {
         })
     }
 
+    /// The presence last published (availability, note), or the sign-in
+    /// availability before the first publication.
+    pub fn presence(&self) -> (u32, Option<String>) {
+        self.presence.clone()
+    }
+
     /// Marks real user activity: the next event GET says `UA=true`.
     pub fn note_user_activity(&self) {
         self.shared.user_active.store(true, Ordering::Relaxed);

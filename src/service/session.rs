@@ -834,7 +834,12 @@ impl Session {
                             log::warn!("{self:?}: restoring subscriptions: {e}");
                         }
                     }
-                    *lock(&self.commands) = commands;
+                    {
+                        let mut current = lock(&self.commands);
+                        self.carry_presence(&current, &mut commands);
+                        *current = commands;
+                    }
+                    self.forget_old_rids();
                     log::info!("{self:?}: signed in to CWA again after: {lost}");
                     return Ok(events);
                 }
@@ -1067,6 +1072,34 @@ impl Session {
                 q.command,
                 limit.as_millis()
             );
+            self.deliver_search(q);
+        }
+    }
+
+    /// After a new CWA sign-in: the state the old session published (the
+    /// user's own, or Away) is published on the new one, which starts from
+    /// the sign-in state.
+    fn carry_presence(&self, old: &CommandChannel, new: &mut CommandChannel) {
+        let (availability, note) = old.presence();
+        if availability == new.presence().0 && note.is_none() {
+            return;
+        }
+        let command = crate::cwa::Command::PublishPresence { availability, note };
+        if let Err(e) = new.send(&command) {
+            log::info!("{self:?}: publishing the presence again after a new sign-in: {e}");
+        }
+    }
+
+    /// After a new CWA sign-in rids start again: results kept for rids of
+    /// the old session must not answer the new session's requests, and
+    /// waiting presence queries get no answer any more.
+    fn forget_old_rids(&self) {
+        let queries = {
+            let mut st = self.state();
+            st.early.clear();
+            std::mem::take(&mut st.queries)
+        };
+        for q in queries {
             self.deliver_search(q);
         }
     }

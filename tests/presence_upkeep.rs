@@ -194,11 +194,14 @@ fn expect_presence(d: &mut DeviceProcess, mark: usize, uri: &str, availability: 
     });
 }
 
-/// A self-presence event with `availability`, since `mark`.
-fn expect_self_presence(d: &mut DeviceProcess, mark: usize, availability: &str) {
-    expect_since(d, mark, "event self-presence ", |l| {
+/// A self-presence event with `availability`, since `mark`; returns the
+/// mark just after it.
+fn expect_self_presence(d: &mut DeviceProcess, mark: usize, availability: &str) -> usize {
+    let line = expect_since(d, mark, "event self-presence ", |l| {
         field(l, "availability").as_deref() == Some(availability)
     });
+    // (Every event line carries its own seq, so the line is unique.)
+    d.transcript.iter().rposition(|l| *l == line).unwrap() + 1
 }
 
 /// Sends a command line and waits for its result, which must be ok.
@@ -243,7 +246,7 @@ fn an_unused_device_shows_away_to_watchers_and_the_next_command_brings_the_state
     // Her next command brings back the state from before (online), then runs.
     let (a, b) = (mark(&alice), mark(&bob));
     command_ok(&mut alice, "search query=nobody");
-    expect_self_presence(&mut alice, a, "online");
+    let back_online = expect_self_presence(&mut alice, a, "online");
     expect_presence(&mut bob, b, &sip("alice"), "online");
     let back = up.published("alice");
     assert!(has_step(&back.history, 15500, 3500), "{back:?}");
@@ -254,7 +257,7 @@ fn an_unused_device_shows_away_to_watchers_and_the_next_command_brings_the_state
 
     // Unused again: Away again. She sets Busy while away: Busy is published
     // in place of Away, with no online in between ...
-    expect_self_presence(&mut alice, a, "away");
+    expect_self_presence(&mut alice, back_online, "away");
     let b = mark(&bob);
     command_ok(&mut alice, "presence availability=busy");
     expect_presence(&mut bob, b, &sip("alice"), "busy");

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::fmt::Write;
 
 /// Availabilities kept per user.
-pub const HISTORY: usize = 16;
+pub const HISTORY: usize = 64;
 
 /// One user's record.
 #[derive(Debug, Default, Clone)]
@@ -65,6 +65,8 @@ mod tests {
         p.user_activity += 1;
         assert_eq!(p.publishes, HISTORY as u64 + 2);
         assert_eq!(p.history.front(), Some(&2));
-        assert!(p.line("sip:a@x", 17).ends_with(",17"));
+        let last = HISTORY + 1;
+        assert!(p.line("sip:a@x", 3500).ends_with(&format!(",{last}")));
+        assert!(p.line("sip:a@x", 3500).contains(" availability=3500 "));
     }
 }

@@ -23,6 +23,10 @@ pub const AWAY: u32 = 15500;
 /// session; beyond it the oldest is answered without presence.
 pub const MAX_PRESENCE_QUERIES: usize = 16;
 
+/// Most people one presence query asks about (CWA's `uris` lists are
+/// bounded too); hits past it stay without presence.
+pub const MAX_QUERY_URIS: usize = 100;
+
 /// Contacts whose latest presence is held while the device is dormant.
 pub const MAX_HELD_PRESENCE: usize = 2000;
 
@@ -114,12 +118,13 @@ pub struct PresenceQuery {
 }
 
 impl PresenceQuery {
-    /// The distinct URIs to query, in order, lower-cased for comparing.
+    /// The distinct URIs to query, in order, lower-cased for comparing;
+    /// at most [`MAX_QUERY_URIS`].
     pub fn uris(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for e in &self.entries {
             let uri = e.uri.to_ascii_lowercase();
-            if !out.contains(&uri) {
+            if out.len() < MAX_QUERY_URIS && !out.contains(&uri) {
                 out.push(uri);
             }
         }
@@ -254,6 +259,18 @@ mod tests {
             sent: Instant::now(),
         };
         assert_eq!(q.uris(), vec!["sip:a@x", "sip:b@x"]);
+        let many = PresenceQuery {
+            entries: (0..150).map(|i| entry(&format!("sip:u{i}@x"))).collect(),
+            ..PresenceQuery {
+                id: 2,
+                answered: false,
+                rid: None,
+                command: 8,
+                entries: Vec::new(),
+                sent: Instant::now(),
+            }
+        };
+        assert_eq!(many.uris().len(), MAX_QUERY_URIS);
         assert!(q.is_answered_by(&["sip:b@x".into(), "sip:A@x".into()]));
         assert!(!q.is_answered_by(&["sip:a@x".into()]));
         assert!(!q.is_answered_by(&["sip:a@x".into(), "sip:b@x".into(), "sip:c@x".into()]));

@@ -1023,6 +1023,10 @@ mod tests {
             (vec!["--listen", "nowhere"], "flag --listen: listen"),
             (vec!["--max-unauthenticated", "0"], "outside 1..=65536"),
             (vec!["--thread-stack-kib", "1"], "outside 64..=16384"),
+            (
+                vec!["--presence-republish-ms", "600000"],
+                "outside 100..=300000",
+            ),
             (vec!["--tls-cert", "/c.pem"], "tls_key must be set too"),
             (vec!["--log-level", "loud"], "log_level"),
             (vec!["--instance", "bad name"], "instance"),

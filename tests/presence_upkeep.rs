@@ -517,3 +517,25 @@ fn the_state_the_user_chose_is_published_again_after_a_new_cwa_sign_in() {
     assert_eq!(finish(alice).0, 0);
     assert_eq!(finish(bob).0, 0);
 }
+
+#[test]
+fn a_changed_away_period_applies_to_running_sessions() {
+    let mut up = Upkept::new(&["alice", "bob"], 0, &["--presence-republish-ms", "200"]);
+    let mut alice = up.sign_in("alice");
+    // Off: republishes (each a check of the away period) and no Away.
+    let first = up.published("alice");
+    let later = up.wait_publishes("alice", first.publishes, 3);
+    assert!(!later.history.contains(&15500), "{later:?}");
+
+    // The instance row changes; collabd re-reads it with its heartbeat.
+    up.stack.set_instance(collabd::configdb::InstanceChange {
+        away_after_ms: Some(300),
+        ..Default::default()
+    });
+    expect_self_presence(&mut alice, 0, "away");
+    assert_eq!(up.published("alice").history.last(), Some(&15500));
+
+    alice.send("logout");
+    alice.expect("ended ");
+    assert_eq!(finish(alice).0, 0);
+}

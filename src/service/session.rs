@@ -7,8 +7,9 @@
 //!   ([`SlotGuard`]) and the CWA event long-poll: each batch is translated,
 //!   every device event gets the next sequence number, goes into the replay
 //!   buffer and, if a device link is attached, to the device; only then is
-//!   the batch acknowledged to CWA. It also republishes presence when CWA
-//!   wants it (every five minutes) and handles a lost CWA session;
+//!   the batch acknowledged to CWA. It also keeps presence up each time
+//!   its event request returns (the republish CWA wants, Away for an
+//!   unused device: [`super::upkeep`]) and handles a lost CWA session;
 //! - the **link thread** ([`serve_link`], the listener's connection thread
 //!   after a login) reads device messages: status reports (coverage and
 //!   last-status time in the table; the registry only when coverage

@@ -168,6 +168,7 @@ pub const KEYS: &[&str] = &[
     "instance_lost_after_ms",
     "command_timeout_ms",
     "heartbeat_stall_ms",
+    "presence_republish_ms",
     "thread_stack_kib",
 ];
 
@@ -250,6 +251,10 @@ pub struct Config {
     /// login runs the TLS handshake, a CWA sign-in and Config DB queries,
     /// which need about 384 KiB in a debug build).
     pub thread_stack_size: usize,
+    /// How often a session republishes its user's presence to CWA, which
+    /// lets a published state lapse without it (default 5 minutes, what
+    /// CWA asks of its clients; shorter only for tests).
+    pub presence_republish: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -280,6 +285,7 @@ impl fmt::Debug for Config {
             .field("command_timeout", &self.command_timeout)
             .field("heartbeat_stall", &self.heartbeat_stall)
             .field("thread_stack_size", &self.thread_stack_size)
+            .field("presence_republish", &self.presence_republish)
             .finish()
     }
 }
@@ -780,6 +786,13 @@ fn resolve(
         86_400_000,
     )?);
     let thread_stack_size = number(&mut raw, "thread_stack_kib", 512, 64, 16_384)? as usize * 1024;
+    let presence_republish = Duration::from_millis(number(
+        &mut raw,
+        "presence_republish_ms",
+        300_000,
+        100,
+        300_000,
+    )?);
     debug_assert!(raw.is_empty(), "every key is resolved: {:?}", raw.keys());
     Ok(Config {
         config_file,
@@ -804,6 +817,7 @@ fn resolve(
         command_timeout,
         heartbeat_stall,
         thread_stack_size,
+        presence_republish,
     })
 }
 
@@ -1009,6 +1023,10 @@ mod tests {
             (vec!["--listen", "nowhere"], "flag --listen: listen"),
             (vec!["--max-unauthenticated", "0"], "outside 1..=65536"),
             (vec!["--thread-stack-kib", "1"], "outside 64..=16384"),
+            (
+                vec!["--presence-republish-ms", "600000"],
+                "outside 100..=300000",
+            ),
             (vec!["--tls-cert", "/c.pem"], "tls_key must be set too"),
             (vec!["--log-level", "loud"], "log_level"),
             (vec!["--instance", "bad name"], "instance"),

@@ -107,7 +107,7 @@ fn migrate_applies_once_then_reports_up_to_date() {
     let first = ok(&url, &["migrate"]);
     assert_eq!(
         first,
-        "applied 0001_initial\napplied 0002_session_end_requests\n"
+        "applied 0001_initial\napplied 0002_session_end_requests\napplied 0003_away_after\n"
     );
     let dump = dump_tables(&url);
     assert_eq!(ok(&url, &["migrate"]), "schema is up to date\n");
@@ -150,6 +150,7 @@ fn instances_end_to_end() {
         "inactivity timeout ms  3600000",
         "http max connections   400",
         "password caching       on",
+        "away after ms          300000",
         "heartbeat              never",
         "healthy                no",
     ] {
@@ -170,6 +171,8 @@ fn instances_end_to_end() {
             "iwa",
             "--password-caching",
             "off",
+            "--away-after-ms",
+            "0",
         ],
     );
     assert!(set.starts_with("instance bcs1 changed\n"), "{set}");
@@ -180,6 +183,7 @@ fn instances_end_to_end() {
     assert_eq!(stored.inactivity_timeout_ms, Some(3_600_000));
     assert_eq!(stored.http_max_connections, 400);
     assert!(!stored.password_caching);
+    assert_eq!(stored.away_after_ms, 0, "0 turns the away period off");
 
     ok(
         &url,
@@ -223,6 +227,7 @@ fn instances_end_to_end() {
             "instance_added",
             "instance_changed",
             "instance_added",
+            "schema_migrated",
             "schema_migrated",
             "schema_migrated"
         ]
@@ -493,7 +498,7 @@ fn the_database_comes_from_the_environment_and_help_needs_none() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "applied 0001_initial\napplied 0002_session_end_requests\n"
+        "applied 0001_initial\napplied 0002_session_end_requests\napplied 0003_away_after\n"
     );
     let help = collabctl(None, &["--help"]);
     assert_eq!(help.code, 0);

@@ -450,6 +450,7 @@ fn admin_changes_are_audited_without_secrets() {
             "user_added",
             "instance_added",
             "schema_migrated",
+            "schema_migrated",
             "schema_migrated"
         ]
     );

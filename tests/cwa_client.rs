@@ -959,6 +959,14 @@ fn conversation(sim: &Sim, ca: Option<&TestCa>) {
     assert!(a.republish_due());
     let rid = accepted(a.republish());
     succeeded(&mut ap, rid, CommandKind::PublishPresence);
+    // A publish without a note (collabd's Away) keeps the note, so the
+    // republish goes on carrying it.
+    let rid = accepted(a.send(&Command::PublishPresence {
+        availability: 15500,
+        note: None,
+    }));
+    succeeded(&mut ap, rid, CommandKind::PublishPresence);
+    assert_eq!(a.presence(), (15500, Some(note.to_string())));
 
     // Directory search.
     let rid = accepted(a.send(&Command::Search(SearchQuery {

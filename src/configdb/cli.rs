@@ -118,6 +118,7 @@ commands:
   instance add NAME --cwa-url URL [--max-sessions N] [--idle-timeout-ms N]
                [--inactivity-timeout-ms N] [--http-max-connections N]
                [--auth iwa-then-forms|forms|iwa] [--password-caching on|off]
+               [--away-after-ms N (0: never)]
   instance set NAME [the same options; --max-sessions none,
                --idle-timeout-ms none, --inactivity-timeout-ms none unset]
   instance show NAME
@@ -325,6 +326,7 @@ const INSTANCE_OPTIONS: &[&str] = &[
     "http-max-connections",
     "auth",
     "password-caching",
+    "away-after-ms",
 ];
 
 fn bad(what: impl Into<String>) -> CliError {
@@ -398,6 +400,13 @@ fn instance_change(options: &Options) -> Result<InstanceChange, CliError> {
     if let Some(v) = options.get("password-caching") {
         change.password_caching = Some(parse_switch("password-caching", v, "on", "off")?);
     }
+    if let Some(v) = options.get("away-after-ms") {
+        // 0 is allowed here: it turns the away period off.
+        change.away_after_ms = Some(match v {
+            "0" => 0,
+            _ => parse_positive("away-after-ms", v, false)?.unwrap_or(0),
+        });
+    }
     Ok(change)
 }
 
@@ -439,6 +448,7 @@ impl Command {
                         password_caching: change
                             .password_caching
                             .unwrap_or(defaults.password_caching),
+                        away_after_ms: change.away_after_ms.unwrap_or(defaults.away_after_ms),
                     };
                     Ok(Command::InstanceAdd(name, settings))
                 }
@@ -853,6 +863,7 @@ fn show_instance(i: &Instance, out: &mut dyn Write) -> Result<(), CliError> {
         ("inactivity timeout ms", or_none(i.inactivity_timeout_ms)),
         ("http max connections", i.http_max_connections.to_string()),
         ("password caching", on_off(i.password_caching).to_string()),
+        ("away after ms", i.away_after_ms.to_string()),
         (
             "listen addr",
             i.listen_addr.clone().unwrap_or_else(|| "-".into()),

@@ -16,6 +16,10 @@ use super::{classify, epoch_ms, AuditEvent, ConfigDb, DbError};
 /// inside systemd's default TasksMax.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 1000;
 
+/// Default for `away_after_ms`: five minutes without a user action shows
+/// the user Away, as CWA does for its own clients.
+pub const DEFAULT_AWAY_AFTER_MS: u64 = 5 * 60 * 1000;
+
 /// How collabd signs in to CWA: the CWA client's own type, stored in
 /// `instance.auth_mode` by its spelling ([`AuthMode::as_str`]).
 pub use crate::cwa::AuthMode;
@@ -43,6 +47,8 @@ pub struct Instance {
     pub sessions_in_use: u32,
     pub session_limit: Option<u32>,
     pub healthy: bool,
+    /// A device unused this long shows its user Away; 0: never.
+    pub away_after_ms: u64,
 }
 
 /// The settings `instance add` takes. `Default` gives the documented
@@ -56,6 +62,8 @@ pub struct InstanceSettings {
     pub inactivity_timeout_ms: Option<u64>,
     pub http_max_connections: u32,
     pub password_caching: bool,
+    /// A device unused this long shows its user Away; 0: never.
+    pub away_after_ms: u64,
 }
 
 impl Default for InstanceSettings {
@@ -68,6 +76,7 @@ impl Default for InstanceSettings {
             inactivity_timeout_ms: None,
             http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
             password_caching: false,
+            away_after_ms: DEFAULT_AWAY_AFTER_MS,
         }
     }
 }
@@ -83,6 +92,7 @@ pub struct InstanceChange {
     pub inactivity_timeout_ms: Option<Option<u64>>,
     pub http_max_connections: Option<u32>,
     pub password_caching: Option<bool>,
+    pub away_after_ms: Option<u64>,
 }
 
 impl InstanceChange {
@@ -123,10 +133,15 @@ fn check_limits(
     Ok(())
 }
 
+/// The away period as its (signed) column.
+fn away_column(ms: u64) -> Result<i64, DbError> {
+    i64::try_from(ms).map_err(|_| DbError::bad(format!("away period {ms} ms is too large")))
+}
+
 fn describe(settings: &InstanceSettings) -> String {
     let opt = |v: Option<u64>| v.map_or("none".to_string(), |n| n.to_string());
     format!(
-        "cwa-url={} auth={} max-sessions={} idle-timeout-ms={} inactivity-timeout-ms={} http-max-connections={} password-caching={}",
+        "cwa-url={} auth={} max-sessions={} idle-timeout-ms={} inactivity-timeout-ms={} http-max-connections={} password-caching={} away-after-ms={}",
         settings.cwa_url,
         settings.auth_mode,
         opt(settings.max_sessions.map(u64::from)),
@@ -134,6 +149,7 @@ fn describe(settings: &InstanceSettings) -> String {
         opt(settings.inactivity_timeout_ms),
         settings.http_max_connections,
         if settings.password_caching { "on" } else { "off" },
+        settings.away_after_ms,
     )
 }
 
@@ -141,7 +157,7 @@ fn instance_columns() -> String {
     format!(
         "name, cwa_url, auth_mode, max_sessions, idle_timeout_ms, inactivity_timeout_ms, \
          http_max_connections, password_caching, listen_addr, {}, sessions_in_use, \
-         session_limit, healthy",
+         session_limit, healthy, away_after_ms",
         epoch_ms("heartbeat_at")
     )
 }
@@ -175,6 +191,7 @@ fn instance_from_row(row: &Row) -> Result<Instance, DbError> {
             .map(|n| to_u32(n, "session_limit"))
             .transpose()?,
         healthy: row.get(12),
+        away_after_ms: nonneg(row.get(13), "away_after_ms")?.unwrap_or(DEFAULT_AWAY_AFTER_MS),
     })
 }
 
@@ -198,8 +215,8 @@ impl ConfigDb {
             .map_err(|e| classify(e, &context))?;
         tx.execute(
             "INSERT INTO instance (name, cwa_url, auth_mode, max_sessions, idle_timeout_ms, \
-             inactivity_timeout_ms, http_max_connections, password_caching) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             inactivity_timeout_ms, http_max_connections, password_caching, away_after_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &name,
                 &settings.cwa_url,
@@ -209,6 +226,7 @@ impl ConfigDb {
                 &settings.inactivity_timeout_ms.map(|n| n as i64),
                 &(settings.http_max_connections as i32),
                 &settings.password_caching,
+                &away_column(settings.away_after_ms)?,
             ],
         )
         .map_err(|e| classify(e, &context))?;
@@ -256,6 +274,7 @@ impl ConfigDb {
                 .http_max_connections
                 .unwrap_or(current.http_max_connections),
             password_caching: change.password_caching.unwrap_or(current.password_caching),
+            away_after_ms: change.away_after_ms.unwrap_or(current.away_after_ms),
         };
         check_limits(
             new.max_sessions,
@@ -266,7 +285,7 @@ impl ConfigDb {
         tx.execute(
             "UPDATE instance SET cwa_url = $2, auth_mode = $3, max_sessions = $4, \
              idle_timeout_ms = $5, inactivity_timeout_ms = $6, http_max_connections = $7, \
-             password_caching = $8, updated_at = now() WHERE name = $1",
+             password_caching = $8, away_after_ms = $9, updated_at = now() WHERE name = $1",
             &[
                 &name,
                 &new.cwa_url,
@@ -276,6 +295,7 @@ impl ConfigDb {
                 &new.inactivity_timeout_ms.map(|n| n as i64),
                 &(new.http_max_connections as i32),
                 &new.password_caching,
+                &away_column(new.away_after_ms)?,
             ],
         )
         .map_err(|e| classify(e, &context))?;

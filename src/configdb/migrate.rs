@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "session_end_requests",
         sql: include_str!("../../sql/0002_session_end_requests.sql"),
     },
+    Migration {
+        version: 3,
+        name: "away_after",
+        sql: include_str!("../../sql/0003_away_after.sql"),
+    },
 ];
 
 /// A migration that this run applied.

@@ -291,7 +291,12 @@ impl CommandChannel {
         }
         let reply = result?;
         if let Command::PublishPresence { availability, note } = command {
-            self.presence = (*availability, note.clone());
+            // A publish without a note leaves the note as it was, so the
+            // republish keeps carrying it.
+            self.presence.0 = *availability;
+            if note.is_some() {
+                self.presence.1 = note.clone();
+            }
             self.last_publish = Instant::now();
         }
         Ok(reply)
@@ -347,13 +352,21 @@ impl CommandChannel {
         })
     }
 
+    /// The presence last published (availability, note), or the sign-in
+    /// availability before the first publication.
+    pub fn presence(&self) -> (u32, Option<String>) {
+        self.presence.clone()
+    }
+
     /// Marks real user activity: the next event GET says `UA=true`.
     pub fn note_user_activity(&self) {
         self.shared.user_active.store(true, Ordering::Relaxed);
     }
 
     /// Whether the presence must be republished now: CWA wants it every
-    /// five minutes (§3.1), configurable as `republish_interval`.
+    /// five minutes (§3.1; that a published state lapses without it is
+    /// PROPOSED in the protocol notes, §7), configurable as
+    /// `republish_interval`.
     pub fn republish_due(&self) -> bool {
         self.last_publish.elapsed() >= self.republish_interval
     }

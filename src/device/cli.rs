@@ -1057,7 +1057,13 @@ impl Interactive {
             DeviceEvent::SearchResult { entries, .. } => {
                 let mut v = vec![format!("* {} found", entries.len())];
                 for en in entries {
-                    v.push(format!("  {} {}", en.uri, en.name.as_deref().unwrap_or("")));
+                    let presence = en.availability.map(|a| a.to_wire());
+                    v.push(format!(
+                        "  {} {} ({})",
+                        en.uri,
+                        en.name.as_deref().unwrap_or(""),
+                        presence.as_deref().unwrap_or("presence unknown")
+                    ));
                 }
                 v
             }

@@ -473,6 +473,10 @@ fn event_lines(seq: u64, e: &DeviceEvent) -> Vec<String> {
                         .opt("office", en.office.as_deref())
                         .opt("phone", en.phone.as_deref())
                         .opt("email", en.email.as_deref())
+                        .opt(
+                            "availability",
+                            en.availability.map(|a| a.to_wire()).as_deref(),
+                        )
                         .done(),
                 );
             }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ pub struct CwaSettings {
     /// Keep the password in memory to sign in again when CWA loses a
     /// session.
     pub password_caching: bool,
+    /// The instance's away period (`away_after_ms`); `None`: off.
+    pub away_after: Option<Duration>,
 }
 
 impl CwaSettings {
@@ -67,8 +69,15 @@ impl CwaSettings {
         CwaSettings {
             client,
             password_caching: instance.password_caching,
+            away_after: (instance.away_after_ms > 0)
+                .then(|| Duration::from_millis(instance.away_after_ms)),
         }
     }
+}
+
+fn away_ms(cwa: &CwaSettings) -> u64 {
+    cwa.away_after
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The table limits of an instance row.
@@ -119,6 +128,9 @@ pub struct ServiceContext {
     /// The threads that end sessions.
     pub finishers: Finishers,
     cwa: RwLock<CwaSettings>,
+    /// The away period in ms (0: off), read by every session's event loop
+    /// without cloning the CWA settings.
+    away_after_ms: AtomicU64,
     stopping: AtomicBool,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     sessions_changed: Condvar,
@@ -154,6 +166,7 @@ impl ServiceContext {
             spool,
             finishers: Finishers::new(FINISHER_THREADS, timeouts.thread_stack_size),
             timeouts,
+            away_after_ms: AtomicU64::new(away_ms(&cwa)),
             cwa: RwLock::new(cwa),
             stopping: AtomicBool::new(false),
             sessions: Mutex::new(HashMap::new()),
@@ -180,7 +193,18 @@ impl ServiceContext {
         // does not change them (a changed CA file is noticed by the
         // context itself).
         next.client.transport = cwa.client.transport.clone();
+        // The republish period is the daemon's (collabd.conf), not the row's.
+        next.client.republish_interval = cwa.client.republish_interval;
+        self.away_after_ms.store(away_ms(&next), Ordering::Relaxed);
         *cwa = next;
+    }
+
+    /// The instance's away period now; `None`: off.
+    pub fn away_after(&self) -> Option<Duration> {
+        match self.away_after_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     /// Whether shutdown has started (new logins get 311).

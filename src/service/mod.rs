@@ -6,8 +6,9 @@
 //! ([`credential`]), the state every thread shares ([`context`]), the
 //! bounds that keep a flood of handshakes cheap ([`throttle`]), the
 //! registry writes kept while the Config DB is away ([`spool`]), the
-//! bounded pool of threads that end sessions ([`finishers`]) and the
-//! daemon's start-up and shutdown ([`run`]).
+//! bounded pool of threads that end sessions ([`finishers`]), a session's
+//! presence upkeep (auto-away, searches' presence, presence held while
+//! dormant: [`upkeep`]) and the daemon's start-up and shutdown ([`run`]).
 //!
 //! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; the
 //! listener and the table know nothing of the other three.
@@ -24,3 +25,4 @@ pub mod spool;
 pub mod table;
 pub mod throttle;
 pub mod translate;
+pub mod upkeep;

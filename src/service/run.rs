@@ -301,7 +301,11 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
         table.clone(),
         pool,
         spool,
-        CwaSettings::from_instance(&instance, config.cwa_ca_file.as_deref()),
+        {
+            let mut cwa = CwaSettings::from_instance(&instance, config.cwa_ca_file.as_deref());
+            cwa.client.republish_interval = config.presence_republish;
+            cwa
+        },
         Timeouts {
             status_timeout: config.status_timeout,
             login_db_wait: config.handshake_timeout.min(Duration::from_secs(5)),

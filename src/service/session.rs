@@ -7,8 +7,9 @@
 //!   ([`SlotGuard`]) and the CWA event long-poll: each batch is translated,
 //!   every device event gets the next sequence number, goes into the replay
 //!   buffer and, if a device link is attached, to the device; only then is
-//!   the batch acknowledged to CWA. It also republishes presence when CWA
-//!   wants it (every five minutes) and handles a lost CWA session;
+//!   the batch acknowledged to CWA. It also keeps presence up each time
+//!   its event request returns (the republish CWA wants, Away for an
+//!   unused device: [`super::upkeep`]) and handles a lost CWA session;
 //! - the **link thread** ([`serve_link`], the listener's connection thread
 //!   after a login) reads device messages: status reports (coverage and
 //!   last-status time in the table; the registry only when coverage
@@ -63,6 +64,7 @@ use super::listener::{Closer, ReadHalf, WriteHalf};
 use super::spool::RegistryWrite;
 use super::table::{Coverage, EndReason, SessionHandle, SessionId, SlotGuard};
 use super::translate::{self, Translated};
+use super::upkeep::{HeldPresence, PresenceQuery, Upkeep, AWAY, MAX_PRESENCE_QUERIES};
 
 /// Most unacknowledged events kept per session.
 pub const MAX_REPLAY_EVENTS: usize = 1000;
@@ -206,6 +208,11 @@ struct State {
     /// The finisher has told the device why the session ended (or had no
     /// link to tell): a link thread still reading may now return.
     last_word_sent: bool,
+    /// Searches waiting for the presence of the people found.
+    queries: Vec<PresenceQuery>,
+    /// Contacts' presence held while the device is dormant.
+    held: HeldPresence,
+    next_query: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,6 +233,9 @@ pub struct Session {
     /// replays: keeps events in sequence order on the link.
     delivery: Mutex<()>,
     state: Mutex<State>,
+    /// Auto-away; taken only while `commands` is held, so that deciding
+    /// and publishing are one step.
+    upkeep: Mutex<Upkeep>,
 }
 
 impl std::fmt::Debug for Session {
@@ -259,7 +269,9 @@ pub struct NewSession {
 impl Session {
     /// A session with no link attached yet.
     pub fn new(ctx: Arc<ServiceContext>, new: NewSession) -> Arc<Session> {
+        let initial = ctx.cwa().client.initial_availability;
         Arc::new(Session {
+            upkeep: Mutex::new(Upkeep::new(initial, Instant::now())),
             ctx,
             handle: new.handle,
             pin: new.pin,
@@ -282,6 +294,9 @@ impl Session {
                 registry_coverage: Coverage::In,
                 finished: false,
                 last_word_sent: false,
+                queries: Vec::new(),
+                held: HeldPresence::default(),
+                next_query: 1,
             }),
         })
     }
@@ -431,12 +446,26 @@ impl Session {
 
     /// Write the coverage to the registry if it changed since last time.
     fn record_coverage(&self, coverage: Coverage) {
-        {
+        let held = {
             let mut st = self.state();
             if st.registry_coverage == coverage {
                 return;
             }
             st.registry_coverage = coverage;
+            if coverage == Coverage::Dormant {
+                Vec::new()
+            } else {
+                st.held.take()
+            }
+        };
+        if !held.is_empty() {
+            // Out of dormancy: the latest presence of each contact that
+            // changed meanwhile (into the replay buffer if the link is
+            // gone, ahead of any newer presence).
+            let events = held.into_iter().map(DeviceEvent::Presence).collect();
+            if let Err(reason) = self.deliver(events) {
+                self.ctx.table.end(self.id(), reason);
+            }
         }
         let Some(row) = self.registry_id else { return };
         let db_coverage = match coverage {
@@ -459,6 +488,18 @@ impl Session {
         let events = super::split::fit_frames(events);
         let _order = lock(&self.delivery);
         for event in events {
+            if let DeviceEvent::Presence(p) = &event {
+                let mut st = self.state();
+                if st.registry_coverage == Coverage::Dormant {
+                    // A dormant device gets no presence updates (they cost
+                    // it radio time); the latest per contact is kept for
+                    // when it wakes.
+                    if !st.held.hold(p.clone()) {
+                        log::info!("{self:?}: presence of {} dropped while dormant", p.uri);
+                    }
+                    continue;
+                }
+            }
             // Only this function numbers events, under `delivery`: the
             // number cannot change while the event is encoded.
             let seq = self.state().next_seq;
@@ -512,11 +553,19 @@ impl Session {
     fn handle_events(&self, events: Vec<crate::cwa::Event>) -> Result<(), EndReason> {
         let mut out = Vec::new();
         for e in events {
+            if let crate::cwa::Event::UserPresence { users } = &e {
+                if self.answer_presence_query(users) {
+                    continue;
+                }
+            }
             match translate::event(e) {
                 Translated::Events(mut evs) => out.append(&mut evs),
                 Translated::Result { rid, outcome } => {
                     // Keep the order of events and results as CWA sent them.
                     self.deliver(std::mem::take(&mut out))?;
+                    if self.finish_presence_query(rid, &outcome)? {
+                        continue;
+                    }
                     self.complete(rid, Early::Result(outcome));
                 }
                 Translated::SearchResult { rid, entries } => {
@@ -587,14 +636,7 @@ impl Session {
                     },
                 );
             }
-            (Early::Search(entries), _) => {
-                if let Err(reason) = self.deliver(vec![DeviceEvent::SearchResult {
-                    command: p.command_id,
-                    entries,
-                }]) {
-                    self.ctx.table.end(self.id(), reason);
-                }
-            }
+            (Early::Search(entries), _) => self.query_presence(p.command_id, entries),
         }
     }
 
@@ -623,6 +665,7 @@ impl Session {
         let result = {
             let mut commands = lock(&self.commands);
             commands.note_user_activity();
+            self.note_user_action(&mut commands, &command);
             commands.send(&cwa_command)
         };
         let fail = |status: Status, text: String| ServiceMessage::CommandResult {
@@ -724,6 +767,7 @@ impl Session {
                 .filter_map(|rid| st.pending.remove(rid))
                 .collect()
         };
+        self.expire_presence_queries(limit);
         for p in overdue {
             log::info!(
                 "{self:?}: no CWA outcome for command {} within {} ms",
@@ -846,7 +890,12 @@ impl Session {
                             log::warn!("{self:?}: restoring subscriptions: {e}");
                         }
                     }
-                    *lock(&self.commands) = commands;
+                    {
+                        let mut current = lock(&self.commands);
+                        self.carry_presence(&current, &mut commands);
+                        *current = commands;
+                    }
+                    self.forget_old_rids();
                     log::info!("{self:?}: signed in to CWA again after: {lost}");
                     return Ok(events);
                 }
@@ -954,6 +1003,257 @@ impl Session {
     }
 }
 
+/// Presence upkeep (see [`super::upkeep`]): auto-away, and searches that
+/// carry presence.
+impl Session {
+    /// A user action (a device command), with the command channel held:
+    /// it restarts the away period and undoes an Away that collabd
+    /// published, before the command itself goes to CWA.
+    fn note_user_action(&self, commands: &mut CommandChannel, command: &DeviceCommand) {
+        let publishes = match command {
+            DeviceCommand::SetPresence { availability, .. } => Some(availability.code()),
+            _ => None,
+        };
+        let restore = lock(&self.upkeep).user_action(Instant::now(), publishes);
+        if let Some(availability) = restore {
+            log::info!("{self:?}: the user is back; publishing availability {availability} again");
+            self.publish_upkeep(commands, availability, "restoring presence after Away");
+        }
+    }
+
+    /// From the event loop, with the command channel held: Away for a
+    /// device unused for the instance's away period. Checked each time
+    /// the CWA event request returns, so it can come up to CWA's hold
+    /// time after the period.
+    fn publish_away_if_due(&self, commands: &mut CommandChannel) {
+        let due = lock(&self.upkeep).away_due(Instant::now(), self.ctx.away_after());
+        if due {
+            log::info!("{self:?}: device unused for the away period; publishing Away");
+            self.publish_upkeep(commands, AWAY, "publishing Away");
+        }
+    }
+
+    /// Publishes `availability` (the note stays as it is). Its outcome
+    /// event matches no device command and is dropped.
+    fn publish_upkeep(&self, commands: &mut CommandChannel, availability: u32, what: &str) {
+        let command = crate::cwa::Command::PublishPresence {
+            availability,
+            note: None,
+        };
+        match commands.send(&command) {
+            Ok(reply) => match reply.outcome {
+                Outcome::Failed(e) | Outcome::Invalid(e) => {
+                    log::info!("{self:?}: {what}: CWA refused: {e}")
+                }
+                _ => {}
+            },
+            Err(e) => log::info!("{self:?}: {what}: {e}"),
+        }
+    }
+
+    /// A search's hits: CWA's search result carries no presence, so ask
+    /// for it (`queryPresence`); the search-result event goes to the
+    /// device when the answer is in, or with presence unknown when the
+    /// query fails or runs past the command timeout.
+    fn query_presence(&self, command: u64, entries: Vec<wire::SearchEntry>) {
+        let (id, uris, evicted) = {
+            let mut st = self.state();
+            let id = st.next_query;
+            st.next_query += 1;
+            let query = PresenceQuery {
+                id,
+                rid: None,
+                command,
+                entries,
+                sent: Instant::now(),
+                answered: false,
+            };
+            let uris = query.uris();
+            if uris.is_empty() {
+                drop(st);
+                self.deliver_search(query);
+                return;
+            }
+            let evicted = (st.queries.len() >= MAX_PRESENCE_QUERIES).then(|| st.queries.remove(0));
+            st.queries.push(query);
+            (id, uris, evicted)
+        };
+        if let Some(old) = evicted {
+            log::info!(
+                "{self:?}: too many presence queries; search {} answered without",
+                old.command
+            );
+            self.deliver_search(old);
+        }
+        let result = lock(&self.commands).send(&crate::cwa::Command::QueryPresence { uris });
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => {
+                log::info!("{self:?}: presence query for search {command}: {e}");
+                self.finish_query(|q| q.id == id);
+                return;
+            }
+        };
+        if !reply.events.is_empty() {
+            if let Err(reason) = self.handle_events(reply.events) {
+                self.ctx.table.end(self.id(), reason);
+                return;
+            }
+        }
+        match reply.outcome {
+            Outcome::Accepted => {
+                // Its outcome may have come before the rid was known.
+                let early = {
+                    let mut st = self.state();
+                    if let Some(q) = st.queries.iter_mut().find(|q| q.id == id) {
+                        q.rid = Some(reply.rid);
+                    }
+                    let found = st.early.iter().position(|(rid, _)| *rid == reply.rid);
+                    found.and_then(|i| st.early.remove(i))
+                };
+                if let Some((rid, Early::Result(outcome))) = early {
+                    if let Err(reason) = self.finish_presence_query(rid, &outcome) {
+                        self.ctx.table.end(self.id(), reason);
+                    }
+                }
+            }
+            Outcome::Succeeded => self.finish_query(|q| q.id == id),
+            Outcome::Failed(e) | Outcome::Invalid(e) => {
+                log::info!("{self:?}: presence query for search {command}: CWA refused: {e}");
+                self.finish_query(|q| q.id == id);
+            }
+            Outcome::ImSessionAccepted { .. } => self.finish_query(|q| q.id == id),
+        }
+    }
+
+    /// Takes a `userPresence` event that answers a waiting presence query
+    /// into it. Returns false if it answers none (an ordinary presence
+    /// update).
+    fn answer_presence_query(&self, users: &[crate::cwa::UserPresence]) -> bool {
+        let mut st = self.state();
+        if st.queries.is_empty() {
+            return false;
+        }
+        let uris: Vec<String> = users.iter().map(|u| u.uri.clone()).collect();
+        let Some(q) = st
+            .queries
+            .iter_mut()
+            .find(|q| !q.answered && q.is_answered_by(&uris))
+        else {
+            return false;
+        };
+        let presence: Vec<(String, wire::Availability)> = users
+            .iter()
+            .filter_map(|u| {
+                Some((
+                    u.uri.clone(),
+                    wire::Availability::from_cwa(u.availability()?),
+                ))
+            })
+            .collect();
+        q.fill(&presence);
+        q.answered = true;
+        true
+    }
+
+    /// The outcome of request `rid`, if it is a presence query: its search
+    /// result goes to the device. Returns whether it was one.
+    fn finish_presence_query(
+        &self,
+        rid: u64,
+        outcome: &Result<(), String>,
+    ) -> Result<bool, EndReason> {
+        let query = {
+            let mut st = self.state();
+            let found = st.queries.iter().position(|q| q.rid == Some(rid));
+            found.map(|i| st.queries.remove(i))
+        };
+        let Some(query) = query else { return Ok(false) };
+        if let Err(why) = outcome {
+            log::info!(
+                "{self:?}: presence query for search {} failed: {why}",
+                query.command
+            );
+        }
+        self.deliver(vec![search_result(query)])?;
+        Ok(true)
+    }
+
+    /// Answers the first waiting query that `which` picks, with the
+    /// presence it has (possibly none).
+    fn finish_query(&self, which: impl Fn(&PresenceQuery) -> bool) {
+        let query = {
+            let mut st = self.state();
+            let found = st.queries.iter().position(which);
+            found.map(|i| st.queries.remove(i))
+        };
+        if let Some(query) = query {
+            self.deliver_search(query);
+        }
+    }
+
+    /// Answers the presence queries older than `limit` with what they have.
+    fn expire_presence_queries(&self, limit: Duration) {
+        let overdue: Vec<PresenceQuery> = {
+            let mut st = self.state();
+            let (old, keep) = std::mem::take(&mut st.queries)
+                .into_iter()
+                .partition(|q| q.sent.elapsed() >= limit);
+            st.queries = keep;
+            old
+        };
+        for q in overdue {
+            log::info!(
+                "{self:?}: no presence from CWA for search {} within {} ms",
+                q.command,
+                limit.as_millis()
+            );
+            self.deliver_search(q);
+        }
+    }
+
+    /// After a new CWA sign-in: the state the old session published (the
+    /// user's own, or Away) is published on the new one, which starts from
+    /// the sign-in state.
+    fn carry_presence(&self, old: &CommandChannel, new: &mut CommandChannel) {
+        let (availability, note) = old.presence();
+        if availability == new.presence().0 && note.is_none() {
+            return;
+        }
+        let command = crate::cwa::Command::PublishPresence { availability, note };
+        if let Err(e) = new.send(&command) {
+            log::info!("{self:?}: publishing the presence again after a new sign-in: {e}");
+        }
+    }
+
+    /// After a new CWA sign-in rids start again: results kept for rids of
+    /// the old session must not answer the new session's requests, and
+    /// waiting presence queries get no answer any more.
+    fn forget_old_rids(&self) {
+        let queries = {
+            let mut st = self.state();
+            st.early.clear();
+            std::mem::take(&mut st.queries)
+        };
+        for q in queries {
+            self.deliver_search(q);
+        }
+    }
+
+    fn deliver_search(&self, query: PresenceQuery) {
+        if let Err(reason) = self.deliver(vec![search_result(query)]) {
+            self.ctx.table.end(self.id(), reason);
+        }
+    }
+}
+
+fn search_result(query: PresenceQuery) -> DeviceEvent {
+    DeviceEvent::SearchResult {
+        command: query.command,
+        entries: query.entries,
+    }
+}
+
 /// Drop acknowledged events from the replay buffer.
 fn trim(st: &mut State, acked: u64) {
     while let Some((seq, payload)) = st.replay.front() {
@@ -987,6 +1287,8 @@ fn poll_events(session: &Arc<Session>, mut events: EventChannel) {
         // (see `ops::memory`; this thread lives as long as the session).
         memory::release_stack_below_here();
         if let Ok(mut commands) = session.commands.try_lock() {
+            // (Busy: a command is running, which is user activity anyway.)
+            session.publish_away_if_due(&mut commands);
             if commands.republish_due() {
                 if let Err(e) = commands.republish() {
                     log::info!("{session:?}: presence republish: {e}");

@@ -258,9 +258,12 @@ pub fn event(e: Event) -> Translated {
                         office: none_if_empty(&u.company),
                         phone: None,
                         email: none_if_empty(&u.email_alias),
+                        // Filled in by the presence query that follows
+                        // (CWA's search result carries none).
+                        availability: None,
                     })
                     .collect(),
-            }
+            };
         }
         Event::ContactGroup {
             full_list,

@@ -6,6 +6,7 @@
 //! - [`http`]: HTTP/1.1 request/response wire layer with limits.
 //! - [`events`]: per-session event logs and the long-poll wait.
 //! - [`ocs`]: tickets, sessions, presence, contacts, conversations.
+//! - [`published`]: what users' clients published and their `UA` activity.
 //! - [`server`]: listeners, connection threads, sign-in (forms + NTLMv2),
 //!   command/event channels, faults and the admin endpoint.
 //!
@@ -17,6 +18,7 @@
 pub mod events;
 pub mod http;
 pub mod ocs;
+pub mod published;
 pub mod server;
 pub mod users;
 

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use xmltree::Element;
 
 use super::events::{iso_utc, EndReason, SessionQueue};
+use super::published::Published;
 use super::users::{valid_sip_uri, Directory};
 use crate::xml::{self, attr, child_text, children, elem, text_elem, with_child, CWA_NS};
 
@@ -112,6 +113,8 @@ struct UserState {
     delta_num: u64,
     sessions: Vec<u64>,
     watchers: HashSet<u64>,
+    /// What the user's clients published, and their `UA` activity.
+    published: Published,
 }
 
 struct Session {
@@ -212,6 +215,9 @@ pub struct Ocs {
     /// Fault: commands are accepted but their `requestSucceeded` /
     /// `requestFailed` events are never sent.
     withhold_outcomes: AtomicBool,
+    /// Fault: `queryPresence` is accepted, then fails (18201) with no
+    /// `userPresence` event.
+    fail_query_presence: AtomicBool,
 }
 
 fn err_elem(code: u32, reason: &str) -> Element {
@@ -350,6 +356,7 @@ impl Ocs {
                 delta_num: 1,
                 sessions: Vec::new(),
                 watchers: HashSet::new(),
+                published: Published::default(),
             })
             .collect();
         Ocs {
@@ -370,6 +377,7 @@ impl Ocs {
             ticket_grace_ms: AtomicU64::new(ticket_grace.as_millis() as u64),
             sessions_ended: AtomicU64::new(0),
             withhold_outcomes: AtomicBool::new(false),
+            fail_query_presence: AtomicBool::new(false),
         }
     }
 
@@ -399,6 +407,16 @@ impl Ocs {
     /// Turns the withheld-outcomes fault on or off.
     pub fn set_withhold_outcomes(&self, on: bool) {
         self.withhold_outcomes.store(on, Ordering::Relaxed);
+    }
+
+    /// Turns the failing-presence-query fault on or off.
+    pub fn set_fail_query_presence(&self, on: bool) {
+        self.fail_query_presence.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether presence queries fail.
+    pub fn fails_query_presence(&self) -> bool {
+        self.fail_query_presence.load(Ordering::Relaxed)
     }
 
     /// Whether command outcomes are withheld.
@@ -505,13 +523,15 @@ impl Ocs {
         sid: u64,
         user_active: bool,
     ) -> Result<Arc<SessionQueue>, PollRefusal> {
-        let st = self.lock();
+        let mut st = self.lock();
         match st.sessions.get(&sid) {
             Some(s) if s.user == ticket.user && s.queue.ended().is_none() => {
+                let queue = Arc::clone(&s.queue);
                 if user_active {
-                    s.queue.touch();
+                    queue.touch();
+                    st.users[ticket.user].published.user_activity += 1;
                 }
-                Ok(Arc::clone(&s.queue))
+                Ok(queue)
             }
             Some(s) if s.user == ticket.user => Err(PollRefusal::SessionNotFound(
                 s.queue
@@ -639,6 +659,24 @@ impl Ocs {
             conversations: st.conversations.len(),
             sessions_ended: self.sessions_ended.load(Ordering::Relaxed),
         }
+    }
+
+    /// One line per user whose clients published a state or reported
+    /// activity: what [`Published::line`] says, for `GET /admin/presence`.
+    pub fn published_text(&self) -> String {
+        let st = self.lock();
+        let mut out = String::new();
+        for (i, u) in st.users.iter().enumerate() {
+            if u.published.publishes == 0 && u.published.user_activity == 0 {
+                continue;
+            }
+            out.push_str(
+                &u.published
+                    .line(&self.directory.users[i].sip_uri, u.availability),
+            );
+            out.push('\n');
+        }
+        out
     }
 
     /// `(sid, SIP URI)` of every live session, for the admin page.
@@ -1107,6 +1145,7 @@ impl Ocs {
         if let Some(a) = new_avail {
             u.availability = a;
             u.state_version += 1;
+            u.published.published(a);
         }
         if let Some(n) = new_note {
             u.note = n;
@@ -1167,6 +1206,12 @@ impl Ocs {
             Ok(u) => u,
             Err(why) => return invalid(rid, 18001, &why),
         };
+        if self.fails_query_presence() {
+            log::warn!("fault: queryPresence of session {sid} fails");
+            let error = sip_err_elem(504, "Server Time-out");
+            self.emit(st, sid, failed(rid, error));
+            return accepted(rid);
+        }
         let ev = self.user_presence_event(st, &uris);
         self.emit(st, sid, ev);
         self.emit(st, sid, succeeded(rid));

@@ -832,6 +832,12 @@ impl Server {
             "off"
         };
         let _ = writeln!(out, "withhold_outcomes={withheld}");
+        let query = if self.ocs.fails_query_presence() {
+            "fail"
+        } else {
+            "ok"
+        };
+        let _ = writeln!(out, "query_presence={query}");
         for (sid, uri) in self.ocs.session_list() {
             let _ = writeln!(out, "session {sid} {uri}");
         }
@@ -869,6 +875,7 @@ impl Server {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/admin/status") => Response::text(200, self.status_text()),
             ("GET", "/admin/connections") => Response::text(200, self.connections_text()),
+            ("GET", "/admin/presence") => Response::text(200, self.ocs.published_text()),
             ("POST", "/admin/faults") => match self.apply_faults(&req.body) {
                 Ok(done) => Response::text(200, format!("ok {done}\n{}", self.status_text())),
                 Err(why) => {
@@ -876,7 +883,7 @@ impl Server {
                     Response::text(400, format!("{why}\n"))
                 }
             },
-            (_, "/admin/status" | "/admin/connections" | "/admin/faults") => {
+            (_, "/admin/status" | "/admin/connections" | "/admin/faults" | "/admin/presence") => {
                 Response::text(405, "wrong method\n")
             }
             _ => Response::text(404, "unknown admin path\n"),
@@ -897,6 +904,7 @@ impl Server {
             DropSession(u64),
             DropUser(String),
             WithholdOutcomes(bool),
+            FailQueryPresence(bool),
             Restart,
         }
         let num = |k: &str, v: &str| {
@@ -931,6 +939,11 @@ impl Server {
                     "off" => false,
                     _ => return Err(format!("{k}={v}: expected on or off")),
                 }),
+                "query_presence" => Action::FailQueryPresence(match v {
+                    "fail" => true,
+                    "ok" => false,
+                    _ => return Err(format!("{k}={v}: expected fail or ok")),
+                }),
                 "restart" if matches!(v, "yes" | "true" | "1") => Action::Restart,
                 _ => return Err(format!("unknown setting `{pair}`")),
             });
@@ -945,6 +958,7 @@ impl Server {
                 Action::Latency(n) => self.faults.latency_ms.store(n, Ordering::Relaxed),
                 Action::Hold(n) => self.faults.hold_ms.store(n, Ordering::Relaxed),
                 Action::WithholdOutcomes(on) => self.ocs.set_withhold_outcomes(on),
+                Action::FailQueryPresence(on) => self.ocs.set_fail_query_presence(on),
                 Action::Rotate(n) => self
                     .ocs
                     .set_ticket_timing(Some(Duration::from_millis(n)), None),

@@ -477,6 +477,9 @@ pub struct SearchEntry {
     pub phone: Option<String>,
     /// E-mail address.
     pub email: Option<String>,
+    /// Presence when the search was answered; `None`: unknown (the
+    /// service's presence query failed or did not answer in time).
+    pub availability: Option<Availability>,
 }
 
 /// An event from the service.
@@ -880,6 +883,10 @@ fn event_element(e: &DeviceEvent) -> Element {
                 b = b.child(
                     Build::new("entry")
                         .attr("uri", &e.uri)
+                        .opt_attr(
+                            "availability",
+                            e.availability.map(|a| a.to_wire()).as_deref(),
+                        )
                         .opt_text("name", e.name.as_deref())
                         .opt_text("title", e.title.as_deref())
                         .opt_text("office", e.office.as_deref())
@@ -1020,6 +1027,14 @@ fn bool_attr(e: &Element, name: &str) -> Result<bool, WireError> {
             "<{}> {name}=\"{v}\" is not true or false",
             e.name
         ))),
+    }
+}
+
+/// An `availability` attribute that may be absent (presence unknown).
+fn opt_availability_attr(e: &Element) -> Result<Option<Availability>, WireError> {
+    match e.attributes.get("availability") {
+        None => Ok(None),
+        Some(_) => availability_attr(e).map(Some),
     }
 }
 
@@ -1294,6 +1309,7 @@ fn parse_event(e: &Element) -> Result<DeviceEvent, WireError> {
                         office: opt_text(c, "office")?,
                         phone: opt_text(c, "phone")?,
                         email: opt_text(c, "email")?,
+                        availability: opt_availability_attr(c)?,
                     })
                 })
                 .collect::<Result<_, WireError>>()?,

@@ -332,6 +332,7 @@ pub fn sample_service_messages(t: &str) -> Vec<ServiceMessage> {
                     office: Some(s("B2")),
                     phone: Some(s("+1 555 0100")),
                     email: Some(s("bob@example.com")),
+                    availability: Some(Availability::Busy),
                 },
                 SearchEntry {
                     uri: s("sip:bobby@example.com"),
@@ -340,6 +341,7 @@ pub fn sample_service_messages(t: &str) -> Vec<ServiceMessage> {
                     office: None,
                     phone: None,
                     email: None,
+                    availability: None,
                 },
             ],
         },

@@ -560,6 +560,11 @@ struct Interactive {
     conversations: BTreeMap<String, String>,
     current: Option<String>,
     pending_start: BTreeMap<u64, String>,
+    /// People's own access levels, and the level of everyone else.
+    levels: BTreeMap<String, wire::AccessLevel>,
+    default_level: Option<wire::AccessLevel>,
+    /// Watchers: name and whether acknowledged.
+    watchers: BTreeMap<String, (Option<String>, bool)>,
 }
 
 const HELP: &str = "\
@@ -574,6 +579,11 @@ commands:
   /status AVAIL [NOTE]          online busy dnd brb away offline
   /coverage in-coverage|dormant|active
   /add URI [NAME]  /remove URI  /search TEXT  /watch URI
+  /access [URI LEVEL]           access levels; set URI's to blocked public
+                                company team or personal
+  /watchers                     people who added you
+  /allow URI                    acknowledge a watcher
+  /addback URI [NAME]           acknowledge a watcher and add them
   /quit                         sign out";
 
 impl Interactive {
@@ -700,6 +710,55 @@ impl Interactive {
             }),
             "watch" if !first.is_empty() => Some(DeviceCommand::SubscribePresence {
                 uris: rest.split_whitespace().map(str::to_string).collect(),
+            }),
+            "access" if first.is_empty() => {
+                let default = self
+                    .default_level
+                    .map_or("unknown", wire::AccessLevel::name);
+                out.human(&format!("  everyone else: {default}"));
+                for (uri, level) in &self.levels {
+                    out.human(&format!("  {:<40} {}", self.name_of(uri), level.name()));
+                }
+                None
+            }
+            "access" => match wire::AccessLevel::from_name(tail) {
+                Some(level) => Some(DeviceCommand::SetAccess {
+                    uri: first.to_string(),
+                    level,
+                }),
+                None => {
+                    out.human("level: blocked public company team personal");
+                    None
+                }
+            },
+            "watchers" => {
+                for (uri, (name, acknowledged)) in &self.watchers {
+                    let who = match name {
+                        Some(n) => format!("{n} <{uri}>"),
+                        None => uri.clone(),
+                    };
+                    let mark = if *acknowledged {
+                        ""
+                    } else {
+                        "  (new: /allow or /addback)"
+                    };
+                    out.human(&format!("  {who}{mark}"));
+                }
+                None
+            }
+            "allow" if !first.is_empty() => Some(DeviceCommand::AcknowledgeWatcher {
+                uri: first.to_string(),
+                add_contact: false,
+                name: None,
+                group: None,
+            }),
+            "addback" if !first.is_empty() => Some(DeviceCommand::AcknowledgeWatcher {
+                uri: first.to_string(),
+                add_contact: true,
+                name: (!tail.is_empty())
+                    .then(|| tail.to_string())
+                    .or_else(|| self.watchers.get(first).and_then(|w| w.0.clone())),
+                group: None,
             }),
             _ => {
                 out.human("not understood; /help lists commands");
@@ -868,6 +927,32 @@ impl Interactive {
                 let mut v = vec![format!("* {} found", entries.len())];
                 for en in entries {
                     v.push(format!("  {} {}", en.uri, en.name.as_deref().unwrap_or("")));
+                }
+                v
+            }
+            DeviceEvent::AccessLevels { default, entries } => {
+                self.default_level = *default;
+                self.levels = entries.iter().map(|a| (a.uri.clone(), a.level)).collect();
+                vec![format!(
+                    "* access levels: {} people with their own (/access)",
+                    self.levels.len()
+                )]
+            }
+            DeviceEvent::Watchers(watchers) => {
+                let mut v = Vec::new();
+                for w in watchers {
+                    self.watchers
+                        .insert(w.uri.clone(), (w.name.clone(), w.acknowledged));
+                    if !w.acknowledged {
+                        let who = match &w.name {
+                            Some(n) => format!("{n} <{}>", w.uri),
+                            None => w.uri.clone(),
+                        };
+                        v.push(format!(
+                            "* {who} added you (/allow {0} or /addback {0})",
+                            w.uri
+                        ));
+                    }
                 }
                 v
             }

@@ -12,6 +12,7 @@
 //! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; the
 //! listener and the table know nothing of the other three.
 
+pub mod access;
 pub mod context;
 pub mod credential;
 pub mod finishers;

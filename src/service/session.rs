@@ -48,6 +48,7 @@ use crate::wire::{
     Status, WireError,
 };
 
+use super::access::AccessBook;
 use super::context::ServiceContext;
 use super::credential::Credential;
 use super::listener::{Closer, ReadHalf, WriteHalf};
@@ -166,6 +167,8 @@ struct State {
     /// The finisher has told the device why the session ended (or had no
     /// link to tell): a link thread still reading may now return.
     last_word_sent: bool,
+    /// The access-level containers as CWA last sent them.
+    access: AccessBook,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -241,6 +244,7 @@ impl Session {
                 registry_coverage: Coverage::In,
                 finished: false,
                 last_word_sent: false,
+                access: AccessBook::default(),
             }),
         })
     }
@@ -458,6 +462,14 @@ impl Session {
     fn handle_events(&self, events: Vec<crate::cwa::Event>) -> Result<(), EndReason> {
         let mut out = Vec::new();
         for e in events {
+            // A containers event is merged into what CWA sent before.
+            let e = match e {
+                crate::cwa::Event::Containers { containers } => {
+                    out.extend(self.state().access.apply(containers));
+                    continue;
+                }
+                other => other,
+            };
             match translate::event(e) {
                 Translated::Events(mut evs) => out.append(&mut evs),
                 Translated::Result { rid, outcome } => {

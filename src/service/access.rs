@@ -1,0 +1,276 @@
+//! Access levels and watchers between the device protocol and CWA.
+//!
+//! CWA sends the user's presence containers whole after sign-in and then
+//! one changed container at a time; the device gets the whole list of
+//! people with a level of their own each time. So a session keeps the
+//! last membership of the five OCS level containers ([`AccessBook`]).
+//! A person named (as a `uri` member) in several level containers has the
+//! highest of them, Blocked above all, as OCS ranks containers; `default`
+//! is the level of the container holding CWA's `sameEnterprise` member
+//! (the user's own company), else of `everyone`. Domain, federated and
+//! public-cloud rules are not relayed.
+//!
+//! Setting a level is one CWA request document: `deleteMember` from the
+//! four other level containers, then `addMember` to the new one.
+//! Acknowledging a watcher is `acknowledgeSubscriber`, followed in the
+//! same document by `addContact` when the device adds the watcher back.
+
+use std::collections::BTreeMap;
+
+use crate::cwa::access::{self, Container, ContainerMember, MemberType};
+use crate::cwa::{Command, ContactSpec, Subscriber};
+use crate::wire::{AccessEntry, AccessLevel, DeviceEvent, Watcher};
+
+/// Most people with a level of their own sent to the device; the rest
+/// (by URI order) are left out, logged. Such a list still fits a frame.
+pub const MAX_ACCESS_ENTRIES: usize = 1000;
+/// Most watchers in one `watchers` event; more are sent in several.
+pub const MAX_WATCHERS_PER_EVENT: usize = 500;
+
+/// The CWA container of a level.
+pub fn container_of(level: AccessLevel) -> u32 {
+    match level {
+        AccessLevel::Blocked => access::BLOCKED,
+        AccessLevel::Public => access::PUBLIC,
+        AccessLevel::Company => access::COMPANY,
+        AccessLevel::Team => access::TEAM,
+        AccessLevel::Personal => access::PERSONAL,
+    }
+}
+
+/// The level of a CWA container, if it is one of the five.
+pub fn level_of(container: u32) -> Option<AccessLevel> {
+    AccessLevel::ALL
+        .into_iter()
+        .find(|l| container_of(*l) == container)
+}
+
+/// The CWA command that gives `uri` the level `level`.
+pub fn set_access_command(uri: &str, level: AccessLevel) -> Command {
+    let add_to = container_of(level);
+    Command::SetContainerMember {
+        member: ContainerMember::uri(uri),
+        add_to,
+        delete_from: access::LEVELS
+            .into_iter()
+            .filter(|c| *c != add_to)
+            .collect(),
+    }
+}
+
+/// The CWA command that acknowledges `uri` and, with `add_contact`, adds
+/// them as a subscribed contact.
+pub fn acknowledge_command(
+    uri: &str,
+    add_contact: bool,
+    name: Option<&str>,
+    group: Option<&str>,
+) -> Command {
+    if !add_contact {
+        return Command::AcknowledgeSubscribers {
+            uris: vec![uri.to_string()],
+        };
+    }
+    Command::AcknowledgeAndAddContact {
+        uri: uri.to_string(),
+        contact: ContactSpec {
+            uri: uri.to_string(),
+            name: name.unwrap_or_default().to_string(),
+            subscribed: true,
+            tag: false,
+            groups: group.iter().map(|g| g.to_string()).collect(),
+        },
+    }
+}
+
+/// The device events for a CWA `subscribers` event: none for an empty
+/// list, else the watchers in events of at most
+/// [`MAX_WATCHERS_PER_EVENT`].
+pub fn watchers_events(
+    subscribers: Vec<Subscriber>,
+    cut: impl Fn(String) -> String,
+) -> Vec<DeviceEvent> {
+    let watchers: Vec<Watcher> = subscribers
+        .into_iter()
+        .filter(|s| !s.uri.is_empty())
+        .map(|s| Watcher {
+            uri: s.uri,
+            name: (!s.display_name.is_empty()).then(|| cut(s.display_name)),
+            acknowledged: s.acknowledged,
+        })
+        .collect();
+    watchers
+        .chunks(MAX_WATCHERS_PER_EVENT)
+        .map(|c| DeviceEvent::Watchers(c.to_vec()))
+        .collect()
+}
+
+/// The last known membership of the level containers of one session.
+#[derive(Debug, Default)]
+pub struct AccessBook {
+    levels: BTreeMap<u32, Vec<ContainerMember>>,
+}
+
+impl AccessBook {
+    /// Takes in a CWA `containers` event and returns the device event with
+    /// the whole list, or `None` when it named no level container.
+    pub fn apply(&mut self, containers: Vec<Container>) -> Option<DeviceEvent> {
+        let mut changed = false;
+        for c in containers {
+            if level_of(c.id).is_some() {
+                self.levels.insert(c.id, c.members);
+                changed = true;
+            }
+        }
+        changed.then(|| self.event())
+    }
+
+    fn event(&self) -> DeviceEvent {
+        let mut own: BTreeMap<String, (u32, AccessLevel)> = BTreeMap::new();
+        let mut default: Option<(u8, u32)> = None;
+        for (id, members) in &self.levels {
+            let Some(level) = level_of(*id) else { continue };
+            // Blocked over Personal over Team over Company over Public is
+            // also the order of their ids.
+            let rank = *id;
+            for m in members {
+                match m.kind {
+                    MemberType::Uri if !m.value.is_empty() => {
+                        let key = m.value.to_ascii_lowercase();
+                        let best = own.entry(key).or_insert((rank, level));
+                        if rank > best.0 {
+                            *best = (rank, level);
+                        }
+                    }
+                    MemberType::SameEnterprise | MemberType::Everyone => {
+                        let specific = u8::from(m.kind == MemberType::SameEnterprise);
+                        if default.map_or(true, |d| (specific, rank) > d) {
+                            default = Some((specific, rank));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if own.len() > MAX_ACCESS_ENTRIES {
+            log::warn!(
+                "{} people with an access level of their own: the device gets the first {MAX_ACCESS_ENTRIES}",
+                own.len()
+            );
+        }
+        DeviceEvent::AccessLevels {
+            default: default.and_then(|(_, id)| level_of(id)),
+            entries: own
+                .into_iter()
+                .take(MAX_ACCESS_ENTRIES)
+                .map(|(uri, (_, level))| AccessEntry { uri, level })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(id: u32, members: &[(MemberType, &str)]) -> Container {
+        Container {
+            id,
+            members: members
+                .iter()
+                .map(|(kind, value)| ContainerMember {
+                    kind: *kind,
+                    value: value.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_book_merges_deltas_and_blocked_wins() {
+        let mut book = AccessBook::default();
+        let full = vec![
+            container(access::PUBLIC, &[(MemberType::Federated, "")]),
+            container(access::COMPANY, &[(MemberType::SameEnterprise, "")]),
+            container(access::TEAM, &[(MemberType::Uri, "sip:Bob@x.com")]),
+            container(access::PERSONAL, &[]),
+            container(access::BLOCKED, &[]),
+            container(7, &[(MemberType::Uri, "sip:ignored@x.com")]),
+        ];
+        let Some(DeviceEvent::AccessLevels { default, entries }) = book.apply(full) else {
+            panic!()
+        };
+        assert_eq!(default, Some(AccessLevel::Company));
+        assert_eq!(
+            entries,
+            vec![AccessEntry {
+                uri: "sip:bob@x.com".into(),
+                level: AccessLevel::Team
+            }]
+        );
+        // A delta naming only Blocked keeps Team's members.
+        let delta = vec![container(
+            access::BLOCKED,
+            &[
+                (MemberType::Uri, "sip:bob@x.com"),
+                (MemberType::Uri, "sip:eve@x.com"),
+            ],
+        )];
+        let Some(DeviceEvent::AccessLevels { entries, .. }) = book.apply(delta) else {
+            panic!()
+        };
+        let levels: Vec<(&str, AccessLevel)> =
+            entries.iter().map(|e| (e.uri.as_str(), e.level)).collect();
+        assert_eq!(
+            levels,
+            vec![
+                ("sip:bob@x.com", AccessLevel::Blocked),
+                ("sip:eve@x.com", AccessLevel::Blocked)
+            ]
+        );
+        assert_eq!(book.apply(vec![container(9, &[])]), None);
+    }
+
+    #[test]
+    fn commands_move_a_person_and_ack_adds_back() {
+        let Command::SetContainerMember {
+            add_to,
+            delete_from,
+            member,
+        } = set_access_command("sip:bob@x.com", AccessLevel::Blocked)
+        else {
+            panic!()
+        };
+        assert_eq!(add_to, access::BLOCKED);
+        assert_eq!(delete_from.len(), 4);
+        assert!(!delete_from.contains(&access::BLOCKED));
+        assert_eq!(member, ContainerMember::uri("sip:bob@x.com"));
+        assert!(matches!(
+            acknowledge_command("sip:a@x", false, None, None),
+            Command::AcknowledgeSubscribers { uris } if uris == vec!["sip:a@x".to_string()]
+        ));
+        let Command::AcknowledgeAndAddContact { uri, contact } =
+            acknowledge_command("sip:a@x", true, Some("A"), Some("3"))
+        else {
+            panic!()
+        };
+        assert_eq!(uri, "sip:a@x");
+        assert!(contact.subscribed);
+        assert_eq!(contact.groups, vec!["3".to_string()]);
+    }
+
+    #[test]
+    fn watchers_are_split_and_empty_lists_send_nothing() {
+        let sub = |i: usize| Subscriber {
+            uri: format!("sip:w{i}@x"),
+            display_name: String::new(),
+            acknowledged: false,
+        };
+        assert!(watchers_events(Vec::new(), |s| s).is_empty());
+        let events = watchers_events((0..MAX_WATCHERS_PER_EVENT + 1).map(sub).collect(), |s| s);
+        assert_eq!(events.len(), 2);
+        assert!(
+            matches!(&events[1], DeviceEvent::Watchers(w) if w.len() == 1 && w[0].name.is_none())
+        );
+    }
+}

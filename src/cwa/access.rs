@@ -183,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn moving_a_member_deletes_first_then_adds_with_the_command_rid() {
+    fn moving_a_member_adds_with_the_command_rid_then_deletes() {
         use crate::cwa::{Command, ContactSpec};
         let cmd = Command::SetContainerMember {
             member: ContainerMember::uri("sip:bob@x.com"),
@@ -192,11 +192,11 @@ mod tests {
         };
         let doc: Vec<String> = cmd.to_elements(9).iter().map(xml::to_string).collect();
         assert_eq!(doc.len(), 3);
-        assert!(doc[0].contains(r#"rid="9.1""#) && doc[0].contains(r#"<container id="100">"#));
-        assert!(doc[0].contains(r#"<deleteMember type="uri" value="sip:bob@x.com""#));
-        assert!(doc[1].contains(r#"rid="9.2""#) && doc[1].contains(r#"id="300""#));
-        assert!(doc[2].contains(r#"rid="9""#) && doc[2].contains(r#"id="32000""#));
-        assert!(doc[2].contains("<addMember "));
+        assert!(doc[0].contains(r#"rid="9""#) && doc[0].contains(r#"id="32000""#));
+        assert!(doc[0].contains("<addMember "));
+        assert!(doc[1].contains(r#"rid="9.1""#) && doc[1].contains(r#"<container id="100">"#));
+        assert!(doc[1].contains(r#"<deleteMember type="uri" value="sip:bob@x.com""#));
+        assert!(doc[2].contains(r#"rid="9.2""#) && doc[2].contains(r#"id="300""#));
         let ack = Command::AcknowledgeAndAddContact {
             uri: "sip:a@x.com".into(),
             contact: ContactSpec {

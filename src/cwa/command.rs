@@ -173,14 +173,17 @@ pub enum Command {
     },
     /// `terminateSession` (sign-out).
     TerminateSession,
-    /// `updateContainer` moving a member between containers: deleted from
-    /// each of `delete_from`, then added to `add_to`.
+    /// `updateContainer` moving a member between containers: added to
+    /// `add_to`, then deleted from each of `delete_from`. Adding first
+    /// means a watcher never sees more than the old or the new level
+    /// allows while the document is processed (OCS ranks containers, and
+    /// a member of two has the higher).
     SetContainerMember {
         /// The entry.
         member: ContainerMember,
         /// The container it is added to (see [`crate::cwa::access`]).
         add_to: u32,
-        /// The containers it is deleted from first.
+        /// The containers it is deleted from after the add.
         delete_from: Vec<u32>,
     },
     /// `acknowledgeSubscriber` for one watcher, then `addContact` for the
@@ -237,7 +240,7 @@ pub enum CommandKind {
     InviteParticipants,
     /// `terminateSession`.
     TerminateSession,
-    /// `updateContainer` (deletes, then the add).
+    /// `updateContainer` (the add, then the deletes).
     SetContainerMember,
     /// `acknowledgeSubscriber` then `addContact`.
     AcknowledgeAndAddContact,
@@ -273,7 +276,7 @@ impl Command {
 
     /// Every method element this command sends, in order, with request id
     /// `rid` on the one whose outcome is the command's. The others (the
-    /// `deleteMember`s before an `addMember`, the `acknowledgeSubscriber`
+    /// `deleteMember`s after an `addMember`, the `acknowledgeSubscriber`
     /// before an `addContact`) carry the rids `rid.1`, `rid.2`, ...: CWA's
     /// rids are strings, and an outcome whose rid is no number matches no
     /// command, so theirs are not waited for. CWA processes the methods of
@@ -285,15 +288,14 @@ impl Command {
                 member,
                 delete_from,
                 ..
-            } => {
-                let mut out: Vec<Element> = delete_from
-                    .iter()
-                    .enumerate()
-                    .map(|(i, id)| update_container(&aux(i + 1), *id, member, false))
-                    .collect();
-                out.push(self.to_element(rid));
-                out
-            }
+            } => std::iter::once(self.to_element(rid))
+                .chain(
+                    delete_from
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| update_container(&aux(i + 1), *id, member, false)),
+                )
+                .collect(),
             Command::AcknowledgeAndAddContact { uri, .. } => vec![
                 with_child(
                     elem("acknowledgeSubscriber", &[("rid", &aux(1))]),

@@ -10,8 +10,9 @@
 //! (the user's own company), else of `everyone`. Domain, federated and
 //! public-cloud rules are not relayed.
 //!
-//! Setting a level is one CWA request document: `deleteMember` from the
-//! four other level containers, then `addMember` to the new one.
+//! Setting a level is one CWA request document: `addMember` to the new
+//! level's container, then `deleteMember` from the four others (see
+//! [`Command::SetContainerMember`] for why in that order).
 //! Acknowledging a watcher is `acknowledgeSubscriber`, followed in the
 //! same document by `addContact` when the device adds the watcher back.
 
@@ -112,9 +113,9 @@ pub struct AccessBook {
 }
 
 impl AccessBook {
-    /// Takes in a CWA `containers` event and returns the device event with
-    /// the whole list, or `None` when it named no level container.
-    pub fn apply(&mut self, containers: Vec<Container>) -> Option<DeviceEvent> {
+    /// Takes in a CWA `containers` event; false when it named no level
+    /// container (nothing for the device).
+    pub fn merge(&mut self, containers: Vec<Container>) -> bool {
         let mut changed = false;
         for c in containers {
             if level_of(c.id).is_some() {
@@ -122,10 +123,11 @@ impl AccessBook {
                 changed = true;
             }
         }
-        changed.then(|| self.event())
+        changed
     }
 
-    fn event(&self) -> DeviceEvent {
+    /// The device event with the whole list.
+    pub fn event(&self) -> DeviceEvent {
         let mut own: BTreeMap<String, (u32, AccessLevel)> = BTreeMap::new();
         let mut default: Option<(u8, u32)> = None;
         for (id, members) in &self.levels {
@@ -197,7 +199,8 @@ mod tests {
             container(access::BLOCKED, &[]),
             container(7, &[(MemberType::Uri, "sip:ignored@x.com")]),
         ];
-        let Some(DeviceEvent::AccessLevels { default, entries }) = book.apply(full) else {
+        assert!(book.merge(full));
+        let DeviceEvent::AccessLevels { default, entries } = book.event() else {
             panic!()
         };
         assert_eq!(default, Some(AccessLevel::Company));
@@ -216,7 +219,8 @@ mod tests {
                 (MemberType::Uri, "sip:eve@x.com"),
             ],
         )];
-        let Some(DeviceEvent::AccessLevels { entries, .. }) = book.apply(delta) else {
+        assert!(book.merge(delta));
+        let DeviceEvent::AccessLevels { entries, .. } = book.event() else {
             panic!()
         };
         let levels: Vec<(&str, AccessLevel)> =
@@ -228,7 +232,7 @@ mod tests {
                 ("sip:eve@x.com", AccessLevel::Blocked)
             ]
         );
-        assert_eq!(book.apply(vec![container(9, &[])]), None);
+        assert!(!book.merge(vec![container(9, &[])]));
     }
 
     #[test]

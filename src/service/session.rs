@@ -461,11 +461,21 @@ impl Session {
     /// A CWA event batch: results to their commands, events to the device.
     fn handle_events(&self, events: Vec<crate::cwa::Event>) -> Result<(), EndReason> {
         let mut out = Vec::new();
-        for e in events {
-            // A containers event is merged into what CWA sent before.
+        // Containers events are merged into what CWA sent before; one
+        // setting of a level changes several containers, so the device
+        // gets one access-levels event, where the batch's last one was.
+        let last_containers = events
+            .iter()
+            .rposition(|e| matches!(e, crate::cwa::Event::Containers { .. }));
+        let mut levels_changed = false;
+        for (i, e) in events.into_iter().enumerate() {
             let e = match e {
                 crate::cwa::Event::Containers { containers } => {
-                    out.extend(self.state().access.apply(containers));
+                    let mut st = self.state();
+                    levels_changed |= st.access.merge(containers);
+                    if Some(i) == last_containers && levels_changed {
+                        out.push(st.access.event());
+                    }
                     continue;
                 }
                 other => other,

@@ -945,17 +945,7 @@ impl Ocs {
     fn categories(&self, st: &State, user: usize, viewer: usize) -> Vec<Element> {
         let u = &st.users[user];
         let entry = &self.directory.users[user];
-        let sees = if viewer == user {
-            containers::Visibility {
-                availability: true,
-                note: true,
-            }
-        } else {
-            let level = u
-                .containers
-                .level_of(&self.directory.users[viewer].sip_uri, true);
-            Containers::visibility(level)
-        };
+        let sees = self.visibility(st, user, viewer);
         let avail = if sees.availability {
             self.aggregate_availability(st, user)
         } else {
@@ -1245,6 +1235,32 @@ impl Ocs {
     // -----------------------------------------------------------------
     // Access levels and watchers (see `containers`)
 
+    /// What `viewer` may see of `user`'s presence.
+    fn visibility(&self, st: &State, user: usize, viewer: usize) -> containers::Visibility {
+        if viewer == user {
+            return containers::Visibility {
+                availability: true,
+                note: true,
+            };
+        }
+        let level = st.users[user]
+            .containers
+            .level_of(&self.directory.users[viewer].sip_uri, true);
+        Containers::visibility(level)
+    }
+
+    /// Each session watching `user`, with what its user may see.
+    fn watcher_views(&self, st: &State, user: usize) -> Vec<(u64, containers::Visibility)> {
+        st.users[user]
+            .watchers
+            .iter()
+            .filter_map(|sid| {
+                let viewer = st.sessions.get(sid)?.user;
+                Some((*sid, self.visibility(st, user, viewer)))
+            })
+            .collect()
+    }
+
     /// Sends `user`'s presence to every session watching it, each as its
     /// user's access level lets it see.
     fn presence_to_watchers(&self, st: &State, user: usize) {
@@ -1259,20 +1275,28 @@ impl Ocs {
     }
 
     /// `updateContainer` › `container id` › `addMember`/`deleteMember`:
-    /// the user's sessions get the changed container, watchers their new
-    /// view of the user's presence.
+    /// the user's sessions get the changed container, and watchers whose
+    /// view changed their new view of the user's presence.
     fn update_container(&self, st: &mut State, sid: u64, rid: &str, m: &Element) -> Element {
         let user = st.sessions[&sid].user;
         let (id, changes) = match containers::parse_update(m) {
             Ok(u) => u,
             Err(why) => return invalid(rid, 18001, &why),
         };
+        let before = self.watcher_views(st, user);
         if let Err((code, reason)) = st.users[user].containers.update(id, &changes) {
             return failed(rid, sip_err_elem(code, reason));
         }
         let ev = st.users[user].containers.delta_event(id);
         self.emit_user(st, user, &ev);
-        self.presence_to_watchers(st, user);
+        let uri = self.directory.users[user].sip_uri.clone();
+        for (sid, now) in self.watcher_views(st, user) {
+            if before.iter().any(|(s, was)| *s == sid && *was != now) {
+                let viewer = st.sessions[&sid].user;
+                let ev = self.user_presence_event(st, viewer, std::slice::from_ref(&uri));
+                self.emit(st, sid, ev);
+            }
+        }
         self.emit(st, sid, succeeded(rid));
         accepted(rid)
     }

@@ -83,6 +83,38 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// `name`'s collab-device in interactive mode, through the dispatcher,
+    /// signed in.
+    fn interactive(&self, name: &str) -> DeviceProcess {
+        let dev = self
+            .devices
+            .iter()
+            .find(|d| d.user.sip == sip(name))
+            .unwrap_or_else(|| panic!("no device for {name}"));
+        let pw = self.stack.dir.join(&format!("{name}-interactive.pw"));
+        std::fs::write(&pw, format!("{}\n", dev.user.password)).unwrap();
+        let args: Vec<String> = [
+            "--connect".to_string(),
+            self.dispatcher.addr.to_string(),
+            "--pin".into(),
+            format!("{:08x}", dev.pin),
+            "--key-file".into(),
+            dev.key_file.display().to_string(),
+            "--user".into(),
+            dev.user.login.clone(),
+            "--password-file".into(),
+            pw.display().to_string(),
+            "--timeout".into(),
+            "30".into(),
+        ]
+        .into();
+        let mut d = DeviceProcess::spawn(env!("CARGO_BIN_EXE_collab-device"), &args);
+        d.expect("signed in as");
+        d
+    }
+}
+
 fn sip(name: &str) -> String {
     format!("sip:{name}@contoso.com")
 }
@@ -328,6 +360,43 @@ fn a_new_watcher_is_acknowledged_and_added_back_in_one_step() {
     }
     alice.send_logout();
     dave.send_logout();
+}
+
+#[test]
+fn interactive_commands_answer_a_watcher_and_set_a_level() {
+    // Alice has Bob as a contact: Bob has a watcher he never acknowledged.
+    let rig = Rig::new(&[("alice", &["bob"]), ("bob", &[])]);
+    let (alice_sip, bob_sip) = (sip("alice"), sip("bob"));
+    let mut alice = rig.sign_in("alice");
+    let mut bob = rig.interactive("bob");
+    bob.expect(&format!(
+        "* alice <{alice_sip}> added you (/allow {alice_sip}"
+    ));
+    bob.send("/watchers");
+    let row = bob.expect(&format!("  alice <{alice_sip}>"));
+    assert!(row.ends_with("(new: /allow or /addback)"), "{row}");
+    bob.send(&format!("/addback {alice_sip}"));
+    bob.expect("* contact list: 1 contacts");
+    bob.send(&format!("/access {alice_sip} blocked"));
+    bob.expect("* access levels: 1 people with their own");
+    bob.send("/contacts");
+    let row = bob.expect(&format!("  alice <{alice_sip}>"));
+    assert!(row.ends_with("[blocked]"), "{row}");
+    bob.send("/access");
+    bob.expect("  everyone else: company");
+    let row = bob.expect(&format!("  alice <{alice_sip}>"));
+    assert!(row.ends_with(" blocked"), "{row}");
+    bob.send("/watchers");
+    let row = bob.expect(&format!("  alice <{alice_sip}>"));
+    assert!(!row.contains("new"), "{row}");
+    bob.send("/access sip:x@contoso.com friends");
+    bob.expect("level: blocked public company team personal");
+    // What Bob did reached Alice: she sees him offline now.
+    presence(&mut alice, &bob_sip, "offline");
+    bob.send("/quit");
+    let (code, out, _) = bob.finish();
+    assert_eq!(code, 0, "{out:?}");
+    alice.send_logout();
 }
 
 /// The page's examples for the access section, in the order they appear.

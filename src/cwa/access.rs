@@ -9,6 +9,14 @@
 //! and `<updateContainer rid><container id><addMember type value/></container></updateContainer>`.
 //! A `containers` event lists every container after `initiateSession`,
 //! then only the container that changed, always with all its members.
+//!
+//! PROPOSED (nothing in the protocol notes says otherwise, unverified on a
+//! real server): moving a person between levels is one document of
+//! several `updateContainer` methods, the extra ones with rids `N.1`,
+//! `N.2`, ... (rids are strings) whose outcomes nobody waits for; see
+//! [`crate::cwa::Command::SetContainerMember`]. A `deleteMember` for a
+//! container that does not hold the person may fail on a real CWA: that
+//! outcome is ignored, and the `containers` events show what holds.
 
 use xmltree::Element;
 

@@ -569,7 +569,7 @@ struct Interactive {
 
 const HELP: &str = "\
 commands:
-  /contacts                     contacts and their presence
+  /contacts                     contacts, their presence and access level
   /convs                        open conversations
   /msg URI TEXT                 start a conversation with URI
   /send CONV TEXT               send to a conversation
@@ -635,7 +635,12 @@ impl Interactive {
                         Some((a, _)) => a.to_wire(),
                         None => "unknown".into(),
                     };
-                    out.human(&format!("  {:<40} {p}", self.name_of(uri)));
+                    let level = self
+                        .levels
+                        .get(uri)
+                        .or(self.default_level.as_ref())
+                        .map_or(String::new(), |l| format!("  [{}]", l.name()));
+                    out.human(&format!("  {:<40} {p}{level}", self.name_of(uri)));
                 }
                 None
             }

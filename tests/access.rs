@@ -13,6 +13,7 @@
 mod support;
 
 use collabd::configdb::InstanceSettings;
+use collabd::service::access;
 use collabd::wire::{
     AccessEntry, AccessLevel, DeviceCommand, DeviceEvent, DeviceMessage, ServiceMessage, Watcher,
 };
@@ -399,7 +400,8 @@ fn interactive_commands_answer_a_watcher_and_set_a_level() {
     alice.send_logout();
 }
 
-/// The page's examples for the access section, in the order they appear.
+/// The page's examples for the access section, in the order they appear,
+/// and the bounds it states.
 #[test]
 fn the_access_examples_of_the_protocol_page_decode() {
     let page = include_str!("../man/collab-protocol.7")
@@ -410,6 +412,17 @@ fn the_access_examples_of_the_protocol_page_decode() {
         .nth(1)
         .and_then(|s| s.split(".SH ").next())
         .expect("the access section");
+    let flat = section.split_whitespace().collect::<Vec<_>>().join(" ");
+    let bounds = [
+        format!("At most {} people are listed", access::MAX_ACCESS_ENTRIES),
+        format!(
+            "A list of more than {} watchers comes in several",
+            access::MAX_WATCHERS_PER_EVENT
+        ),
+    ];
+    for bound in bounds {
+        assert!(flat.contains(&bound), "the page does not say {bound:?}");
+    }
     // Examples are between .EX and .EE; one message may span lines.
     let mut messages = Vec::new();
     for block in section.split(".EX\n").skip(1) {

@@ -2,7 +2,8 @@
 //! the bounded session table with its admission rule ([`table`]), one
 //! device connection's login ([`login`]), the running session and its
 //! event relay ([`session`]), the translation between device protocol and
-//! CWA ([`translate`]), the in-memory password proof for re-attaching
+//! CWA ([`translate`], and for access levels and watchers [`access`]), the
+//! in-memory password proof for re-attaching
 //! ([`credential`]), the state every thread shares ([`context`]), the
 //! bounds that keep a flood of handshakes cheap ([`throttle`]), the
 //! registry writes kept while the Config DB is away ([`spool`]), the

@@ -414,10 +414,15 @@ fn the_access_examples_of_the_protocol_page_decode() {
         .expect("the access section");
     let flat = section.split_whitespace().collect::<Vec<_>>().join(" ");
     let bounds = [
-        format!("At most {} people are listed", access::MAX_ACCESS_ENTRIES),
         format!(
-            "A list of more than {} watchers comes in several",
-            access::MAX_WATCHERS_PER_EVENT
+            "At most {} people are listed, in URI order, with at most {} bytes of URIs",
+            access::MAX_ACCESS_ENTRIES,
+            access::MAX_EVENT_TEXT_BYTES
+        ),
+        format!(
+            "A list of more than {} watchers, or of more than {} bytes of URIs and names, comes in several",
+            access::MAX_WATCHERS_PER_EVENT,
+            access::MAX_EVENT_TEXT_BYTES
         ),
     ];
     for bound in bounds {

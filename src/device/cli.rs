@@ -635,9 +635,10 @@ impl Interactive {
                         Some((a, _)) => a.to_wire(),
                         None => "unknown".into(),
                     };
+                    // The access list carries URIs in lower case.
                     let level = self
                         .levels
-                        .get(uri)
+                        .get(&uri.to_ascii_lowercase())
                         .or(self.default_level.as_ref())
                         .map_or(String::new(), |l| format!("  [{}]", l.name()));
                     out.human(&format!("  {:<40} {p}{level}", self.name_of(uri)));

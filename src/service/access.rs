@@ -23,10 +23,14 @@ use crate::cwa::{Command, ContactSpec, Subscriber};
 use crate::wire::{AccessEntry, AccessLevel, DeviceEvent, Watcher};
 
 /// Most people with a level of their own sent to the device; the rest
-/// (by URI order) are left out, logged. Such a list still fits a frame.
+/// (by URI order) are left out, logged.
 pub const MAX_ACCESS_ENTRIES: usize = 1000;
 /// Most watchers in one `watchers` event; more are sent in several.
 pub const MAX_WATCHERS_PER_EVENT: usize = 500;
+/// Most bytes of text (URIs, names) in one access-levels or watchers
+/// event: with the markup around them such an event still fits one
+/// frame after deflate, whatever the text.
+pub const MAX_EVENT_TEXT_BYTES: usize = 48 * 1024;
 
 /// The CWA container of a level.
 pub fn container_of(level: AccessLevel) -> u32 {
@@ -86,24 +90,35 @@ pub fn acknowledge_command(
 
 /// The device events for a CWA `subscribers` event: none for an empty
 /// list, else the watchers in events of at most
-/// [`MAX_WATCHERS_PER_EVENT`].
+/// [`MAX_WATCHERS_PER_EVENT`] watchers and [`MAX_EVENT_TEXT_BYTES`] of
+/// text. `cut` shortens a display name to what a device event carries.
 pub fn watchers_events(
     subscribers: Vec<Subscriber>,
     cut: impl Fn(String) -> String,
 ) -> Vec<DeviceEvent> {
-    let watchers: Vec<Watcher> = subscribers
-        .into_iter()
-        .filter(|s| !s.uri.is_empty())
-        .map(|s| Watcher {
+    let mut events = Vec::new();
+    let mut batch: Vec<Watcher> = Vec::new();
+    let mut bytes = 0;
+    for s in subscribers.into_iter().filter(|s| !s.uri.is_empty()) {
+        let w = Watcher {
             uri: s.uri,
             name: (!s.display_name.is_empty()).then(|| cut(s.display_name)),
             acknowledged: s.acknowledged,
-        })
-        .collect();
-    watchers
-        .chunks(MAX_WATCHERS_PER_EVENT)
-        .map(|c| DeviceEvent::Watchers(c.to_vec()))
-        .collect()
+        };
+        let size = w.uri.len() + w.name.as_ref().map_or(0, String::len);
+        if !batch.is_empty()
+            && (batch.len() == MAX_WATCHERS_PER_EVENT || bytes + size > MAX_EVENT_TEXT_BYTES)
+        {
+            events.push(DeviceEvent::Watchers(std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(w);
+    }
+    if !batch.is_empty() {
+        events.push(DeviceEvent::Watchers(batch));
+    }
+    events
 }
 
 /// The last known membership of the level containers of one session.
@@ -154,19 +169,26 @@ impl AccessBook {
                 }
             }
         }
-        if own.len() > MAX_ACCESS_ENTRIES {
-            log::warn!(
-                "{} people with an access level of their own: the device gets the first {MAX_ACCESS_ENTRIES}",
-                own.len()
-            );
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for (uri, (_, level)) in &own {
+            if entries.len() == MAX_ACCESS_ENTRIES || bytes + uri.len() > MAX_EVENT_TEXT_BYTES {
+                log::warn!(
+                    "{} people with an access level of their own: the device gets the first {}",
+                    own.len(),
+                    entries.len()
+                );
+                break;
+            }
+            bytes += uri.len();
+            entries.push(AccessEntry {
+                uri: uri.clone(),
+                level: *level,
+            });
         }
         DeviceEvent::AccessLevels {
             default: default.and_then(|(_, id)| level_of(id)),
-            entries: own
-                .into_iter()
-                .take(MAX_ACCESS_ENTRIES)
-                .map(|(uri, (_, level))| AccessEntry { uri, level })
-                .collect(),
+            entries,
         }
     }
 }
@@ -276,5 +298,100 @@ mod tests {
         assert!(
             matches!(&events[1], DeviceEvent::Watchers(w) if w.len() == 1 && w[0].name.is_none())
         );
+        // Long names: split by bytes as well, nobody lost.
+        let named = |i: usize| Subscriber {
+            display_name: "n".repeat(8192),
+            ..sub(i)
+        };
+        let events = watchers_events((0..20).map(named).collect(), |s| s);
+        assert!(events.len() >= 4, "{}", events.len());
+        let total: usize = events
+            .iter()
+            .map(|e| match e {
+                DeviceEvent::Watchers(w) => w.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(total, 20);
+    }
+
+    #[test]
+    fn long_lists_are_cut_to_fit_a_frame() {
+        let team = |n: usize, len: usize| Container {
+            id: access::TEAM,
+            members: (0..n)
+                .map(|i| ContainerMember::uri(&format!("sip:{i:05}{}@x", "u".repeat(len))))
+                .collect(),
+        };
+        let mut book = AccessBook::default();
+        book.merge(vec![team(MAX_ACCESS_ENTRIES + 1, 1)]);
+        let DeviceEvent::AccessLevels { entries, .. } = book.event() else {
+            panic!()
+        };
+        assert_eq!(entries.len(), MAX_ACCESS_ENTRIES);
+        assert_eq!(entries[0].uri, "sip:00000u@x", "in URI order");
+        book.merge(vec![team(100, 1000)]);
+        let DeviceEvent::AccessLevels { entries, .. } = book.event() else {
+            panic!()
+        };
+        let text: usize = entries.iter().map(|e| e.uri.len()).sum();
+        assert!(
+            text <= MAX_EVENT_TEXT_BYTES && entries.len() < 100,
+            "{text}"
+        );
+    }
+
+    /// Text that deflate cannot shrink much: letters and digits from a
+    /// fixed xorshift sequence.
+    fn noise(state: &mut u64, len: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        (0..len)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                ALPHABET[(*state % ALPHABET.len() as u64) as usize] as char
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_largest_events_fit_one_frame_after_deflate() {
+        use crate::wire::{channel::MAX_SEALED_PAYLOAD, crypto, ServiceMessage};
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        let sealed = |event: DeviceEvent| {
+            crypto::deflate(
+                &ServiceMessage::Event {
+                    seq: u64::MAX,
+                    event,
+                }
+                .encode(),
+            )
+            .len()
+        };
+        for len in [20, 200, 1000] {
+            let members = (0..MAX_ACCESS_ENTRIES)
+                .map(|_| ContainerMember::uri(&format!("sip:{}", noise(&mut state, len))))
+                .collect();
+            let mut book = AccessBook::default();
+            book.merge(vec![Container {
+                id: access::PERSONAL,
+                members,
+            }]);
+            let size = sealed(book.event());
+            assert!(size <= MAX_SEALED_PAYLOAD, "{len}-byte URIs: {size}");
+            // Enough for several full events at each length.
+            let subscribers = (0..MAX_EVENT_TEXT_BYTES * 3 / (len * 9))
+                .map(|_| Subscriber {
+                    uri: format!("sip:{}", noise(&mut state, len)),
+                    display_name: noise(&mut state, len * 8),
+                    acknowledged: true,
+                })
+                .collect();
+            for event in watchers_events(subscribers, |s| s) {
+                let size = sealed(event);
+                assert!(size <= MAX_SEALED_PAYLOAD, "{len}-byte URIs: {size}");
+            }
+        }
     }
 }

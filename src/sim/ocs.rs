@@ -1290,11 +1290,11 @@ impl Ocs {
         let ev = st.users[user].containers.delta_event(id);
         self.emit_user(st, user, &ev);
         let uri = self.directory.users[user].sip_uri.clone();
-        for (sid, now) in self.watcher_views(st, user) {
-            if before.iter().any(|(s, was)| *s == sid && *was != now) {
-                let viewer = st.sessions[&sid].user;
+        for (watcher, now) in self.watcher_views(st, user) {
+            if before.iter().any(|(s, was)| *s == watcher && *was != now) {
+                let viewer = st.sessions[&watcher].user;
                 let ev = self.user_presence_event(st, viewer, std::slice::from_ref(&uri));
-                self.emit(st, sid, ev);
+                self.emit(st, watcher, ev);
             }
         }
         self.emit(st, sid, succeeded(rid));

@@ -1302,8 +1302,9 @@ impl Ocs {
     }
 
     /// `acknowledgeSubscriber` › `uri…`: marks the watchers acknowledged;
-    /// the user's sessions get a `subscribers` event saying so. URIs of
-    /// people who are no users here are acknowledged as a no-op.
+    /// the user's sessions get a `subscribers` event saying so for each
+    /// who watches the user. URIs of people who are no users here are
+    /// acknowledged as a no-op.
     fn acknowledge_subscriber(&self, st: &mut State, sid: u64, rid: &str, m: &Element) -> Element {
         let user = st.sessions[&sid].user;
         let uris: Vec<String> = children(m)
@@ -1323,9 +1324,22 @@ impl Ocs {
             .filter(|w| *w != user)
             .collect();
         st.users[user].acknowledged.extend(watchers.iter().copied());
+        // Only people who watch the user now show up as watchers; the
+        // others are remembered as acknowledged for when they do.
+        let me = &self.directory.users[user].sip_uri;
         for w in watchers {
-            let ev = self.subscriber_delta(w, true);
-            self.emit_user(st, user, &ev);
+            let has_me = st.users[w]
+                .contacts
+                .iter()
+                .any(|c| c.uri.eq_ignore_ascii_case(me));
+            let subscribed = st.users[user]
+                .watchers
+                .iter()
+                .any(|s| st.sessions.get(s).is_some_and(|s| s.user == w));
+            if has_me || subscribed {
+                let ev = self.subscriber_delta(w, true);
+                self.emit_user(st, user, &ev);
+            }
         }
         self.emit(st, sid, succeeded(rid));
         accepted(rid)

@@ -1481,3 +1481,203 @@ fn hundreds_of_sessions_hold_long_polls_on_small_stacks() {
     let mut sim = sim;
     assert!(sim.is_running());
 }
+
+/// The note text in `e`'s presence of `uri`, if any.
+fn note_of(e: &Element, uri: &str) -> Option<String> {
+    let user = xml::children(e).find(|u| u.name == "user" && attr(u, "uri") == Some(uri))?;
+    let cat = xml::children(user).find(|c| attr(c, "name") == Some("note"))?;
+    let note = cat.get_child("note")?;
+    child_text(note, "body")
+}
+
+/// The members of container `id` in a `containers` event, as
+/// `type value` strings.
+fn members_of(e: &Element, id: &str) -> Option<Vec<String>> {
+    let c = xml::children(e).find(|c| c.name == "container" && attr(c, "id") == Some(id))?;
+    Some(
+        xml::children(c)
+            .map(|m| {
+                format!(
+                    "{} {}",
+                    attr(m, "type").unwrap_or(""),
+                    attr(m, "value").unwrap_or("")
+                )
+                .trim()
+                .to_string()
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn containers_decide_what_a_watcher_sees_and_watchers_are_acknowledged() {
+    let sim = SimProcess::start_with(USERS, &["--hold-ms", "1000"]);
+    let mut bob = Cwa::sign_in(&sim, "CONTOSO\\bob", "bob-pw");
+    // Every container at sign-in, as Office Communicator sets them up.
+    let all = bob.wait_for("containers", |e| e.name == "containers");
+    assert_eq!(
+        members_of(&all, "200"),
+        Some(vec!["sameEnterprise".to_string()])
+    );
+    assert_eq!(
+        members_of(&all, "100"),
+        Some(vec!["federated".to_string(), "publicCloud".to_string()])
+    );
+    assert_eq!(members_of(&all, "32000"), Some(vec![]));
+    bob.cmd(
+        "<publishSelfPresence rid=\"{rid}\"><cwaCategory name=\"state\"><state><availability>6500</availability></state></cwaCategory>\
+         <cwaCategory name=\"note\"><note><body type=\"personal\">busy day</body></note></cwaCategory></publishSelfPresence>",
+    );
+    let rid = bob.last_rid();
+    bob.wait_succeeded(&rid);
+
+    let mut alice = Cwa::sign_in(&sim, "CONTOSO\\alice", "alice-pw");
+    alice.cmd(
+        "<subscribePresence rid=\"{rid}\"><uris><uri>sip:bob@contoso.com</uri></uris></subscribePresence>",
+    );
+    let seen = alice.wait_for("bob's presence", |e| {
+        availability_of(e, "sip:bob@contoso.com") == Some(6500)
+    });
+    assert_eq!(
+        note_of(&seen, "sip:bob@contoso.com").as_deref(),
+        Some("busy day")
+    );
+    // Bob learns of his new watcher, not yet acknowledged.
+    let w = bob.wait_for("watcher", |e| e.name == "subscribers");
+    let s = w.get_child("subscriber").unwrap();
+    assert_eq!(attr(s, "uri"), Some("sip:alice@contoso.com"));
+    assert_eq!(attr(s, "acknowledged"), Some("false"));
+
+    // Blocked: Offline, no note; one document adds and deletes.
+    let block = "<updateContainer rid=\"{rid}\"><container id=\"32000\"><addMember type=\"uri\" value=\"sip:alice@contoso.com\"/></container></updateContainer>";
+    bob.cmd(block);
+    let rid = bob.last_rid();
+    let delta = bob.wait_for("blocked container", |e| e.name == "containers");
+    assert_eq!(
+        members_of(&delta, "32000"),
+        Some(vec!["uri sip:alice@contoso.com".to_string()])
+    );
+    assert_eq!(
+        members_of(&delta, "200"),
+        None,
+        "only the changed container"
+    );
+    bob.wait_succeeded(&rid);
+    let off = alice.wait_for("offline", |e| {
+        availability_of(e, "sip:bob@contoso.com").is_some()
+    });
+    assert_eq!(availability_of(&off, "sip:bob@contoso.com"), Some(18000));
+    assert_eq!(note_of(&off, "sip:bob@contoso.com"), None);
+    // A query shows the same; an invitation fails as if Bob were offline.
+    alice.cmd(
+        "<queryPresence rid=\"{rid}\"><uris><uri>sip:bob@contoso.com</uri></uris></queryPresence>",
+    );
+    alice.wait_for("query", |e| {
+        availability_of(e, "sip:bob@contoso.com") == Some(18000)
+    });
+    alice.cmd(
+        "<conference rid=\"{rid}\" confId=\"0\"><initiateImSession><uris><uri>sip:bob@contoso.com</uri></uris></initiateImSession></conference>",
+    );
+    alice.wait_for("invite failed", |e| is_conf(e, "inviteFailed"));
+
+    // Public (and out of Blocked): the state, not the note. Deleting a
+    // member a container does not hold succeeds.
+    bob.cmd(
+        "<updateContainer rid=\"{rid}\"><container id=\"100\"><addMember type=\"uri\" value=\"sip:alice@contoso.com\"/></container></updateContainer>\
+         <updateContainer rid=\"{rid}.1\"><container id=\"32000\"><deleteMember type=\"uri\" value=\"sip:alice@contoso.com\"/></container></updateContainer>\
+         <updateContainer rid=\"{rid}.2\"><container id=\"300\"><deleteMember type=\"uri\" value=\"sip:alice@contoso.com\"/></container></updateContainer>",
+    );
+    let rid = bob.last_rid();
+    bob.wait_succeeded(&rid);
+    bob.wait_succeeded(&format!("{rid}.2"));
+    let public = alice.wait_for("public", |e| {
+        availability_of(e, "sip:bob@contoso.com") == Some(6500)
+    });
+    assert_eq!(note_of(&public, "sip:bob@contoso.com"), None);
+    // Team: the note too.
+    bob.cmd("<updateContainer rid=\"{rid}\"><container id=\"300\"><addMember type=\"uri\" value=\"sip:alice@contoso.com\"/></container></updateContainer>");
+    let team = alice.wait_for("team", |e| {
+        availability_of(e, "sip:bob@contoso.com") == Some(6500)
+    });
+    assert_eq!(
+        note_of(&team, "sip:bob@contoso.com").as_deref(),
+        Some("busy day")
+    );
+
+    // Malformed updates are refused at once, each with its reason.
+    for (bad, why) in [
+        (
+            "<container id=\"0\"><addMember type=\"everyone\"/></container>",
+            "1..32767",
+        ),
+        (
+            "<container id=\"300\"><addMember type=\"friends\"/></container>",
+            "unknown member type",
+        ),
+        (
+            "<container id=\"300\"><addMember type=\"uri\" value=\"alice\"/></container>",
+            "sip: URI",
+        ),
+        ("", "without container"),
+    ] {
+        let r = bob.cmd(&format!(
+            "<updateContainer rid=\"{{rid}}\">{bad}</updateContainer>"
+        ));
+        let invalid = r
+            .get_child("requestInvalid")
+            .unwrap_or_else(|| panic!("{r:?}"));
+        assert_eq!(error_code(invalid).as_deref(), Some("18001"));
+        assert!(xml::to_string(invalid).contains(why), "{invalid:?}");
+    }
+    // A container full: SIP 413, nothing changed.
+    let many = |from: usize| -> String {
+        (from..from + 300)
+            .map(|i| format!("<addMember type=\"uri\" value=\"sip:u{i}@x.com\"/>"))
+            .collect()
+    };
+    bob.cmd(&format!(
+        "<updateContainer rid=\"{{rid}}\"><container id=\"400\">{}</container></updateContainer>",
+        many(0)
+    ));
+    let rid = bob.last_rid();
+    bob.wait_succeeded(&rid);
+    bob.cmd(&format!(
+        "<updateContainer rid=\"{{rid}}\"><container id=\"400\">{}</container></updateContainer>",
+        many(300)
+    ));
+    let rid = bob.last_rid();
+    let f = bob.wait_for("413", |e| {
+        e.name == "requestFailed" && attr(e, "rid") == Some(&rid)
+    });
+    assert!(xml::to_string(&f).contains("413"), "{f:?}");
+    bob.cmd("<updateContainer rid=\"{rid}\"><container id=\"400\"><addMember type=\"domain\" value=\"fabrikam.com\"/></container></updateContainer>");
+    let personal = bob.wait_for("personal", |e| {
+        e.name == "containers" && members_of(e, "400").is_some_and(|m| m.len() != 300)
+    });
+    assert_eq!(members_of(&personal, "400").unwrap().len(), 301);
+
+    // Acknowledging: Bob's sessions see Alice acknowledged, now and at
+    // the next sign-in (Alice watches him only in her session, so she is
+    // listed there only while subscribed).
+    bob.cmd("<acknowledgeSubscriber rid=\"{rid}\"><uri>sip:alice@contoso.com</uri></acknowledgeSubscriber>");
+    let rid = bob.last_rid();
+    let acked = bob.wait_for("acknowledged", |e| {
+        e.name == "subscribers" && xml::to_string(e).contains("acknowledged=\"true\"")
+    });
+    assert_eq!(
+        attr(acked.get_child("subscriber").unwrap(), "uri"),
+        Some("sip:alice@contoso.com")
+    );
+    bob.wait_succeeded(&rid);
+    let r = bob.cmd("<acknowledgeSubscriber rid=\"{rid}\"/>");
+    assert_eq!(
+        error_code(r.get_child("requestInvalid").unwrap()).as_deref(),
+        Some("18001")
+    );
+    let r =
+        bob.cmd("<acknowledgeSubscriber rid=\"{rid}\"><uri>alice</uri></acknowledgeSubscriber>");
+    assert_eq!(
+        error_code(r.get_child("requestInvalid").unwrap()).as_deref(),
+        Some("18001")
+    );
+}

@@ -337,7 +337,8 @@ fn a_session_lives_as_the_page_says() {
     );
 
     let (mut alice, session) = login(stack, alice_dev, None);
-    // Contact list, then self presence, then each contact's presence.
+    // Contact list, then self presence, then the watchers (if any) and the
+    // access levels, then each contact's presence.
     let (seq, first) = next_event(&mut alice);
     assert_eq!(seq, 1);
     assert!(
@@ -348,6 +349,14 @@ fn a_session_lives_as_the_page_says() {
     assert!(
         matches!(second, DeviceEvent::SelfPresence { .. }),
         "{second:?}"
+    );
+    let (_, mut third) = next_event(&mut alice);
+    if matches!(third, DeviceEvent::Watchers(_)) {
+        third = next_event(&mut alice).1;
+    }
+    assert!(
+        matches!(third, DeviceEvent::AccessLevels { .. }),
+        "{third:?}"
     );
     let (_, third) = next_event(&mut alice);
     assert!(

@@ -6,6 +6,7 @@
 
 use xmltree::Element;
 
+use super::access::ContainerMember;
 use crate::xml::{elem, text_elem, with_child};
 
 /// The SIP namespace of the `state` category.
@@ -172,6 +173,27 @@ pub enum Command {
     },
     /// `terminateSession` (sign-out).
     TerminateSession,
+    /// `updateContainer` moving a member between containers: added to
+    /// `add_to`, then deleted from each of `delete_from`. Adding first
+    /// means a watcher never sees more than the old or the new level
+    /// allows while the document is processed (OCS ranks containers, and
+    /// a member of two has the higher).
+    SetContainerMember {
+        /// The entry.
+        member: ContainerMember,
+        /// The container it is added to (see [`crate::cwa::access`]).
+        add_to: u32,
+        /// The containers it is deleted from after the add.
+        delete_from: Vec<u32>,
+    },
+    /// `acknowledgeSubscriber` for one watcher, then `addContact` for the
+    /// same person, in one request document.
+    AcknowledgeAndAddContact {
+        /// The watcher's `sip:` URI.
+        uri: String,
+        /// The contact to add (its `uri` is the watcher's).
+        contact: ContactSpec,
+    },
 }
 
 /// What a command was, without its data: attached to the asynchronous
@@ -218,6 +240,10 @@ pub enum CommandKind {
     InviteParticipants,
     /// `terminateSession`.
     TerminateSession,
+    /// `updateContainer` (the add, then the deletes).
+    SetContainerMember,
+    /// `acknowledgeSubscriber` then `addContact`.
+    AcknowledgeAndAddContact,
 }
 
 impl Command {
@@ -243,6 +269,41 @@ impl Command {
             Command::TerminateImSession { .. } => CommandKind::TerminateImSession,
             Command::InviteParticipants { .. } => CommandKind::InviteParticipants,
             Command::TerminateSession => CommandKind::TerminateSession,
+            Command::SetContainerMember { .. } => CommandKind::SetContainerMember,
+            Command::AcknowledgeAndAddContact { .. } => CommandKind::AcknowledgeAndAddContact,
+        }
+    }
+
+    /// Every method element this command sends, in order, with request id
+    /// `rid` on the one whose outcome is the command's. The others (the
+    /// `deleteMember`s after an `addMember`, the `acknowledgeSubscriber`
+    /// before an `addContact`) carry the rids `rid.1`, `rid.2`, ...: CWA's
+    /// rids are strings, and an outcome whose rid is no number matches no
+    /// command, so theirs are not waited for. CWA processes the methods of
+    /// one document in order.
+    pub(crate) fn to_elements(&self, rid: u64) -> Vec<Element> {
+        let aux = |n: usize| format!("{rid}.{n}");
+        match self {
+            Command::SetContainerMember {
+                member,
+                delete_from,
+                ..
+            } => std::iter::once(self.to_element(rid))
+                .chain(
+                    delete_from
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| update_container(&aux(i + 1), *id, member, false)),
+                )
+                .collect(),
+            Command::AcknowledgeAndAddContact { uri, .. } => vec![
+                with_child(
+                    elem("acknowledgeSubscriber", &[("rid", &aux(1))]),
+                    text_elem("uri", uri),
+                ),
+                self.to_element(rid),
+            ],
+            _ => vec![self.to_element(rid)],
         }
     }
 
@@ -340,6 +401,12 @@ impl Command {
                 with_child(Element::new("inviteParticipants"), uris_elem(uris)),
             ),
             Command::TerminateSession => method("terminateSession"),
+            Command::SetContainerMember { member, add_to, .. } => {
+                update_container(&rid, *add_to, member, true)
+            }
+            Command::AcknowledgeAndAddContact { contact, .. } => {
+                with_child(method("addContact"), contact_elem(contact))
+            }
         }
     }
 }
@@ -355,6 +422,15 @@ pub(crate) fn envelope(sid: Option<&str>, methods: Vec<Element>) -> Element {
         e = with_child(e, m);
     }
     e
+}
+
+/// `<updateContainer rid><container id><addMember|deleteMember/></container></updateContainer>`.
+fn update_container(rid: &str, id: u32, member: &ContainerMember, add: bool) -> Element {
+    let container = with_child(
+        elem("container", &[("id", &id.to_string())]),
+        member.to_element(add),
+    );
+    with_child(elem("updateContainer", &[("rid", rid)]), container)
 }
 
 fn conference(rid: &str, conf_id: &str, action: Element) -> Element {

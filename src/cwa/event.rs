@@ -87,6 +87,12 @@ pub enum Event {
     },
     /// An event the client does not know, by element name.
     Unknown(String),
+    /// Access levels: every container after `initiateSession`, later the
+    /// one that changed, each with all its members.
+    Containers {
+        /// The containers.
+        containers: Vec<super::access::Container>,
+    },
 }
 
 /// A group of the contact list.
@@ -419,6 +425,9 @@ pub(crate) fn parse_event(e: &Element) -> Event {
                     .map(|v| v.trim().eq_ignore_ascii_case("true")),
             })
         }
+        "containers" => Event::Containers {
+            containers: super::access::parse_containers(e),
+        },
         other => Event::Unknown(other.to_string()),
     }
 }

@@ -62,6 +62,7 @@ enabled, 306 busy / unavailable / TLS / configuration, 308 protocol).
 for what the caller should do.
 */
 
+pub mod access;
 mod command;
 mod error;
 mod event;

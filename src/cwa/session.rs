@@ -309,7 +309,7 @@ impl CommandChannel {
         sid: &str,
         command: &Command,
     ) -> Result<CommandReply, SessionError> {
-        let body = xml::to_string(&envelope(Some(sid), vec![command.to_element(rid)]));
+        let body = xml::to_string(&envelope(Some(sid), command.to_elements(rid)));
         let reply = self
             .shared
             .http

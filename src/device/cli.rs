@@ -746,11 +746,16 @@ struct Interactive {
     conversations: BTreeMap<String, String>,
     current: Option<String>,
     pending_start: BTreeMap<u64, String>,
+    /// People's own access levels, and the level of everyone else.
+    levels: BTreeMap<String, wire::AccessLevel>,
+    default_level: Option<wire::AccessLevel>,
+    /// Watchers: name and whether acknowledged.
+    watchers: BTreeMap<String, (Option<String>, bool)>,
 }
 
 const HELP: &str = "\
 commands:
-  /contacts                     contacts and their presence
+  /contacts                     contacts, their presence and access level
   /convs                        open conversations
   /msg URI TEXT                 start a conversation with URI
   /send CONV TEXT               send to a conversation
@@ -760,6 +765,11 @@ commands:
   /status AVAIL [NOTE]          online busy dnd brb away offline
   /coverage in-coverage|dormant|active
   /add URI [NAME]  /remove URI  /search TEXT  /watch URI
+  /access [URI LEVEL]           access levels; set URI's to blocked public
+                                company team or personal
+  /watchers                     people who added you
+  /allow URI                    acknowledge a watcher
+  /addback URI [NAME]           acknowledge a watcher and add them
   /quit                         sign out";
 
 impl Interactive {
@@ -811,7 +821,13 @@ impl Interactive {
                         Some((a, _)) => a.to_wire(),
                         None => "unknown".into(),
                     };
-                    out.human(&format!("  {:<40} {p}", self.name_of(uri)));
+                    // The access list carries URIs in lower case.
+                    let level = self
+                        .levels
+                        .get(&uri.to_ascii_lowercase())
+                        .or(self.default_level.as_ref())
+                        .map_or(String::new(), |l| format!("  [{}]", l.name()));
+                    out.human(&format!("  {:<40} {p}{level}", self.name_of(uri)));
                 }
                 None
             }
@@ -886,6 +902,55 @@ impl Interactive {
             }),
             "watch" if !first.is_empty() => Some(DeviceCommand::SubscribePresence {
                 uris: rest.split_whitespace().map(str::to_string).collect(),
+            }),
+            "access" if first.is_empty() => {
+                let default = self
+                    .default_level
+                    .map_or("unknown", wire::AccessLevel::name);
+                out.human(&format!("  everyone else: {default}"));
+                for (uri, level) in &self.levels {
+                    out.human(&format!("  {:<40} {}", self.name_of(uri), level.name()));
+                }
+                None
+            }
+            "access" => match wire::AccessLevel::from_name(tail) {
+                Some(level) => Some(DeviceCommand::SetAccess {
+                    uri: first.to_string(),
+                    level,
+                }),
+                None => {
+                    out.human("level: blocked public company team personal");
+                    None
+                }
+            },
+            "watchers" => {
+                for (uri, (name, acknowledged)) in &self.watchers {
+                    let who = match name {
+                        Some(n) => format!("{n} <{uri}>"),
+                        None => uri.clone(),
+                    };
+                    let mark = if *acknowledged {
+                        ""
+                    } else {
+                        "  (new: /allow or /addback)"
+                    };
+                    out.human(&format!("  {who}{mark}"));
+                }
+                None
+            }
+            "allow" if !first.is_empty() => Some(DeviceCommand::AcknowledgeWatcher {
+                uri: first.to_string(),
+                add_contact: false,
+                name: None,
+                group: None,
+            }),
+            "addback" if !first.is_empty() => Some(DeviceCommand::AcknowledgeWatcher {
+                uri: first.to_string(),
+                add_contact: true,
+                name: (!tail.is_empty())
+                    .then(|| tail.to_string())
+                    .or_else(|| self.watchers.get(first).and_then(|w| w.0.clone())),
+                group: None,
             }),
             _ => {
                 out.human("not understood; /help lists commands");
@@ -1064,6 +1129,32 @@ impl Interactive {
                         en.name.as_deref().unwrap_or(""),
                         presence.as_deref().unwrap_or("presence unknown")
                     ));
+                }
+                v
+            }
+            DeviceEvent::AccessLevels { default, entries } => {
+                self.default_level = *default;
+                self.levels = entries.iter().map(|a| (a.uri.clone(), a.level)).collect();
+                vec![format!(
+                    "* access levels: {} people with their own (/access)",
+                    self.levels.len()
+                )]
+            }
+            DeviceEvent::Watchers(watchers) => {
+                let mut v = Vec::new();
+                for w in watchers {
+                    self.watchers
+                        .insert(w.uri.clone(), (w.name.clone(), w.acknowledged));
+                    if !w.acknowledged {
+                        let who = match &w.name {
+                            Some(n) => format!("{n} <{}>", w.uri),
+                            None => w.uri.clone(),
+                        };
+                        v.push(format!(
+                            "* {who} added you (/allow {0} or /addback {0})",
+                            w.uri
+                        ));
+                    }
                 }
                 v
             }

@@ -8,7 +8,9 @@
 
 use std::fmt::Write as _;
 
-use crate::wire::{Availability, Coverage, DeviceCommand, DeviceEvent, ServiceMessage, Status};
+use crate::wire::{
+    AccessLevel, Availability, Coverage, DeviceCommand, DeviceEvent, ServiceMessage, Status,
+};
 
 /// Escapes a value so it holds no space, tab, line end or control byte.
 pub fn escape(s: &str) -> String {
@@ -265,6 +267,33 @@ pub fn parse_action(r: &Record) -> Result<ScriptAction, String> {
                 uris: nonempty(r.all("uri"), "uri")?,
             })
         }
+        "set-access" => {
+            r.only(&["uri", "level"])?;
+            let v = r.need("level")?;
+            cmd(DeviceCommand::SetAccess {
+                uri: r.need("uri")?,
+                level: AccessLevel::from_name(&v).ok_or_else(|| {
+                    format!("unknown level {v}: blocked public company team personal")
+                })?,
+            })
+        }
+        "acknowledge-watcher" => {
+            r.only(&["uri", "add-contact", "name", "group"])?;
+            let add_contact = match r.get("add-contact") {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(v) => return Err(format!("add-contact={v} is not true or false")),
+            };
+            if !add_contact && (r.get("name").is_some() || r.get("group").is_some()) {
+                return Err("name= and group= need add-contact=true".into());
+            }
+            cmd(DeviceCommand::AcknowledgeWatcher {
+                uri: r.need("uri")?,
+                add_contact,
+                name: r.get("name").map(str::to_string),
+                group: r.get("group").map(str::to_string),
+            })
+        }
         other => Err(format!("unknown command {other}")),
     }
 }
@@ -476,6 +505,39 @@ fn event_lines(seq: u64, e: &DeviceEvent) -> Vec<String> {
                         .opt(
                             "availability",
                             en.availability.map(|a| a.to_wire()).as_deref(),
+                        )
+                        .done(),
+                );
+            }
+            out
+        }
+        DeviceEvent::AccessLevels { default, entries } => {
+            let mut out = vec![head("access-levels")
+                .opt("default", default.map(AccessLevel::name))
+                .kv("entries", &entries.len().to_string())
+                .done()];
+            for a in entries {
+                out.push(
+                    head("access")
+                        .kv("uri", &a.uri)
+                        .kv("level", a.level.name())
+                        .done(),
+                );
+            }
+            out
+        }
+        DeviceEvent::Watchers(watchers) => {
+            let mut out = vec![head("watchers")
+                .kv("count", &watchers.len().to_string())
+                .done()];
+            for w in watchers {
+                out.push(
+                    head("watcher")
+                        .kv("uri", &w.uri)
+                        .opt("name", w.name.as_deref())
+                        .kv(
+                            "acknowledged",
+                            if w.acknowledged { "true" } else { "false" },
                         )
                         .done(),
                 );

@@ -2,7 +2,9 @@
 //! the bounded session table with its admission rule ([`table`]), one
 //! device connection's login ([`login`]), the running session and its
 //! event relay ([`session`]), the translation between device protocol and
-//! CWA ([`translate`]), contact lists split to fit frames ([`split`]), the in-memory password proof for re-attaching
+//! CWA ([`translate`], and for access levels and watchers [`access`]),
+//! contact lists split to fit frames ([`split`]), the in-memory password
+//! proof for re-attaching
 //! ([`credential`]), the state every thread shares ([`context`]), the
 //! bounds that keep a flood of handshakes cheap ([`throttle`]), the
 //! registry writes kept while the Config DB is away ([`spool`]), the
@@ -13,6 +15,7 @@
 //! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; the
 //! listener and the table know nothing of the other three.
 
+pub mod access;
 pub mod context;
 pub mod credential;
 pub mod finishers;

@@ -58,6 +58,7 @@ use crate::wire::{
     Status, WireError,
 };
 
+use super::access::AccessBook;
 use super::context::ServiceContext;
 use super::credential::Credential;
 use super::listener::{Closer, ReadHalf, WriteHalf};
@@ -213,6 +214,8 @@ struct State {
     /// Contacts' presence held while the device is dormant.
     held: HeldPresence,
     next_query: u64,
+    /// The access-level containers as CWA last sent them.
+    access: AccessBook,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -297,6 +300,7 @@ impl Session {
                 queries: Vec::new(),
                 held: HeldPresence::default(),
                 next_query: 1,
+                access: AccessBook::default(),
             }),
         })
     }
@@ -552,7 +556,25 @@ impl Session {
     /// A CWA event batch: results to their commands, events to the device.
     fn handle_events(&self, events: Vec<crate::cwa::Event>) -> Result<(), EndReason> {
         let mut out = Vec::new();
-        for e in events {
+        // Containers events are merged into what CWA sent before; one
+        // setting of a level changes several containers, so the device
+        // gets one access-levels event, where the batch's last one was.
+        let last_containers = events
+            .iter()
+            .rposition(|e| matches!(e, crate::cwa::Event::Containers { .. }));
+        let mut levels_changed = false;
+        for (i, e) in events.into_iter().enumerate() {
+            let e = match e {
+                crate::cwa::Event::Containers { containers } => {
+                    let mut st = self.state();
+                    levels_changed |= st.access.merge(containers);
+                    if Some(i) == last_containers && levels_changed {
+                        out.push(st.access.event());
+                    }
+                    continue;
+                }
+                other => other,
+            };
             if let crate::cwa::Event::UserPresence { users } = &e {
                 if self.answer_presence_query(users) {
                     continue;

@@ -8,9 +8,12 @@
 //! and the confId CWA assigns goes back in the command result. Presence
 //! availabilities map by CWA's bands ([`Availability::from_cwa`]); a search
 //! term is matched against display names and e-mail aliases (CWA's OR).
-//! CWA events the device protocol has no use for (configuration, watcher
-//! lists, message ids, roles, escalation) are dropped here.
+//! CWA events the device protocol has no use for (configuration, message
+//! ids, roles, escalation) are dropped here. Access levels and watchers
+//! are translated in [`super::access`]; the session keeps the container
+//! memberships a `containers` event is merged into.
 
+use super::access;
 use crate::cwa::{self, Category, Command, ConferenceItem, ContactSpec, Event, ImMessage};
 use crate::wire::{
     Availability, Contact, ContactList, ConversationState, DeviceCommand, DeviceEvent, Group,
@@ -107,8 +110,20 @@ pub fn check_limits(cmd: &DeviceCommand) -> Result<(), String> {
             uris(list)?;
         }
         DeviceCommand::SubscribePresence { uris: list } => uris(list)?,
+        DeviceCommand::SetAccess { uri, .. } => id("URI", uri)?,
+        DeviceCommand::AcknowledgeWatcher {
+            uri, name, group, ..
+        } => {
+            id("URI", uri)?;
+            name.iter().try_for_each(|n| text("name", n))?;
+            group.iter().try_for_each(|g| id("group id", g))?;
+        }
     }
-    let request = crate::xml::to_string(&command(cmd).to_element(0)).len();
+    let request: usize = command(cmd)
+        .to_elements(0)
+        .iter()
+        .map(|e| crate::xml::to_string(e).len())
+        .sum();
     if request > MAX_CWA_COMMAND_BYTES {
         return Err(format!(
             "the CWA request would be {request} bytes, over the limit of {MAX_CWA_COMMAND_BYTES}"
@@ -175,6 +190,13 @@ pub fn command(cmd: &DeviceCommand) -> Command {
         DeviceCommand::SubscribePresence { uris } => {
             Command::SubscribePresence { uris: uris.clone() }
         }
+        DeviceCommand::SetAccess { uri, level } => access::set_access_command(uri, *level),
+        DeviceCommand::AcknowledgeWatcher {
+            uri,
+            add_contact,
+            name,
+            group,
+        } => access::acknowledge_command(uri, *add_contact, name.as_deref(), group.as_deref()),
     }
 }
 
@@ -319,9 +341,11 @@ pub fn event(e: Event) -> Translated {
             })
             .collect(),
         Event::Conference { conf_id, item } => conference(conf_id, item),
+        Event::Subscribers { subscribers } => access::watchers_events(subscribers, cut_text),
+        // Merged into the session's AccessBook before it gets here.
+        Event::Containers { .. } => Vec::new(),
         Event::RequestSucceeded { rid: None, .. }
         | Event::RequestFailed { rid: None, .. }
-        | Event::Subscribers { .. }
         | Event::Configuration(_)
         | Event::Unknown(_) => Vec::new(),
     };

@@ -5,6 +5,8 @@
 //! - [`users`]: the users file.
 //! - [`http`]: HTTP/1.1 request/response wire layer with limits.
 //! - [`events`]: per-session event logs and the long-poll wait.
+//! - [`containers`]: access levels (presence containers) and what each
+//!   level sees.
 //! - [`ocs`]: tickets, sessions, presence, contacts, conversations.
 //! - [`published`]: what users' clients published and their `UA` activity.
 //! - [`server`]: listeners, connection threads, sign-in (forms + NTLMv2),
@@ -15,6 +17,7 @@
 //! ADDR`) on stdout, and serves until killed (SIGTERM/SIGINT end the
 //! process at once: all state is in memory and meant to be lost).
 
+pub mod containers;
 pub mod events;
 pub mod http;
 pub mod ocs;

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use xmltree::Element;
 
+use super::containers::{self, Containers};
 use super::events::{iso_utc, EndReason, SessionQueue};
 use super::published::Published;
 use super::users::{valid_sip_uri, Directory};
@@ -115,6 +116,10 @@ struct UserState {
     watchers: HashSet<u64>,
     /// What the user's clients published, and their `UA` activity.
     published: Published,
+    /// Access levels: who sees how much of this user's presence.
+    containers: Containers,
+    /// Watchers (users) this user has acknowledged (`acknowledgeSubscriber`).
+    acknowledged: HashSet<usize>,
 }
 
 struct Session {
@@ -357,6 +362,8 @@ impl Ocs {
                 sessions: Vec::new(),
                 watchers: HashSet::new(),
                 published: Published::default(),
+                containers: Containers::default(),
+                acknowledged: HashSet::new(),
             })
             .collect();
         Ocs {
@@ -788,6 +795,8 @@ impl Ocs {
             "addGroup" | "updateGroup" | "deleteGroup" => self.group_op(st, sid, rid, m),
             "search" => self.search(st, sid, rid, m),
             "conference" => self.conference(st, sid, rid, m),
+            "updateContainer" => self.update_container(st, sid, rid, m),
+            "acknowledgeSubscriber" => self.acknowledge_subscriber(st, sid, rid, m),
             other => invalid(rid, 18001, &format!("unknown method `{other}`")),
         }
     }
@@ -885,6 +894,8 @@ impl Ocs {
         self.emit(st, sid, me);
         let subs = self.subscribers_event(st, user);
         self.emit(st, sid, subs);
+        let access = st.users[user].containers.full_event();
+        self.emit(st, sid, access);
         let subscribed: Vec<usize> = st.users[user]
             .contacts
             .iter()
@@ -905,7 +916,7 @@ impl Ocs {
             // A long contact list's presence in several events, so that
             // no one event is larger than an event GET should carry.
             for chunk in uris.chunks(PRESENCE_USERS_PER_EVENT) {
-                let ev = self.user_presence_event(st, chunk);
+                let ev = self.user_presence_event(st, user, chunk);
                 self.emit(st, sid, ev);
             }
         }
@@ -973,10 +984,18 @@ impl Ocs {
         }
     }
 
-    fn categories(&self, st: &State, user: usize) -> Vec<Element> {
+    /// `user`'s presence categories as `viewer` may see them (a user sees
+    /// all of their own).
+    fn categories(&self, st: &State, user: usize, viewer: usize) -> Vec<Element> {
         let u = &st.users[user];
         let entry = &self.directory.users[user];
-        let avail = self.aggregate_availability(st, user).to_string();
+        let sees = self.visibility(st, user, viewer);
+        let avail = if sees.availability {
+            self.aggregate_availability(st, user)
+        } else {
+            18000
+        }
+        .to_string();
         let state = with_child(
             elem(
                 "state",
@@ -1000,7 +1019,7 @@ impl Ocs {
             ),
             state,
         );
-        let note_cat = if u.note.is_empty() {
+        let note_cat = if u.note.is_empty() || !sees.note {
             elem("cwaCategory", &[("name", "note")])
         } else {
             let mut text = elem("body", &[("type", "personal")]);
@@ -1059,7 +1078,8 @@ impl Ocs {
         vec![card_cat, note_cat, state_cat]
     }
 
-    fn user_presence_event(&self, st: &State, uris: &[String]) -> Element {
+    /// The `userPresence` event for `uris` as `viewer` may see them.
+    fn user_presence_event(&self, st: &State, viewer: usize, uris: &[String]) -> Element {
         let mut ev = elem("userPresence", &[]);
         for uri in uris {
             let user_elem = match self.directory.by_uri(uri) {
@@ -1071,7 +1091,7 @@ impl Ocs {
                             ("sourceNetwork", "sameEnterprise"),
                         ],
                     );
-                    for c in self.categories(st, i) {
+                    for c in self.categories(st, i, viewer) {
                         u = with_child(u, c);
                     }
                     u
@@ -1086,7 +1106,7 @@ impl Ocs {
 
     fn self_presence(&self, st: &State, user: usize) -> Element {
         let mut ev = elem("selfPresence", &[]);
-        for c in self.categories(st, user) {
+        for c in self.categories(st, user, user) {
             ev = with_child(ev, c);
         }
         ev
@@ -1095,11 +1115,7 @@ impl Ocs {
     /// Tells watchers (and, unless only `skip_self` is new, the user's own
     /// other sessions) about a change of `user`'s presence.
     fn presence_changed(&self, st: &State, user: usize, new_session: Option<u64>) {
-        let uri = self.directory.users[user].sip_uri.clone();
-        let ev = self.user_presence_event(st, std::slice::from_ref(&uri));
-        for sid in &st.users[user].watchers {
-            self.emit(st, *sid, ev.clone());
-        }
+        self.presence_to_watchers(st, user);
         let me = self.self_presence(st, user);
         for sid in &st.users[user].sessions {
             if Some(*sid) != new_session {
@@ -1186,13 +1202,15 @@ impl Ocs {
             }
         }
         if on {
-            let ev = self.user_presence_event(st, &uris);
+            let viewer = st.sessions[&sid].user;
+            let ev = self.user_presence_event(st, viewer, &uris);
             self.emit(st, sid, ev);
             // Targets learn of their new watcher.
             let watcher = st.sessions[&sid].user;
             for uri in &uris {
                 if let Some(target) = self.directory.by_uri(uri) {
-                    let ev = self.subscriber_delta(watcher, false);
+                    let acknowledged = st.users[target].acknowledged.contains(&watcher);
+                    let ev = self.subscriber_delta(watcher, acknowledged);
                     self.emit_user(st, target, &ev);
                 }
             }
@@ -1212,7 +1230,8 @@ impl Ocs {
             self.emit(st, sid, failed(rid, error));
             return accepted(rid);
         }
-        let ev = self.user_presence_event(st, &uris);
+        let viewer = st.sessions[&sid].user;
+        let ev = self.user_presence_event(st, viewer, &uris);
         self.emit(st, sid, ev);
         self.emit(st, sid, succeeded(rid));
         accepted(rid)
@@ -1232,7 +1251,14 @@ impl Ocs {
                             ("uri", &w.sip_uri),
                             ("displayName", &w.display_name),
                             ("sourceNetwork", "sameEnterprise"),
-                            ("acknowledged", "true"),
+                            (
+                                "acknowledged",
+                                if st.users[user].acknowledged.contains(&i) {
+                                    "true"
+                                } else {
+                                    "false"
+                                },
+                            ),
                         ],
                     ),
                 );
@@ -1255,6 +1281,119 @@ impl Ocs {
                 ],
             ),
         )
+    }
+
+    // -----------------------------------------------------------------
+    // Access levels and watchers (see `containers`)
+
+    /// What `viewer` may see of `user`'s presence.
+    fn visibility(&self, st: &State, user: usize, viewer: usize) -> containers::Visibility {
+        if viewer == user {
+            return containers::Visibility {
+                availability: true,
+                note: true,
+            };
+        }
+        let level = st.users[user]
+            .containers
+            .level_of(&self.directory.users[viewer].sip_uri, true);
+        Containers::visibility(level)
+    }
+
+    /// Each session watching `user`, with what its user may see.
+    fn watcher_views(&self, st: &State, user: usize) -> Vec<(u64, containers::Visibility)> {
+        st.users[user]
+            .watchers
+            .iter()
+            .filter_map(|sid| {
+                let viewer = st.sessions.get(sid)?.user;
+                Some((*sid, self.visibility(st, user, viewer)))
+            })
+            .collect()
+    }
+
+    /// Sends `user`'s presence to every session watching it, each as its
+    /// user's access level lets it see.
+    fn presence_to_watchers(&self, st: &State, user: usize) {
+        let uri = self.directory.users[user].sip_uri.clone();
+        for sid in &st.users[user].watchers {
+            let Some(viewer) = st.sessions.get(sid).map(|s| s.user) else {
+                continue;
+            };
+            let ev = self.user_presence_event(st, viewer, std::slice::from_ref(&uri));
+            self.emit(st, *sid, ev);
+        }
+    }
+
+    /// `updateContainer` › `container id` › `addMember`/`deleteMember`:
+    /// the user's sessions get the changed container, and watchers whose
+    /// view changed their new view of the user's presence.
+    fn update_container(&self, st: &mut State, sid: u64, rid: &str, m: &Element) -> Element {
+        let user = st.sessions[&sid].user;
+        let (id, changes) = match containers::parse_update(m) {
+            Ok(u) => u,
+            Err(why) => return invalid(rid, 18001, &why),
+        };
+        let before = self.watcher_views(st, user);
+        if let Err((code, reason)) = st.users[user].containers.update(id, &changes) {
+            return failed(rid, sip_err_elem(code, reason));
+        }
+        let ev = st.users[user].containers.delta_event(id);
+        self.emit_user(st, user, &ev);
+        let uri = self.directory.users[user].sip_uri.clone();
+        for (watcher, now) in self.watcher_views(st, user) {
+            if before.iter().any(|(s, was)| *s == watcher && *was != now) {
+                let viewer = st.sessions[&watcher].user;
+                let ev = self.user_presence_event(st, viewer, std::slice::from_ref(&uri));
+                self.emit(st, watcher, ev);
+            }
+        }
+        self.emit(st, sid, succeeded(rid));
+        accepted(rid)
+    }
+
+    /// `acknowledgeSubscriber` › `uri…`: marks the watchers acknowledged;
+    /// the user's sessions get a `subscribers` event saying so for each
+    /// who watches the user. URIs of people who are no users here are
+    /// acknowledged as a no-op.
+    fn acknowledge_subscriber(&self, st: &mut State, sid: u64, rid: &str, m: &Element) -> Element {
+        let user = st.sessions[&sid].user;
+        let uris: Vec<String> = children(m)
+            .filter(|c| c.name == "uri")
+            .map(|c| xml::text(c).trim().to_string())
+            .take(MAX_URIS + 1)
+            .collect();
+        if uris.is_empty() || uris.len() > MAX_URIS {
+            return invalid(rid, 18001, "acknowledgeSubscriber needs 1 to 100 <uri>");
+        }
+        if let Some(bad) = uris.iter().find(|u| !valid_sip_uri(u)) {
+            return invalid(rid, 18001, &format!("`{bad}` is not a sip: URI"));
+        }
+        let watchers: Vec<usize> = uris
+            .iter()
+            .filter_map(|u| self.directory.by_uri(u))
+            .filter(|w| *w != user)
+            .collect();
+        st.users[user].acknowledged.extend(watchers.iter().copied());
+        // Only people who watch the user now show up as watchers; the
+        // others are remembered as acknowledged for when they do.
+        let me = &self.directory.users[user].sip_uri;
+        for w in watchers {
+            let has_me = st.users[w]
+                .contacts
+                .iter()
+                .any(|c| c.uri.eq_ignore_ascii_case(me));
+            let subscribed = st.users[user]
+                .watchers
+                .iter()
+                .any(|s| st.sessions.get(s).is_some_and(|s| s.user == w));
+            if has_me || subscribed {
+                let ev = self.subscriber_delta(w, true);
+                self.emit_user(st, user, &ev);
+            }
+        }
+        self.emit(st, sid, succeeded(rid));
+        accepted(rid)
     }
 
     // -----------------------------------------------------------------
@@ -1400,11 +1539,12 @@ impl Ocs {
                 }
             }
             if contact.subscribed {
-                let ev = self.user_presence_event(st, std::slice::from_ref(&contact.uri));
+                let ev = self.user_presence_event(st, user, std::slice::from_ref(&contact.uri));
                 self.emit_user(st, user, &ev);
             }
             if adding {
-                let ev = self.subscriber_delta(user, false);
+                let acknowledged = st.users[t].acknowledged.contains(&user);
+                let ev = self.subscriber_delta(user, acknowledged);
                 self.emit_user(st, t, &ev);
             }
         }
@@ -1696,12 +1836,19 @@ impl Ocs {
                     .get(&conf)
                     .is_some_and(|c| c.members.iter().any(|m| m.user == t))
             });
+            // A user who blocked the inviter is offline to them.
+            let blocked = target.is_some_and(|t| {
+                st.users[t]
+                    .containers
+                    .level_of(&self.directory.users[inviter].sip_uri, true)
+                    == containers::BLOCKED
+            });
             let sids: Vec<u64> = match target {
-                Some(t) if !already => st.users[t].sessions.clone(),
+                Some(t) if !already && !blocked => st.users[t].sessions.clone(),
                 _ => Vec::new(),
             };
             if sids.is_empty() {
-                // Offline or unknown (or already present): SIP 480.
+                // Offline, blocking or unknown (or already present): SIP 480.
                 self.emit(
                     st,
                     sid,

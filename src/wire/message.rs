@@ -22,6 +22,7 @@ use std::io::{Read, Write};
 
 use xmltree::{Element, ParserConfig, XMLNode};
 
+use super::access::{AccessEntry, AccessLevel, Watcher};
 use super::channel::{SecureChannel, SecureReader, SecureWriter, MAX_MESSAGE_LEN};
 use super::secret::Secret;
 use super::status::Status;
@@ -318,6 +319,25 @@ pub enum DeviceCommand {
         /// SIP URIs (at least one).
         uris: Vec<String>,
     },
+    /// Give a person their own access level (from any level they had).
+    SetAccess {
+        /// The person's SIP URI.
+        uri: String,
+        /// The new level.
+        level: AccessLevel,
+    },
+    /// Acknowledge a watcher and, with `add_contact`, add them to the
+    /// contact list in the same step.
+    AcknowledgeWatcher {
+        /// The watcher's SIP URI.
+        uri: String,
+        /// Also add the watcher as a contact.
+        add_contact: bool,
+        /// Display name for the new contact (only with `add_contact`).
+        name: Option<String>,
+        /// Group id for the new contact (only with `add_contact`).
+        group: Option<String>,
+    },
 }
 
 impl DeviceCommand {
@@ -338,6 +358,8 @@ impl DeviceCommand {
             DeviceCommand::Leave { .. } => "leave",
             DeviceCommand::Invite { .. } => "invite",
             DeviceCommand::SubscribePresence { .. } => "subscribe-presence",
+            DeviceCommand::SetAccess { .. } => "set-access",
+            DeviceCommand::AcknowledgeWatcher { .. } => "acknowledge-watcher",
         }
     }
 }
@@ -557,6 +579,17 @@ pub enum DeviceEvent {
         /// The hits.
         entries: Vec<SearchEntry>,
     },
+    /// Every person's own access level (always the whole list); people
+    /// not listed have `default`.
+    AccessLevels {
+        /// The level of people not listed, when known.
+        default: Option<AccessLevel>,
+        /// The people with a level of their own.
+        entries: Vec<AccessEntry>,
+    },
+    /// People who added the user to their contacts (at session start all
+    /// of them, later each new one).
+    Watchers(Vec<Watcher>),
 }
 
 impl DeviceEvent {
@@ -573,6 +606,8 @@ impl DeviceEvent {
             DeviceEvent::Participants { .. } => "participants",
             DeviceEvent::DeliveryFailed { .. } => "delivery-failed",
             DeviceEvent::SearchResult { .. } => "search-result",
+            DeviceEvent::AccessLevels { .. } => "access-levels",
+            DeviceEvent::Watchers(_) => "watchers",
         }
     }
 }
@@ -723,6 +758,17 @@ fn command_element(c: &DeviceCommand) -> Element {
             b.attr("conversation", conversation).uris("to", uris)
         }
         DeviceCommand::SubscribePresence { uris } => b.uris("user", uris),
+        DeviceCommand::SetAccess { uri, level } => b.attr("uri", uri).attr("level", level.name()),
+        DeviceCommand::AcknowledgeWatcher {
+            uri,
+            add_contact,
+            name,
+            group,
+        } => b
+            .attr("uri", uri)
+            .attr("add-contact", bool_str(*add_contact))
+            .opt_attr("group", group.as_deref())
+            .opt_text("name", name.as_deref()),
     }
     .0
 }
@@ -897,6 +943,31 @@ fn event_element(e: &DeviceEvent) -> Element {
             }
             b
         }
+        DeviceEvent::AccessLevels { default, entries } => {
+            let mut b = b.opt_attr("default", default.map(AccessLevel::name));
+            for a in entries {
+                b = b.child(
+                    Build::new("access")
+                        .attr("uri", &a.uri)
+                        .attr("level", a.level.name())
+                        .0,
+                );
+            }
+            b
+        }
+        DeviceEvent::Watchers(watchers) => {
+            let mut b = b;
+            for w in watchers {
+                b = b.child(
+                    Build::new("watcher")
+                        .attr("uri", &w.uri)
+                        .attr("acknowledged", bool_str(w.acknowledged))
+                        .opt_text("name", w.name.as_deref())
+                        .0,
+                );
+            }
+            b
+        }
     }
     .0
 }
@@ -1043,6 +1114,21 @@ fn availability_attr(e: &Element) -> Result<Availability, WireError> {
     Availability::from_wire(v).ok_or_else(|| bad(format!("unknown availability \"{v}\"")))
 }
 
+/// The access level in attribute `name`.
+fn level_of(e: &Element, name: &str) -> Result<AccessLevel, WireError> {
+    let v = attr(e, name)?;
+    AccessLevel::from_name(v).ok_or_else(|| {
+        bad(format!(
+            "<{}> {name}=\"{v}\" is not blocked, public, company, team or personal",
+            e.name
+        ))
+    })
+}
+
+fn level_attr(e: &Element) -> Result<AccessLevel, WireError> {
+    level_of(e, "level")
+}
+
 /// The text of child `name`, if present (empty element: empty string).
 fn opt_text(e: &Element, name: &str) -> Result<Option<String>, WireError> {
     match e.get_child(name) {
@@ -1170,6 +1256,29 @@ fn parse_command(c: &Element) -> Result<DeviceCommand, WireError> {
         "subscribe-presence" => DeviceCommand::SubscribePresence {
             uris: nonempty(uris(c, "user")?, "subscribe-presence")?,
         },
+        "set-access" => DeviceCommand::SetAccess {
+            uri: attr(c, "uri")?.to_string(),
+            level: level_attr(c)?,
+        },
+        "acknowledge-watcher" => {
+            let add_contact = match xml::attr(c, "add-contact") {
+                None => false,
+                Some(_) => bool_attr(c, "add-contact")?,
+            };
+            let name = opt_text(c, "name")?;
+            let group = opt_attr(c, "group");
+            if !add_contact && (name.is_some() || group.is_some()) {
+                return Err(bad(
+                    "<acknowledge-watcher> takes a name or group only with add-contact=\"true\"",
+                ));
+            }
+            DeviceCommand::AcknowledgeWatcher {
+                uri: attr(c, "uri")?.to_string(),
+                add_contact,
+                name,
+                group,
+            }
+        }
         other => return Err(bad(format!("unknown command <{other}>"))),
     })
 }
@@ -1314,6 +1423,33 @@ fn parse_event(e: &Element) -> Result<DeviceEvent, WireError> {
                 })
                 .collect::<Result<_, WireError>>()?,
         },
+        "access-levels" => DeviceEvent::AccessLevels {
+            default: match xml::attr(e, "default") {
+                None => None,
+                Some(_) => Some(level_of(e, "default")?),
+            },
+            entries: xml::children(e)
+                .filter(|c| c.name == "access")
+                .map(|c| {
+                    Ok(AccessEntry {
+                        uri: attr(c, "uri")?.to_string(),
+                        level: level_attr(c)?,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+        },
+        "watchers" => DeviceEvent::Watchers(
+            xml::children(e)
+                .filter(|c| c.name == "watcher")
+                .map(|c| {
+                    Ok(Watcher {
+                        uri: attr(c, "uri")?.to_string(),
+                        name: opt_text(c, "name")?,
+                        acknowledged: bool_attr(c, "acknowledged")?,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+        ),
         other => return Err(bad(format!("unknown event <{other}>"))),
     })
 }

@@ -2,7 +2,8 @@
 //! dispatcher and collabd, as specified in collab-protocol(7): the frame
 //! codec and its clear routing header ([`frame`]), the status codes
 //! ([`status`]), the handshake, key schedule and encrypted channel
-//! ([`channel`], [`crypto`]), the XML messages ([`message`]), and how a
+//! ([`channel`], [`crypto`]), the XML messages ([`message`]) and the
+//! access levels and watchers they carry ([`access`]), and how a
 //! password is held in memory ([`secret`]).
 //!
 //! Typical use, service side:
@@ -18,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod channel;
 pub mod crypto;
 mod error;
@@ -27,6 +29,7 @@ pub mod secret;
 
 pub mod status;
 
+pub use access::{AccessEntry, AccessLevel, Watcher};
 pub use channel::{
     accept, connect, SecureChannel, SecureReader, SecureWriter, SharedStream, MAX_MESSAGE_LEN,
     MAX_SEALED_PAYLOAD,

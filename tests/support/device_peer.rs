@@ -354,16 +354,22 @@ impl DeviceProcess {
 
     /// Reads output lines until one starts with `prefix`; returns it.
     pub fn expect(&mut self, prefix: &str) -> String {
+        self.expect_any(&[prefix])
+    }
+
+    /// Reads output lines until one starts with any of `prefixes`;
+    /// returns it.
+    pub fn expect_any(&mut self, prefixes: &[&str]) -> String {
         loop {
             match self.lines.recv_timeout(WAIT) {
                 Ok(l) => {
                     self.transcript.push(l.clone());
-                    if l.starts_with(prefix) {
+                    if prefixes.iter().any(|p| l.starts_with(p)) {
                         return l;
                     }
                 }
                 Err(_) => panic!(
-                    "no line starting with {prefix:?}; got so far:\n{}\nstderr: {:?}",
+                    "no line starting with {prefixes:?}; got so far:\n{}\nstderr: {:?}",
                     self.transcript.join("\n"),
                     self.stderr.try_iter().collect::<Vec<_>>()
                 ),

@@ -98,10 +98,68 @@ pub fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+use collabd::wire::{AccessEntry, AccessLevel, Watcher};
 use collabd::wire::{
     Availability, Contact, ContactList, ConversationState, Coverage, DeviceCommand, DeviceEvent,
     DeviceMessage, Group, ListPart, Presence, Resume, SearchEntry, Secret, ServiceMessage, Status,
 };
+
+/// The access-level and watcher commands.
+pub fn sample_access_commands(t: &str) -> Vec<DeviceCommand> {
+    let mut out: Vec<DeviceCommand> = AccessLevel::ALL
+        .into_iter()
+        .map(|level| DeviceCommand::SetAccess {
+            uri: "sip:bob@example.com".into(),
+            level,
+        })
+        .collect();
+    out.push(DeviceCommand::AcknowledgeWatcher {
+        uri: "sip:carol@example.com".into(),
+        add_contact: true,
+        name: Some(t.into()),
+        group: Some("2".into()),
+    });
+    out.push(DeviceCommand::AcknowledgeWatcher {
+        uri: "sip:carol@example.com".into(),
+        add_contact: false,
+        name: None,
+        group: None,
+    });
+    out
+}
+
+/// The access-level and watcher events.
+pub fn sample_access_events(t: &str) -> Vec<DeviceEvent> {
+    vec![
+        DeviceEvent::AccessLevels {
+            default: Some(AccessLevel::Company),
+            entries: AccessLevel::ALL
+                .into_iter()
+                .enumerate()
+                .map(|(i, level)| AccessEntry {
+                    uri: format!("sip:u{i}@example.com"),
+                    level,
+                })
+                .collect(),
+        },
+        DeviceEvent::AccessLevels {
+            default: None,
+            entries: vec![],
+        },
+        DeviceEvent::Watchers(vec![
+            Watcher {
+                uri: "sip:carol@example.com".into(),
+                name: Some(t.into()),
+                acknowledged: false,
+            },
+            Watcher {
+                uri: "sip:dave@example.com".into(),
+                name: None,
+                acknowledged: true,
+            },
+        ]),
+    ]
+}
 
 /// One of every device message and command, with text that needs escaping.
 pub fn sample_device_messages(t: &str) -> Vec<DeviceMessage> {
@@ -171,6 +229,7 @@ pub fn sample_device_messages(t: &str) -> Vec<DeviceMessage> {
             uris: vec![s("sip:erin@example.com"), s("sip:frank@example.com")],
         },
     ];
+    let cmds = [cmds, sample_access_commands(t)].concat();
     let mut out = vec![
         DeviceMessage::Login {
             user: s("CONTOSO\\alice"),
@@ -350,6 +409,7 @@ pub fn sample_service_messages(t: &str) -> Vec<ServiceMessage> {
             entries: vec![],
         },
     ];
+    let events = [events, sample_access_events(t)].concat();
     let mut out = vec![
         ServiceMessage::LoginResult {
             status: Status::Ok,

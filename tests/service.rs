@@ -1288,3 +1288,39 @@ fn writes_made_while_postgres_is_down_reach_it_when_it_is_back() {
     );
     assert_eq!(finish(bob).0, 0);
 }
+
+/// The `GLIBC_TUNABLES` a running process was started with.
+fn tunables_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok())
+        .find_map(|kv| kv.strip_prefix("GLIBC_TUNABLES=").map(str::to_string))
+}
+
+#[test]
+fn collabd_runs_without_glibc_thread_caches_unless_the_operator_chose() {
+    let (mut stack, _) = stack_with(&["tess"], settings(None));
+    stack.start_collabd(&[]);
+    let pid = stack.collabd().pid();
+    let tunables = tunables_of(pid);
+    assert!(
+        tunables
+            .as_deref()
+            .is_some_and(|t| t.split(':').any(|s| s == "glibc.malloc.tcache_count=0")),
+        "collabd re-executed itself without thread caches: {tunables:?}"
+    );
+    // Stopped (SIGKILL) and started again with the operator's setting.
+    stack.collabd = None;
+    let again = support::collabd::Collabd::start_with_env(
+        &stack.dir,
+        &stack.db_url,
+        &[],
+        &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=3")],
+    );
+    assert_eq!(
+        tunables_of(again.pid()).as_deref(),
+        Some("glibc.malloc.tcache_count=3"),
+        "an operator's own setting is kept"
+    );
+}

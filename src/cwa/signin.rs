@@ -122,8 +122,9 @@ fn logon_iwa(
         })?;
     let challenge = ntlm::parse_challenge(&challenge)
         .map_err(|e| SignInError::Protocol(format!("IWA: bad NTLM challenge: {e}")))?;
+    // From the kernel, as the device handshake's (see `random_bytes`).
     let mut client_challenge = [0u8; 8];
-    openssl::rand::rand_bytes(&mut client_challenge)
+    crate::wire::crypto::fill_random(&mut client_challenge)
         .map_err(|e| SignInError::Unavailable(format!("no random bytes: {e}")))?;
     let (domain, user) = split_login(login);
     let authenticate = ntlm::authenticate_message(

@@ -574,6 +574,7 @@ pub const LINGER_BYTES: usize = 1 << 20;
 /// what the peer still sends until it closes, for at most [`LINGER`] and
 /// [`LINGER_BYTES`]; the caller then closes the socket. Works on the bare
 /// socket (blocking or not, whatever TLS state is left).
+#[inline(never)]
 fn linger_close(socket: &TcpStream) {
     let _ = socket.shutdown(Shutdown::Write);
     let fd = socket.as_raw_fd();
@@ -906,16 +907,9 @@ fn run_connection(
     }
     let stream = match tls {
         None => Stream::Plain(socket.clone()),
-        Some(acceptor) => match acceptor.accept(socket.clone()) {
-            Ok(tls) => Stream::Tls(Box::new(tls)),
-            Err(native_tls::HandshakeError::Failure(e)) => {
-                log::debug!("{peer}: TLS handshake failed: {e}");
-                return;
-            }
-            Err(native_tls::HandshakeError::WouldBlock(_)) => {
-                log::debug!("{peer}: TLS handshake timed out");
-                return;
-            }
+        Some(acceptor) => match accept_tls(&acceptor, &socket, peer) {
+            Some(tls) => tls,
+            None => return,
         },
     };
     let incoming = Incoming {
@@ -930,6 +924,24 @@ fn run_connection(
     // Whatever the handler last sent (a refusal, a last word) reaches the
     // peer even if it was still sending: see `linger_close`.
     linger_close(&socket);
+}
+
+/// The TLS handshake of a device connection, in a frame of its own: the
+/// connection thread serves the link for hours after it, and keeps
+/// resident only the frames still live.
+#[inline(never)]
+fn accept_tls(acceptor: &TlsAcceptor, socket: &SharedSocket, peer: SocketAddr) -> Option<Stream> {
+    match acceptor.accept(socket.clone()) {
+        Ok(tls) => Some(Stream::Tls(Box::new(tls))),
+        Err(native_tls::HandshakeError::Failure(e)) => {
+            log::debug!("{peer}: TLS handshake failed: {e}");
+            None
+        }
+        Err(native_tls::HandshakeError::WouldBlock(_)) => {
+            log::debug!("{peer}: TLS handshake timed out");
+            None
+        }
+    }
 }
 
 fn watchdog_loop(shared: &Shared) {

@@ -98,8 +98,33 @@ impl std::ops::Deref for Pending<'_> {
     }
 }
 
+/// A device link admitted to its session, to be served by the caller.
+struct Served {
+    session: Arc<Session>,
+    link_id: u64,
+    reader: LinkReader,
+}
+
 /// The listener's handler: serve one device connection to its end.
+///
+/// The link is served for hours from here, after the sign-in's frames
+/// (handshake, Config DB, CWA) have returned: a waiting link thread keeps
+/// resident only the stack above its wait.
 pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
+    if let Some(Served {
+        session,
+        link_id,
+        reader,
+    }) = sign_in(ctx, incoming)
+    {
+        serve_link(&session, link_id, reader);
+    }
+}
+
+/// Handshake, login and admission of one device connection; `None` when
+/// the connection ended (refused, failed, or the device left).
+#[inline(never)]
+fn sign_in(ctx: &Arc<ServiceContext>, incoming: Incoming) -> Option<Served> {
     let Incoming {
         mut stream,
         peer,
@@ -115,7 +140,7 @@ pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
             "too many connections from this address signing in",
         );
         let _ = wire::write_frame(&mut stream, &refused);
-        return;
+        return None;
     };
     let permit = Pending {
         permit,
@@ -141,19 +166,17 @@ pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
         Ok(channel) => channel,
         Err(e) => {
             handshake_failed(ctx, peer, hello_pin, device.is_some(), &permit, &e);
-            return;
+            return None;
         }
     };
     permit.cut_at(permit.sign_in_deadline());
-    let Some((device, cached)) = device else {
-        return;
-    };
+    let (device, cached) = device?;
     let pin = channel.pin();
     let (mut reader, mut writer) = match channel.split(|s| s.into_halves()) {
         Ok(halves) => halves,
         Err(e) => {
             log::info!("{peer}: cannot split the connection: {e}");
-            return;
+            return None;
         }
     };
     // From the login message to the end of the sign-in, every block this
@@ -170,14 +193,14 @@ pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
             let why = format!("expected login, got {}", message_name(&other));
             log::info!("{peer}: {}: {why}", wire::format_pin(pin));
             let _ = writer.refuse(Status::ProtocolError, &why);
-            return;
+            return None;
         }
         Err(e) => {
             log::info!("{peer}: {}: no login: {e}", wire::format_pin(pin));
             if e.is_protocol_violation() {
                 let _ = writer.refuse(Status::ProtocolError, &e.to_string());
             }
-            return;
+            return None;
         }
     };
     let login = Login {
@@ -187,14 +210,18 @@ pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
         user: &user,
     };
     let secret = Signing { password, scope };
-    if let Err(refusal) = login.run(device, cached, resume, secret, reader, writer, permit) {
-        // `run` has already told the device.
-        log::debug!(
-            "{peer}: login of {user} on {} refused: {} {}",
-            wire::format_pin(pin),
-            refusal.status.code(),
-            refusal.text
-        );
+    match login.run(device, cached, resume, secret, reader, writer, permit) {
+        Ok(served) => served,
+        Err(refusal) => {
+            // `run` has already told the device.
+            log::debug!(
+                "{peer}: login of {user} on {} refused: {} {}",
+                wire::format_pin(pin),
+                refusal.status.code(),
+                refusal.text
+            );
+            None
+        }
     }
 }
 
@@ -328,7 +355,7 @@ impl Login<'_> {
         reader: LinkReader,
         mut writer: LinkWriter,
         permit: Pending,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<Served>, Refusal> {
         if self.ctx.is_stopping() {
             return Err(self.refuse(
                 &mut writer,
@@ -428,7 +455,7 @@ impl Login<'_> {
                 Some(self.pin),
                 "CWA answered after the sign-in deadline; signed out",
             );
-            return Ok(());
+            return Ok(None);
         }
         let credential = Credential::new(&signing.password, settings.password_caching);
         signing.done();
@@ -531,13 +558,19 @@ impl Login<'_> {
         if let Err(e) = spawned {
             // The closure and its guard were dropped: the session ended.
             log::warn!("{session:?}: cannot start the event thread: {e}");
-            return Ok(());
+            return Ok(None);
         }
         match link {
-            Some(link_id) => serve_link(&session, link_id, reader),
-            None => log::info!("{session:?}: device gone before the login result"),
+            Some(link_id) => Ok(Some(Served {
+                session,
+                link_id,
+                reader,
+            })),
+            None => {
+                log::info!("{session:?}: device gone before the login result");
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     fn reattach(
@@ -547,7 +580,7 @@ impl Login<'_> {
         reader: LinkReader,
         mut writer: LinkWriter,
         permit: Pending,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<Served>, Refusal> {
         // Events are only ever numbered upwards, so a resume within this
         // bound stays within it while attaching.
         let last = session.last_event_seq();
@@ -570,7 +603,7 @@ impl Login<'_> {
         };
         let Some(link_id) = session.attach(writer, closer, acked, &result) else {
             log::info!("{session:?}: ended while re-attaching");
-            return Ok(());
+            return Ok(None);
         };
         self.ctx
             .table
@@ -583,8 +616,11 @@ impl Login<'_> {
             &session::session_id_text(session.id()),
         );
         log::info!("{session:?} re-attached (device acked {acked})");
-        serve_link(session, link_id, reader);
-        Ok(())
+        Ok(Some(Served {
+            session: Arc::clone(session),
+            link_id,
+            reader,
+        }))
     }
 }
 

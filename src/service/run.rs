@@ -87,6 +87,11 @@ impl std::error::Error for RunError {}
 /// The whole program: block signals, parse the command line, run. Returns
 /// the exit status.
 pub fn main() -> u8 {
+    // First of all: this may execute the program again, and the new image
+    // must start as this one did (no thread, no signal blocked).
+    if let Err(e) = memory::reexec_without_thread_caches() {
+        eprintln!("collabd: cannot turn glibc's thread caches off ({e}); running with them");
+    }
     // Before any thread exists, so that every thread inherits the mask.
     let blocked = match signals::block_signals() {
         Ok(b) => b,

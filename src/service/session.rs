@@ -554,6 +554,7 @@ impl Session {
     }
 
     /// A CWA event batch: results to their commands, events to the device.
+    #[inline(never)]
     fn handle_events(&self, events: Vec<crate::cwa::Event>) -> Result<(), EndReason> {
         let mut out = Vec::new();
         // Containers events are merged into what CWA sent before; one
@@ -890,6 +891,7 @@ impl Session {
     /// Sign in to CWA again with the cached password (up to three times,
     /// with back-off) and restore presence subscriptions. Returns the new
     /// event channel, or why the session is lost.
+    #[inline(never)]
     fn sign_in_again(&self, lost: &SessionError) -> Result<EventChannel, String> {
         let Some(password) = self.credential.cached_password() else {
             return Err(lost.to_string());

@@ -313,11 +313,36 @@ fn inflate_with(d: &mut Decompress, data: &[u8], cap: usize) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-/// `n` bytes from OpenSSL's random generator.
+/// `N` bytes from the kernel's random generator (getrandom(2)).
+///
+/// Not OpenSSL's: OpenSSL gives every thread that draws from it a
+/// generator of its own, about 3 KiB kept for the thread's life, and the
+/// threads that draw here (a device connection's, during its handshake and
+/// sign-in) serve that connection for hours.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], WireError> {
     let mut out = [0u8; N];
-    openssl::rand::rand_bytes(&mut out)?;
+    fill_random(&mut out).map_err(|e| WireError::Crypto(format!("no random bytes: {e}")))?;
     Ok(out)
+}
+
+/// Fills `buf` from getrandom(2), blocking until the kernel's generator is
+/// seeded (only ever at early boot).
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

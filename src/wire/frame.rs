@@ -325,18 +325,30 @@ impl FrameReader {
 
     /// Reads until `buf` holds `want` bytes, never more.
     fn fill(&mut self, r: &mut impl Read, want: usize) -> Result<(), WireError> {
-        if self.buf.capacity() < want {
-            self.buf.reserve_exact(want - self.buf.len());
+        // Read straight into the buffer: a copy through a chunk on the
+        // stack would leave its pages resident on every thread that waits
+        // here for hours (a device link's).
+        let mut have = self.buf.len();
+        if have >= want {
+            return Ok(());
         }
-        let mut chunk = [0u8; 8192];
-        while self.buf.len() < want {
-            let n = (want - self.buf.len()).min(chunk.len());
-            match r.read(&mut chunk[..n]) {
-                Ok(0) if self.buf.is_empty() => return Err(WireError::Closed),
-                Ok(0) => return Err(WireError::Truncated),
-                Ok(got) => self.buf.extend_from_slice(&chunk[..got]),
+        self.buf.resize(want, 0);
+        while have < want {
+            match r.read(&mut self.buf[have..want]) {
+                Ok(0) => {
+                    self.buf.truncate(have);
+                    return Err(if have == 0 {
+                        WireError::Closed
+                    } else {
+                        WireError::Truncated
+                    });
+                }
+                Ok(got) => have += got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(WireError::from_read(e)),
+                Err(e) => {
+                    self.buf.truncate(have);
+                    return Err(WireError::from_read(e));
+                }
             }
         }
         Ok(())

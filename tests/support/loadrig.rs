@@ -126,7 +126,22 @@ impl Daemon {
         dir: &TempDir,
     ) -> Daemon {
         let log = dir.join(&format!("{name}.log"));
-        let mut cmd = Command::new(bin);
+        // `LOAD_COLLABD_PREFIX` (e.g. `heaptrack -o /tmp/h`) runs collabd
+        // under a profiler; the child, and the pid sampled, is then the
+        // profiler's.
+        let prefix = match name {
+            "collabd" => std::env::var("LOAD_COLLABD_PREFIX").unwrap_or_default(),
+            _ => String::new(),
+        };
+        let mut words = prefix.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -193,6 +193,8 @@ fn sessions_and_memory(https: bool) {
     thread::sleep(Duration::from_secs(2));
     let after = sample(pid);
     eprintln!("collabd after every logout: {after}");
+    support::loadrig::print_breakdown("collabd after every logout", pid, 8);
+    pause_for_inspection(pid);
     eprintln!(
         "events acknowledged: {}; logged out: {}; logout failures: {:?}; ended early: {:?}",
         report.events, report.logged_out, report.logout_failures, report.ended_early

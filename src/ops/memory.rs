@@ -45,7 +45,7 @@ pub fn limit_malloc_arenas(max: usize) {
 /// The glibc tunable that turns the per-thread caches off.
 pub const NO_THREAD_CACHES: &str = "glibc.malloc.tcache_count=0";
 
-/// Executes this program again (`/proc/self/exe`, same arguments, same
+/// Executes this program again (its own file, same arguments, same
 /// process id, same descriptors) with [`NO_THREAD_CACHES`] added to
 /// `GLIBC_TUNABLES`, unless that variable already sets
 /// `glibc.malloc.tcache_count` (the operator's choice, or this is the
@@ -70,7 +70,14 @@ pub fn reexec_without_thread_caches() -> std::io::Result<()> {
         }
         tunables.push(NO_THREAD_CACHES);
         let mut args = std::env::args_os();
-        let mut command = std::process::Command::new("/proc/self/exe");
+        // The program's own path, so that the process keeps its name
+        // (`/proc/self/exe` itself would rename it "exe"); that link only
+        // when the file is gone (replaced by an upgrade).
+        let program = std::env::current_exe()
+            .ok()
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| "/proc/self/exe".into());
+        let mut command = std::process::Command::new(program);
         if let Some(argv0) = args.next() {
             command.arg0(argv0);
         }

@@ -1288,12 +1288,12 @@ fn sim_every_sign_in_failure_class() {
     };
     for auth in [AuthMode::IwaThenForms, AuthMode::Forms, AuthMode::Iwa] {
         let e = sign_in_error(&mode(auth), r"CONTOSO\alice", "wrong");
-        assert_eq!(e, SignInError::BadCredentials, "{auth}");
+        assert_eq!(e, SignInError::BadCredentials, "{auth:?}");
         assert_eq!(e.device_status(), 303);
         let e = sign_in_error(&mode(auth), r"CONTOSO\nobody", "x");
-        assert_eq!(e, SignInError::BadCredentials, "{auth}");
+        assert_eq!(e, SignInError::BadCredentials, "{auth:?}");
         let e = sign_in_error(&mode(auth), r"CONTOSO\dave", "pw-dave");
-        assert_eq!(e, SignInError::NotEnabled, "{auth}");
+        assert_eq!(e, SignInError::NotEnabled, "{auth:?}");
         assert_eq!(e.device_status(), 305);
     }
     // iwa=no: refused on IWA alone, fine with forms.

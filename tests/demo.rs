@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use collabd::demo::{DemoOptions, READY_LINE, STOPPED_LINE};
+use collabd::admin::demo::{DemoOptions, READY_LINE, STOPPED_LINE};
 use support::collabd::field;
 use support::device_peer::DeviceProcess;
 
@@ -115,7 +115,10 @@ fn shell_words_undo_the_demos_quoting() {
     );
     assert_eq!(shell_words("'it'\\''s' ''"), ["it's", ""]);
     for word in ["CONTOSO\\bob", "it's", "/tmp/a b", "plain"] {
-        assert_eq!(shell_words(&collabd::demo::shell_quote(word)), [word]);
+        assert_eq!(
+            shell_words(&collabd::admin::demo::shell_quote(word)),
+            [word]
+        );
     }
 }
 

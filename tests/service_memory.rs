@@ -13,8 +13,8 @@ mod support;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
+use collabd::configdb::AuthMode;
 use collabd::configdb::InstanceSettings;
-use collabd::cwa::AuthMode;
 
 use support::collabd::{field, finish, sim_line, Stack, TestUser};
 use support::tls::TestCa;

@@ -4,6 +4,9 @@ limits and timeouts, password caching), as written by `collabctl` and read
 by `collabd` at start-up and on reload.
 */
 
+use std::fmt;
+use std::str::FromStr;
+
 use postgres::Row;
 
 use super::registry::audit_in;
@@ -16,9 +19,65 @@ use super::{classify, epoch_ms, AuditEvent, ConfigDb, DbError};
 /// inside systemd's default TasksMax.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 1000;
 
-/// How collabd signs in to CWA: the CWA client's own type, stored in
-/// `instance.auth_mode` by its spelling ([`AuthMode::as_str`]).
-pub use crate::cwa::AuthMode;
+/// How an instance's collabd signs users in to CWA, stored in
+/// `instance.auth_mode` by its spelling ([`AuthMode::as_str`]); the service
+/// hands it to the CWA client as the client's own `cwa::AuthMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// NTLMv2 first, then forms if that fails (what BES does; the default).
+    #[default]
+    IwaThenForms,
+    /// Forms only.
+    Forms,
+    /// Integrated Windows authentication (NTLMv2) only.
+    Iwa,
+}
+
+impl AuthMode {
+    /// The configuration spelling: `iwa-then-forms`, `forms` or `iwa`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::IwaThenForms => "iwa-then-forms",
+            AuthMode::Forms => "forms",
+            AuthMode::Iwa => "iwa",
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An auth mode spelled other than `iwa-then-forms`, `forms` or `iwa`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownAuthMode(pub String);
+
+impl fmt::Display for UnknownAuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown CWA auth mode {:?} (expected iwa-then-forms, forms or iwa)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownAuthMode {}
+
+impl FromStr for AuthMode {
+    type Err = UnknownAuthMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "iwa-then-forms" => Ok(AuthMode::IwaThenForms),
+            "forms" => Ok(AuthMode::Forms),
+            "iwa" => Ok(AuthMode::Iwa),
+            _ => Err(UnknownAuthMode(s.to_string())),
+        }
+    }
+}
 
 /// An instance row: settings and the last heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]

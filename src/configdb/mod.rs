@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 
-pub mod cli;
 mod instances;
 mod migrate;
 pub mod pool;
@@ -30,13 +29,17 @@ mod registry;
 mod users;
 mod validate;
 
-pub use instances::{AuthMode, Instance, InstanceChange, InstanceSettings};
+pub use instances::{AuthMode, Instance, InstanceChange, InstanceSettings, UnknownAuthMode};
 pub use migrate::{AppliedMigration, Migration, MIGRATIONS};
 pub use registry::{
     AuditEvent, AuditRecord, Coverage, EndRequest, InstanceHealth, SessionRecord, SessionState,
     SessionTarget, INSTANCE_LOST,
 };
 pub use users::{Device, DeviceSummary, User};
+/// The environment variable that carries the Config DB URL to every program
+/// that reads the Config DB when no `--database` is given.
+pub const DATABASE_URL_ENV: &str = "COLLABD_DATABASE_URL";
+
 pub use validate::{
     format_pin, generate_transport_key, logins_match, parse_cwa_url, parse_hex_key,
     parse_instance_name, parse_login, parse_pin, parse_sip_uri, CwaUrl,

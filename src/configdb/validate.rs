@@ -21,6 +21,11 @@ pub fn parse_pin(text: &str) -> Result<u32, DbError> {
 
 /// Formats a PIN the way operators and devices write it: 8 lower-case hex
 /// digits.
+/// A PIN as read back from its `bigint` column.
+pub(crate) fn pin_from(value: i64) -> Result<u32, DbError> {
+    u32::try_from(value).map_err(|_| DbError::bad(format!("stored PIN {value} is not 32-bit")))
+}
+
 pub fn format_pin(pin: u32) -> String {
     format!("{pin:08x}")
 }

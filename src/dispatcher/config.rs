@@ -35,7 +35,7 @@ pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 5_000;
 /// How often the instance health table is re-read.
 pub const DEFAULT_REFRESH_MS: u64 = 1_000;
 /// The environment variable that may carry the Config DB URL.
-pub const DATABASE_URL_ENV: &str = "COLLABD_DATABASE_URL";
+pub use crate::configdb::DATABASE_URL_ENV;
 
 /// Everything the dispatcher needs to run, validated.
 #[derive(Clone, PartialEq, Eq)]

@@ -52,12 +52,14 @@ pub mod directory;
 pub(crate) mod limits;
 pub mod relay;
 pub mod route;
+mod shared;
 
 use config::{Command, ConfigError, DispatcherConfig, DATABASE_URL_ENV, USAGE};
 use directory::Directory;
 use limits::{refusal_info, PendingByAddress, Permits};
 use relay::{RecordDir, RelayObserver};
 use route::Router;
+use shared::Shared;
 
 /// Stack of each connection thread (reserved; only what the deepest call
 /// touched stays resident). Relay buffers live on the heap; the stack holds
@@ -120,16 +122,6 @@ impl DispatchError {
             DispatchError::Bind { .. } | DispatchError::Os(_) => EXIT_OSERR,
         }
     }
-}
-
-/// State shared by every thread of one dispatcher.
-pub(crate) struct Shared {
-    config: DispatcherConfig,
-    router: Router,
-    directory: Directory,
-    tls: Option<native_tls::TlsConnector>,
-    observer: Option<Box<dyn RelayObserver>>,
-    refresh_now: (Mutex<bool>, Condvar),
 }
 
 /// The program: parses `args` (without the program name), runs until

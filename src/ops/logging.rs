@@ -11,7 +11,7 @@
 //!
 //! The filter uses env_logger's syntax (`info`, `collabd=debug,warn`); the
 //! daemon's configuration decides which filter applies (see
-//! `crate::config`). Passwords are never logged anywhere in collabd; this
+//! `crate::service::config`). Passwords are never logged anywhere in collabd; this
 //! module adds no redaction of its own.
 
 use std::fmt;

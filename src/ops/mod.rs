@@ -11,5 +11,6 @@ pub mod memory;
 pub mod notify;
 pub mod panics;
 pub mod scratch_pg;
+pub mod shutdown;
 pub mod signals;
 pub mod utc;

@@ -52,14 +52,14 @@ use crate::cwa::CwaSession;
 use crate::wire::secret::WipeScope;
 use crate::wire::{self, DeviceMessage, Frame, Resume, Secret, ServiceMessage, Status, WireError};
 
-use super::context::{ServiceContext, DB_WRITE_WAIT};
+use super::context::{LiveSession, ServiceContext, DB_WRITE_WAIT};
 use super::credential::Credential;
 use super::listener::{Incoming, PendingPermit};
 use super::session::{
     self, parse_session_id, run_events, serve_link, LinkReader, LinkWriter, NewSession, Session,
 };
 use super::spool::RegistryWrite;
-use super::table::SessionKey;
+use super::table::{SessionId, SessionKey};
 use super::throttle::AddressHold;
 
 /// A login that was refused after the handshake.
@@ -364,7 +364,7 @@ impl Login<'_> {
         let login = device.login.as_str();
         if let Some(resume) = resume {
             let live = parse_session_id(&resume.session_id)
-                .and_then(|id| self.ctx.session(id))
+                .and_then(|id| self.ctx.session::<Session>(id))
                 .filter(|s| s.pin() == self.pin && !s.is_ended());
             if let Some(session) = live {
                 let matches = session.verify_password(&signing.password);
@@ -504,7 +504,8 @@ impl Login<'_> {
                 commands,
             },
         );
-        self.ctx.remember_session(Arc::clone(&session));
+        self.ctx
+            .remember_session(Arc::clone(&session) as Arc<dyn LiveSession>);
         session.arm_waker();
         let closer = permit.closer();
         permit.release();
@@ -593,4 +594,18 @@ impl Login<'_> {
 /// most half a second.
 fn answer_margin(accepted: Instant, deadline: Instant) -> Duration {
     (deadline.saturating_duration_since(accepted) / 10).min(Duration::from_millis(500))
+}
+
+impl LiveSession for Session {
+    fn id(&self) -> SessionId {
+        Session::id(self)
+    }
+
+    fn registry_id(&self) -> Option<i64> {
+        Session::registry_id(self)
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
 }

@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{self, Command, Config};
 use crate::configdb::pool::{Pool, PoolError};
 use crate::configdb::{ConfigDb, DbError, Instance};
 use crate::ops::logging;
@@ -37,6 +36,7 @@ use crate::ops::memory;
 use crate::ops::notify::{self, NotifyState};
 use crate::ops::panics;
 use crate::ops::signals::{self, AfterSignal, BlockedSignals, Shutdown, Signal};
+use crate::service::config::{self, Command, Config};
 
 use crate::wire::{Frame, Status};
 

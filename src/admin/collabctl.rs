@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{
+use crate::configdb::{
     format_pin, generate_transport_key, parse_cwa_url, parse_hex_key, parse_instance_name,
     parse_login, parse_pin, parse_sip_uri, AuthMode, ConfigDb, DbError, Instance, InstanceChange,
     InstanceSettings, SessionTarget,
@@ -27,7 +27,7 @@ use super::{
 
 /// Environment variable holding the database URL when `--database` is not
 /// given.
-pub const DATABASE_ENV: &str = "COLLABD_DATABASE_URL";
+pub use crate::configdb::DATABASE_URL_ENV as DATABASE_ENV;
 
 /// How many audit events `collabctl audit` shows without `--limit`.
 pub const DEFAULT_AUDIT_LIMIT: u32 = 50;
@@ -50,7 +50,7 @@ pub enum CliError {
     /// Standard output cannot be written (exit 74).
     Output(io::Error),
     /// `collabctl demo` failed (its own exit codes).
-    Demo(crate::demo::DemoError),
+    Demo(crate::admin::demo::DemoError),
 }
 
 impl fmt::Display for CliError {
@@ -176,7 +176,7 @@ pub fn run(
         return Err(usage("no command given"));
     }
     if rest[0] == "demo" && database.is_none() {
-        return crate::demo::run(&rest[1..], out).map_err(CliError::Demo);
+        return crate::admin::demo::run(&rest[1..], out).map_err(CliError::Demo);
     }
     if rest.iter().any(|w| w == "--help" || w == "-h") || rest[0] == "help" {
         out.write_all(HELP.as_bytes())?;

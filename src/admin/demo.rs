@@ -753,7 +753,7 @@ impl Demo {
             .map_err(state_err(format!("opening {}", log.display())))?;
         let parent = std::process::id();
         command
-            .env_remove(crate::configdb::cli::DATABASE_ENV)
+            .env_remove(crate::configdb::DATABASE_URL_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

@@ -495,10 +495,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("cwa", &["net", "ntlm", "wire", "xml"]),
     ("sim", &["net", "ntlm", "ops", "xml"]),
     ("dispatcher", &["configdb", "net", "ops", "wire"]),
-    (
-        "service",
-        &["configdb", "cwa", "net", "ops", "wire", "xml"],
-    ),
+    ("service", &["configdb", "cwa", "net", "ops", "wire", "xml"]),
     ("admin", &["configdb", "ops"]),
 ];
 
@@ -520,11 +517,18 @@ fn each_top_level_module_imports_only_what_it_may() {
         if a == b || a == "import_cycles" {
             continue;
         }
-        if !allowed.get(a.as_str()).is_some_and(|may| may.contains(&b.as_str())) {
+        if !allowed
+            .get(a.as_str())
+            .is_some_and(|may| may.contains(&b.as_str()))
+        {
             wrong.push(format!("{} imports {}", show(from), show(to)));
         }
     }
-    assert!(wrong.is_empty(), "imports against the layering:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the layering:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]

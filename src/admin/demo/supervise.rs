@@ -1,34 +1,10 @@
-/*!
-`collabctl demo`: the whole system on one machine with one command, for a
-first look and for rehearsals. This module owns the demo's life cycle: a
-state directory, a throwaway PostgreSQL ([`ScratchPostgres`]) with the
-schema, one instance, three users (alice, bob, carol) and one device each,
-then `cwa-sim`, `collabd` and `collab-dispatcher` as child processes; it
-prints the exact `collab-device` commands that sign each user in through
-the dispatcher, and on SIGINT, SIGTERM or SIGHUP stops everything and
-removes the state.
+//! The demo's life cycle: the state directory, PostgreSQL, the three
+//! programs as child processes in start order, watching them, and stopping
+//! everything in [`STOP_ORDER`] on a signal or a child's death.
 
-Signals are blocked before anything else and taken by a `sigwait` thread
-(see [`crate::ops::signals`]), so Ctrl-C is an ordinary request to shut
-down, never a death that leaves children behind. The children run in
-process groups of their own, so the terminal's Ctrl-C reaches only the
-demo, which then stops them in order: collabd first (it tells its devices,
-through the dispatcher's open relays, that the service is stopping, and
-signs their sessions out of CWA while the simulator still runs), then the
-dispatcher, then the simulator. If the demo itself is killed, each child gets SIGTERM from the kernel
-(`PR_SET_PDEATHSIG`) and the database's reaper process removes the
-cluster; only the state directory is left then.
-
-The programs are the ones built next to the running `collabctl`
-(`target/release` or `target/debug`). Passwords are random, written only
-to mode-0600 files in the state directory and to the simulator's users
-file there, and never printed.
-*/
-
-use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -36,18 +12,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::configdb::{format_pin, generate_transport_key, ConfigDb, DbError, InstanceSettings};
-use crate::ops::scratch_pg::{ScratchError, ScratchPostgres};
+use crate::configdb::{generate_transport_key, ConfigDb, InstanceSettings};
+use crate::ops::scratch_pg::ScratchPostgres;
 use crate::ops::signals::{self, AfterSignal, Shutdown};
 
-/// Where devices connect by default (the dispatcher's real port).
-pub const DEFAULT_DISPATCHER_LISTEN: &str = "127.0.0.1:3101";
-/// Where collabd listens by default (its real port).
-pub const DEFAULT_COLLABD_LISTEN: &str = "127.0.0.1:3200";
+use super::banner::{write_banner, Started};
+use super::error::{output, state_err, DemoError};
+use super::options::{DemoOptions, HELP};
+use super::users::{DemoUser, USERS};
+
 /// The instance the demo creates.
 pub const INSTANCE: &str = "demo";
-/// The last line of the banner: the demo is ready once it is printed.
-pub const READY_LINE: &str = "Press Ctrl-C to stop the demo and remove its state.";
 /// The last line printed after a clean stop.
 pub const STOPPED_LINE: &str = "demo stopped";
 
@@ -76,309 +51,6 @@ const LOG_TAIL_LINES: usize = 30;
 const STOP_ORDER: [&str; 3] = ["collabd", "collab-dispatcher", "cwa-sim"];
 /// Stack of the threads that copy a child's stdout into its log.
 const COPY_THREAD_STACK: usize = 64 * 1024;
-
-/// The message when a program is not built next to collabctl.
-pub const BUILD_HINT: &str = "build all programs first: cargo build --release";
-
-/// A demo user: the sim's account, the Config DB user and its device.
-struct DemoUser {
-    /// Short name, also the file-name stem of its key and password files.
-    name: &'static str,
-    display_name: &'static str,
-    pin: u32,
-}
-
-const DOMAIN: &str = "CONTOSO";
-const SIP_DOMAIN: &str = "contoso.com";
-
-const USERS: [DemoUser; 3] = [
-    DemoUser {
-        name: "alice",
-        display_name: "Alice Smith",
-        pin: 0x2100_000a,
-    },
-    DemoUser {
-        name: "bob",
-        display_name: "Bob Jones",
-        pin: 0x2100_000b,
-    },
-    DemoUser {
-        name: "carol",
-        display_name: "Carol Diaz",
-        pin: 0x2100_000c,
-    },
-];
-
-impl DemoUser {
-    fn login(&self) -> String {
-        format!("{DOMAIN}\\{}", self.name)
-    }
-
-    fn sip_uri(&self) -> String {
-        format!("sip:{}@{SIP_DOMAIN}", self.name)
-    }
-}
-
-/// Why the demo could not start or had to stop. Its `Display` is the line
-/// collabctl prints.
-#[derive(Debug)]
-pub enum DemoError {
-    /// Bad `collabctl demo` arguments (exit 64).
-    Usage(String),
-    /// A program is not built next to collabctl (exit 69).
-    MissingProgram { program: PathBuf },
-    /// A listen address is taken (exit 69).
-    PortInUse {
-        what: &'static str,
-        addr: SocketAddr,
-    },
-    /// A listen address cannot be used for another reason (exit 69).
-    CannotListen {
-        what: &'static str,
-        addr: SocketAddr,
-        error: io::Error,
-    },
-    /// The state directory or a file in it cannot be made (exit 73).
-    State { what: String, error: io::Error },
-    /// The throwaway PostgreSQL could not be started (exit 69).
-    Postgres(ScratchError),
-    /// Setting up the Config DB failed (exit 70).
-    Db(DbError),
-    /// A child could not be started or did not come up (exit 70).
-    Start {
-        program: &'static str,
-        why: String,
-        log: PathBuf,
-        tail: String,
-    },
-    /// A child ended while the demo ran (exit 70).
-    Died {
-        program: &'static str,
-        status: ExitStatus,
-        log: PathBuf,
-        tail: String,
-    },
-    /// Signals could not be set up (exit 71).
-    Signals(io::Error),
-    /// Standard output cannot be written (exit 74).
-    Output(io::Error),
-}
-
-impl fmt::Display for DemoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DemoError::Usage(why) => write!(f, "demo: {why}"),
-            DemoError::MissingProgram { program } => {
-                write!(f, "demo: {} not found; {BUILD_HINT}", program.display())
-            }
-            DemoError::PortInUse { what, addr } => write!(
-                f,
-                "demo: {addr} ({what}) is already in use, perhaps by a running {what} or \
-                 another demo; choose free addresses, for example \
-                 collabctl demo --listen-dispatcher 127.0.0.1:0 --listen-collabd 127.0.0.1:0"
-            ),
-            DemoError::CannotListen { what, addr, error } => {
-                write!(f, "demo: cannot listen on {addr} ({what}): {error}")
-            }
-            DemoError::State { what, error } => write!(f, "demo: {what}: {error}"),
-            DemoError::Postgres(e) => write!(f, "demo: {e}"),
-            DemoError::Db(e) => write!(f, "demo: setting up the Config DB: {e}"),
-            DemoError::Start {
-                program,
-                why,
-                log,
-                tail,
-            } => write!(
-                f,
-                "demo: {program} {why}; last lines of its log {}:\n{tail}",
-                log.display()
-            ),
-            DemoError::Died {
-                program,
-                status,
-                log,
-                tail,
-            } => write!(
-                f,
-                "demo: {program} stopped unexpectedly ({status}); everything was stopped; \
-                 last lines of its log {}:\n{tail}",
-                log.display()
-            ),
-            DemoError::Signals(e) => write!(f, "demo: cannot set up signal handling: {e}"),
-            DemoError::Output(e) => write!(f, "demo: cannot write output: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for DemoError {}
-
-impl DemoError {
-    /// The process exit code (sysexits.h).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            DemoError::Usage(_) => 64,
-            DemoError::MissingProgram { .. }
-            | DemoError::PortInUse { .. }
-            | DemoError::CannotListen { .. }
-            | DemoError::Postgres(_) => 69,
-            DemoError::Db(_) | DemoError::Start { .. } | DemoError::Died { .. } => 70,
-            DemoError::Signals(_) => 71,
-            DemoError::State { .. } => 73,
-            DemoError::Output(_) => 74,
-        }
-    }
-}
-
-impl From<DbError> for DemoError {
-    fn from(e: DbError) -> DemoError {
-        DemoError::Db(e)
-    }
-}
-
-fn output(e: io::Error) -> DemoError {
-    DemoError::Output(e)
-}
-
-fn state_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DemoError {
-    let what = what.into();
-    move |error| DemoError::State { what, error }
-}
-
-/// The text of `collabctl demo --help`.
-pub const HELP: &str = "\
-usage: collabctl demo [--dir DIR] [--listen-dispatcher ADDR] [--listen-collabd ADDR] [--keep]
-
-Starts a throwaway PostgreSQL, cwa-sim with the users alice, bob and carol,
-collabd and collab-dispatcher, provisions a device for each user, and prints
-the collab-device commands that sign them in. Ctrl-C stops everything and
-removes the state directory.
-
-  --dir DIR                 state directory, new or empty (default: a new
-                            directory under $TMPDIR)
-  --listen-dispatcher ADDR  where devices connect (default 127.0.0.1:3101)
-  --listen-collabd ADDR     where collabd listens (default 127.0.0.1:3200)
-  --keep                    keep the state directory (logs, keys, settings)
-ADDR is IP:PORT, :PORT or PORT (on 127.0.0.1); port 0 picks a free port.
-Needs the PostgreSQL server binaries and every program built next to
-collabctl (cargo build --release).
-";
-
-/// The demo's command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DemoOptions {
-    /// The state directory, or `None` for a new one under `$TMPDIR`.
-    pub dir: Option<PathBuf>,
-    /// Where collab-dispatcher listens.
-    pub dispatcher_listen: SocketAddr,
-    /// Where collabd listens.
-    pub collabd_listen: SocketAddr,
-    /// Keep the state directory at the end.
-    pub keep: bool,
-    /// `--help` was asked for.
-    pub help: bool,
-}
-
-impl DemoOptions {
-    /// Parses the words after `demo`.
-    pub fn parse(words: &[String]) -> Result<DemoOptions, DemoError> {
-        let mut options = DemoOptions {
-            dir: None,
-            dispatcher_listen: parse_listen("--listen-dispatcher", DEFAULT_DISPATCHER_LISTEN)?,
-            collabd_listen: parse_listen("--listen-collabd", DEFAULT_COLLABD_LISTEN)?,
-            keep: false,
-            help: false,
-        };
-        let mut seen: Vec<&str> = Vec::new();
-        let mut i = 0;
-        while i < words.len() {
-            let word = words[i].as_str();
-            let (name, inline) = match word.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-                _ => (word, None),
-            };
-            let known = [
-                "--dir",
-                "--listen-dispatcher",
-                "--listen-collabd",
-                "--keep",
-                "--help",
-                "-h",
-            ]
-            .into_iter()
-            .find(|k| *k == name)
-            .ok_or_else(|| DemoError::Usage(format!("unknown argument {word:?}")))?;
-            if seen.contains(&known) {
-                return Err(DemoError::Usage(format!("{known} given twice")));
-            }
-            seen.push(known);
-            let mut value = || -> Result<String, DemoError> {
-                if let Some(v) = &inline {
-                    return Ok(v.clone());
-                }
-                i += 1;
-                words
-                    .get(i)
-                    .cloned()
-                    .ok_or_else(|| DemoError::Usage(format!("{known} needs a value")))
-            };
-            match known {
-                "--dir" => {
-                    let dir = value()?;
-                    if dir.is_empty() {
-                        return Err(DemoError::Usage("--dir needs a directory".into()));
-                    }
-                    options.dir = Some(PathBuf::from(dir));
-                }
-                "--listen-dispatcher" => {
-                    options.dispatcher_listen = parse_listen(known, &value()?)?;
-                }
-                "--listen-collabd" => options.collabd_listen = parse_listen(known, &value()?)?,
-                "--keep" | "--help" | "-h" => {
-                    if inline.is_some() {
-                        return Err(DemoError::Usage(format!("{known} takes no value")));
-                    }
-                    if known == "--keep" {
-                        options.keep = true;
-                    } else {
-                        options.help = true;
-                    }
-                }
-                _ => unreachable!("every known argument is handled"),
-            }
-            i += 1;
-        }
-        if options.collabd_listen.ip().is_unspecified() {
-            return Err(DemoError::Usage(format!(
-                "--listen-collabd {}: collabd must listen on an address the dispatcher can \
-                 reach, such as 127.0.0.1, not on every address",
-                options.collabd_listen
-            )));
-        }
-        if options.collabd_listen.port() != 0
-            && options.collabd_listen.port() == options.dispatcher_listen.port()
-            && (options.collabd_listen.ip() == options.dispatcher_listen.ip()
-                || options.dispatcher_listen.ip().is_unspecified())
-        {
-            return Err(DemoError::Usage(
-                "--listen-dispatcher and --listen-collabd name the same address".into(),
-            ));
-        }
-        Ok(options)
-    }
-}
-
-/// `IP:PORT`, `:PORT` or `PORT` (the last two on 127.0.0.1).
-fn parse_listen(flag: &str, text: &str) -> Result<SocketAddr, DemoError> {
-    let port_only = text.strip_prefix(':').unwrap_or(text);
-    if let Ok(port) = port_only.parse::<u16>() {
-        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-    }
-    text.parse().map_err(|_| {
-        DemoError::Usage(format!(
-            "{flag} {text:?} is not IP:PORT, :PORT or PORT (e.g. 127.0.0.1:3101 or :0)"
-        ))
-    })
-}
 
 /// Runs `collabctl demo` with the words after `demo`, printing to `out`,
 /// until a signal stops it. Call it before any thread of the process has
@@ -581,15 +253,6 @@ struct Demo {
     children: Vec<Component>,
 }
 
-/// The addresses and files the banner shows.
-struct Started {
-    database_url: String,
-    postgres_pid: Option<u32>,
-    sim_url: String,
-    collabd_addr: SocketAddr,
-    dispatcher_addr: SocketAddr,
-}
-
 impl Demo {
     /// Starts everything and prints the banner. `Ok(false)`: a signal came
     /// during start-up.
@@ -632,7 +295,10 @@ impl Demo {
                 user.display_name.replace(' ', "_"),
                 contacts.join(",")
             ));
-            write_private(&self.password_file(user), &format!("{password}\n"))?;
+            write_private(
+                &user.password_file(&self.state_dir),
+                &format!("{password}\n"),
+            )?;
         }
         let users_path = dir.join("cwa-sim.users");
         write_private(&users_path, &users_file)?;
@@ -667,7 +333,7 @@ impl Demo {
                 db.add_user(&user.login(), &user.sip_uri(), true)?;
                 let key = generate_transport_key()?;
                 let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-                write_private(&self.key_file(user), &format!("{hex}\n"))?;
+                write_private(&user.key_file(&self.state_dir), &format!("{hex}\n"))?;
                 db.add_device_with_key(user.pin, &user.login(), &key)?;
             }
         }
@@ -715,22 +381,27 @@ impl Demo {
         };
 
         let started = Started {
+            state_dir: self.state_dir.clone(),
             database_url,
             postgres_pid,
+            postgres_log: self
+                .postgres
+                .as_ref()
+                .map(|p| p.log_path().to_path_buf())
+                .unwrap_or_default(),
             sim_url,
             collabd_addr,
             dispatcher_addr,
+            pids: self
+                .children
+                .iter()
+                .map(|c| (c.program, c.child.id()))
+                .collect(),
+            device: programs.device.clone(),
+            collabctl: programs.collabctl.clone(),
         };
-        self.banner(programs, &started, out).map_err(output)?;
+        write_banner(&started, out).map_err(output)?;
         Ok(true)
-    }
-
-    fn key_file(&self, user: &DemoUser) -> PathBuf {
-        self.state_dir.join(format!("{}.key", user.name))
-    }
-
-    fn password_file(&self, user: &DemoUser) -> PathBuf {
-        self.state_dir.join(format!("{}.password", user.name))
     }
 
     /// Starts `command` with its output in `log`, and waits for its
@@ -906,120 +577,6 @@ impl Demo {
         }
     }
 
-    fn banner(
-        &self,
-        programs: &Programs,
-        started: &Started,
-        out: &mut dyn Write,
-    ) -> io::Result<()> {
-        let dir = &self.state_dir;
-        let pid = |program: &str| {
-            self.children
-                .iter()
-                .find(|c| c.program == program)
-                .map_or("?".to_string(), |c| c.child.id().to_string())
-        };
-        let log = |name: &str| dir.join(name).display().to_string();
-        let postgres = self.postgres.as_ref().expect("postgres was started");
-        writeln!(out)?;
-        writeln!(out, "collabd demo is running.")?;
-        writeln!(out, "  state dir          {}", dir.display())?;
-        writeln!(
-            out,
-            "  postgresql         pid {}, log {}",
-            started
-                .postgres_pid
-                .map_or("?".to_string(), |p| p.to_string()),
-            postgres.log_path().display()
-        )?;
-        writeln!(
-            out,
-            "  cwa-sim            pid {}, {}, log {}",
-            pid("cwa-sim"),
-            started.sim_url,
-            log("cwa-sim.log")
-        )?;
-        writeln!(
-            out,
-            "  collabd            pid {}, {}, log {}",
-            pid("collabd"),
-            started.collabd_addr,
-            log("collabd.log")
-        )?;
-        writeln!(
-            out,
-            "  collab-dispatcher  pid {}, {}, log {}",
-            pid("collab-dispatcher"),
-            started.dispatcher_addr,
-            log("collab-dispatcher.log")
-        )?;
-        writeln!(
-            out,
-            "  config db          {}",
-            shell_quote(&started.database_url)
-        )?;
-        writeln!(out)?;
-        writeln!(
-            out,
-            "Sign in as alice, bob and carol, each in a terminal of its own:"
-        )?;
-        let connect = connect_addr(started.dispatcher_addr);
-        for user in &USERS {
-            writeln!(out)?;
-            writeln!(
-                out,
-                "  # {} ({}, {}, device {})",
-                user.display_name,
-                user.login(),
-                user.sip_uri(),
-                format_pin(user.pin)
-            )?;
-            let words = [
-                programs.device.display().to_string(),
-                "--connect".into(),
-                connect.to_string(),
-                "--pin".into(),
-                format_pin(user.pin),
-                "--key-file".into(),
-                self.key_file(user).display().to_string(),
-                "--user".into(),
-                user.login(),
-                "--password-file".into(),
-                self.password_file(user).display().to_string(),
-            ];
-            let line: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
-            writeln!(out, "  {}", line.join(" "))?;
-        }
-        writeln!(out)?;
-        writeln!(
-            out,
-            "Then chat (/help in collab-device lists every command):"
-        )?;
-        writeln!(out, "  alice:  /msg sip:bob@contoso.com Hello Bob")?;
-        writeln!(
-            out,
-            "  bob:    /accept CONV      (CONV is the id in brackets in the invitation)"
-        )?;
-        writeln!(
-            out,
-            "  bob:    Hi Alice          (plain lines go to the current conversation)"
-        )?;
-        writeln!(
-            out,
-            "  alice:  /invite CONV sip:carol@contoso.com   (carol: /accept CONV)"
-        )?;
-        writeln!(out, "  anyone: /contacts, /status busy In a meeting, /quit")?;
-        writeln!(out)?;
-        writeln!(
-            out,
-            "Look at the Config DB: {} --database {} sessions",
-            shell_quote(&programs.collabctl.display().to_string()),
-            shell_quote(&started.database_url)
-        )?;
-        writeln!(out, "{READY_LINE}")?;
-        out.flush()
-    }
-
     /// Waits for a signal (`Ok`) or a child's death (`Err`).
     fn watch(&mut self, shutdown: &Shutdown) -> Result<(), DemoError> {
         loop {
@@ -1081,20 +638,6 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
     }
 }
 
-/// The address a device on this machine connects to: the listen address,
-/// with loopback for "every address".
-fn connect_addr(listen: SocketAddr) -> SocketAddr {
-    match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
-        }
-        _ => listen,
-    }
-}
-
 /// The postmaster's pid, from the first line of `postmaster.pid`.
 fn postmaster_pid(cluster_dir: &Path) -> Option<u32> {
     let text = fs::read_to_string(cluster_dir.join("data").join("postmaster.pid")).ok()?;
@@ -1122,84 +665,9 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
-/// Quotes `word` for a POSIX shell when it needs it.
-pub fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_./:@%+=,-".contains(&b));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(line: &str) -> Result<DemoOptions, DemoError> {
-        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-        DemoOptions::parse(&words)
-    }
-
-    #[test]
-    fn options() {
-        let o = parse("").unwrap();
-        assert_eq!(o.dispatcher_listen, "127.0.0.1:3101".parse().unwrap());
-        assert_eq!(o.collabd_listen, "127.0.0.1:3200".parse().unwrap());
-        assert!(!o.keep && o.dir.is_none());
-        let o = parse("--listen-dispatcher :0 --listen-collabd=0 --keep --dir /x").unwrap();
-        assert_eq!(o.dispatcher_listen, "127.0.0.1:0".parse().unwrap());
-        assert_eq!(o.collabd_listen, "127.0.0.1:0".parse().unwrap());
-        assert!(o.keep);
-        assert_eq!(o.dir, Some(PathBuf::from("/x")));
-        let o = parse("--listen-dispatcher 0.0.0.0:3111 --listen-collabd [::1]:3210").unwrap();
-        assert_eq!(o.dispatcher_listen, "0.0.0.0:3111".parse().unwrap());
-        assert_eq!(o.collabd_listen, "[::1]:3210".parse().unwrap());
-        assert!(parse("--help").unwrap().help);
-        for bad in [
-            "--bogus",
-            "extra",
-            "--keep --keep",
-            "--keep=yes",
-            "--dir",
-            "--listen-collabd 0.0.0.0:3200",
-            "--listen-dispatcher localhost:1",
-            "--listen-dispatcher 70000",
-            "--listen-dispatcher :3300 --listen-collabd :3300",
-        ] {
-            match parse(bad) {
-                Err(e) => assert_eq!(e.exit_code(), 64, "{bad}: {e}"),
-                Ok(o) => panic!("{bad}: accepted as {o:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(shell_quote("/tmp/x/alice.key"), "/tmp/x/alice.key");
-        assert_eq!(shell_quote("CONTOSO\\alice"), "'CONTOSO\\alice'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
-        assert_eq!(shell_quote(""), "''");
-    }
-
-    #[test]
-    fn connect_addresses() {
-        assert_eq!(
-            connect_addr("0.0.0.0:3101".parse().unwrap()),
-            "127.0.0.1:3101".parse().unwrap()
-        );
-        assert_eq!(
-            connect_addr("[::]:3101".parse().unwrap()),
-            "[::1]:3101".parse().unwrap()
-        );
-        assert_eq!(
-            connect_addr("10.1.2.3:3101".parse().unwrap()),
-            "10.1.2.3:3101".parse().unwrap()
-        );
-    }
 
     #[test]
     fn taken_port_is_reported_with_a_hint() {

@@ -1,13 +1,21 @@
 //! A TCP connection, plain or TLS over TCP, as collabd's device listener
 //! and cwa-sim accept it and as the dispatcher opens it to collabd: one enum
 //! with `Read` and `Write`, so the code that reads requests or frames is
-//! written once for both transports. What each program needs beyond that
-//! (timeouts, halves for two threads, half-close) lives with that program.
+//! written once for both transports. Over a [`SharedSocket`] it also has
+//! what collabd's device link needs: timeouts, close, and the split into a
+//! reading and a writing half for two threads ([`halves`]).
+//!
+//! It imports no other module of the crate (std, native-tls and libc only).
 //!
 //! The socket under a [`Stream`] is a `TcpStream` or a [`SharedSocket`]:
 //! one descriptor shared (by reference count) by every handle that needs
 //! it (a reading half, a writing half, a shutdown handle), where `try_clone`
 //! would spend a descriptor on each.
+
+mod halves;
+
+pub(crate) use halves::poll_fd;
+pub use halves::{ReadHalf, WriteHalf};
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;

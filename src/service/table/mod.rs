@@ -54,6 +54,10 @@
 //! The inactivity timeout is independent of the limit and always applies:
 //! [`SessionTable::expire_inactive`] (run by [`spawn_reaper`]) ends every
 //! session whose device has sent nothing for that long.
+//!
+//! The limits and refusals are in [`admission`], the reasons a session ends
+//! in [`ending`]. The table imports nothing of the crate but the shutdown
+//! flag of `ops`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -65,6 +69,12 @@ use std::time::{Duration, Instant};
 
 use crate::ops::signals::Shutdown;
 
+mod admission;
+mod ending;
+
+pub use admission::{Limits, Refusal};
+pub use ending::{Coverage, EndReason, EvictionCause};
+
 /// Identifies one session for the life of the process (never reused).
 pub type SessionId = u64;
 
@@ -75,221 +85,6 @@ pub struct SessionKey {
     pub pin: u32,
     /// The login (DOMAIN\user or UPN) the session signed in as.
     pub login: String,
-}
-
-/// What the device last said about its radio link, or what we concluded
-/// when its connection went away.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Coverage {
-    /// In coverage and active (the device's "active" status).
-    In,
-    /// In coverage, dormant (the client suppresses presence updates); still
-    /// reachable.
-    Dormant,
-    /// Out of coverage, or its connection to us is gone: an eviction
-    /// candidate when the limit is reached.
-    Out,
-}
-
-impl Coverage {
-    /// The name used in logs and in the Config DB session registry
-    /// (`in`, `dormant`, `out`, as `configdb::registry::Coverage`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Coverage::In => "in",
-            Coverage::Dormant => "dormant",
-            Coverage::Out => "out",
-        }
-    }
-}
-
-impl fmt::Display for Coverage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The instance's session limits (the Config DB's `instance` row). They can
-/// be replaced at run time with [`SessionTable::set_limits`]; the new values
-/// apply from the next admission or reaper pass.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Maximum simultaneous sessions; `None` means "no maximum set", in
-    /// which case `http_max_connections` is the ceiling.
-    pub max_sessions: Option<u32>,
-    /// Applies only at the maximum: sessions out of coverage or silent
-    /// (no status message) for this long may be signed out to make room.
-    pub idle_timeout: Option<Duration>,
-    /// Always applies: a session whose device sent nothing for this long is
-    /// ended.
-    pub inactivity_timeout: Option<Duration>,
-    /// How many sessions the HTTP persistent connections to CWA can carry;
-    /// the ceiling when `max_sessions` is unset.
-    pub http_max_connections: u32,
-}
-
-impl Limits {
-    /// From the Config DB instance row's columns (milliseconds).
-    pub fn from_millis(
-        max_sessions: Option<u32>,
-        idle_timeout_ms: Option<u64>,
-        inactivity_timeout_ms: Option<u64>,
-        http_max_connections: u32,
-    ) -> Limits {
-        Limits {
-            max_sessions,
-            idle_timeout: idle_timeout_ms.map(Duration::from_millis),
-            inactivity_timeout: inactivity_timeout_ms.map(Duration::from_millis),
-            http_max_connections,
-        }
-    }
-
-    /// The number of sessions this instance can hold: `max_sessions` if set,
-    /// else `http_max_connections` (the registry's `session_limit`).
-    pub fn capacity(&self) -> u32 {
-        self.max_sessions.unwrap_or(self.http_max_connections)
-    }
-}
-
-/// Why a login was not admitted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// `max_sessions` is reached and no session could be signed out to
-    /// make room. Device status 301 (ServerBusy).
-    ServerBusy {
-        /// Sessions live when the login was refused.
-        in_use: usize,
-        /// The configured maximum.
-        max_sessions: u32,
-    },
-    /// `max_sessions` is unset and the sessions fill what the HTTP
-    /// persistent connections to CWA can carry. Device status 300 (Failed).
-    Failed {
-        /// Sessions live when the login was refused.
-        in_use: usize,
-        /// The instance's `http_max_connections`.
-        http_max_connections: u32,
-    },
-}
-
-impl Refusal {
-    /// The device-facing status code (team brief table; `src/wire/status.rs`).
-    pub fn status_code(&self) -> u16 {
-        match self {
-            Refusal::ServerBusy { .. } => 301,
-            Refusal::Failed { .. } => 300,
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Refusal::ServerBusy {
-                in_use,
-                max_sessions,
-            } => write!(
-                f,
-                "server busy: {in_use} sessions of max_sessions {max_sessions}, none idle"
-            ),
-            Refusal::Failed {
-                in_use,
-                http_max_connections,
-            } => write!(
-                f,
-                "failed: {in_use} sessions fill http_max_connections {http_max_connections} \
-                 (max_sessions unset)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for Refusal {}
-
-/// Why an idle session was chosen for eviction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EvictionCause {
-    /// The device is out of coverage or disconnected.
-    OutOfCoverage,
-    /// The device has sent no status message for this long.
-    NoStatus {
-        /// Time since its last status message.
-        silent_for: Duration,
-    },
-}
-
-/// Why a session ended. The `Display` text is the reason a SessionEnded
-/// (310) message carries and what the audit records.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EndReason {
-    /// The device logged out.
-    Logout,
-    /// Signed out at the session limit to admit another login.
-    Evicted(EvictionCause),
-    /// The inactivity timeout passed with nothing from the device.
-    Inactive {
-        /// Time since the device last sent anything.
-        inactive_for: Duration,
-    },
-    /// The same device signed in again; the new session replaced this one.
-    Replaced,
-    /// CWA ended or lost the session (ticket expired, sign-out, errors).
-    CwaSessionLost(String),
-    /// The device left too many events unacknowledged: the session's
-    /// bounded replay buffer is full.
-    BufferOverflow {
-        /// Events in the buffer when it overflowed.
-        events: usize,
-    },
-    /// The service is shutting down (device status 311).
-    ServiceStopping,
-    /// An administrator ended the session (`collabctl session end`,
-    /// `device remove`, `user revoke`), with the reason given.
-    Administrative(String),
-    /// The session thread ended without giving a reason (it returned early
-    /// or panicked); recorded by [`SlotGuard`]'s drop.
-    Closed,
-}
-
-impl EndReason {
-    /// The device-facing status code: 311 (ServiceStopping) for shutdown,
-    /// 310 (SessionEnded) otherwise.
-    pub fn status_code(&self) -> u16 {
-        match self {
-            EndReason::ServiceStopping => 311,
-            _ => 310,
-        }
-    }
-}
-
-impl fmt::Display for EndReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EndReason::Logout => f.write_str("logged out"),
-            EndReason::Evicted(EvictionCause::OutOfCoverage) => {
-                f.write_str("signed out to make room at the session limit: device out of coverage")
-            }
-            EndReason::Evicted(EvictionCause::NoStatus { silent_for }) => write!(
-                f,
-                "signed out to make room at the session limit: no status message for {} ms",
-                silent_for.as_millis()
-            ),
-            EndReason::Inactive { inactive_for } => write!(
-                f,
-                "inactivity timeout: nothing from the device for {} ms",
-                inactive_for.as_millis()
-            ),
-            EndReason::Replaced => f.write_str("replaced by a new login from the same device"),
-            EndReason::CwaSessionLost(why) => write!(f, "CWA session lost: {why}"),
-            EndReason::BufferOverflow { events } => write!(
-                f,
-                "event buffer overflow: {events} events not acknowledged by the device"
-            ),
-            EndReason::ServiceStopping => f.write_str("the service is stopping"),
-            EndReason::Administrative(why) => write!(f, "ended by an administrator: {why}"),
-            EndReason::Closed => f.write_str("session closed"),
-        }
-    }
 }
 
 type Waker = Box<dyn FnOnce() + Send>;

@@ -1,110 +1,51 @@
 /*!
 `collabctl`: administration of the Config DB from the command line. This
-module owns the argument parsing (by hand), the plain-text output, and the
-mapping of failures to sysexits-style exit codes; every read and write goes
-through [`ConfigDb`].
+module owns the commands and their execution; the options of each command
+are read in `options`, the plain-text output written in `output`, and the
+failures mapped to sysexits-style exit codes in `error`. Every read and
+write goes through [`ConfigDb`]; `collabctl demo` is handed to
+[`crate::admin::demo`].
 
 Exit codes: 0 success; 64 usage (unknown command or option, missing
 argument); 65 bad data (malformed PIN, login, SIP URI, URL or key, unknown
 instance, user or device, duplicate, limit of zero or below); 66 a key file
 to import cannot be read; 69 database unreachable; 70 any other database
-failure; 73 the key file cannot be written.
+failure; 73 the key file cannot be written; 74 standard output cannot be
+written. `collabctl demo` has exit codes of its own.
 */
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::configdb::{
-    format_pin, generate_transport_key, parse_cwa_url, parse_hex_key, parse_instance_name,
-    parse_login, parse_pin, parse_sip_uri, AuthMode, ConfigDb, DbError, Instance, InstanceChange,
-    InstanceSettings, SessionTarget,
+    format_pin, generate_transport_key, parse_hex_key, parse_instance_name, parse_login, parse_pin,
+    parse_sip_uri, ConfigDb, InstanceChange, InstanceSettings, SessionTarget,
 };
 
 /// Environment variable holding the database URL when `--database` is not
 /// given.
 pub use crate::configdb::DATABASE_URL_ENV as DATABASE_ENV;
 
+mod error;
+mod options;
+mod output;
+
+pub use error::CliError;
+use error::{bad, usage};
+use options::{
+    instance_change, parse_session_target, parse_switch, parse_u32, Options, INSTANCE_OPTIONS,
+};
+pub use output::format_time;
+use output::{format_age, on_off, or_none, show_instance, table, yes_no};
+
 /// How many audit events `collabctl audit` shows without `--limit`.
 pub const DEFAULT_AUDIT_LIMIT: u32 = 50;
 
 /// Largest `--limit` accepted, so one command cannot ask for everything.
 pub const MAX_AUDIT_LIMIT: u32 = 100_000;
-
-/// Why a collabctl command failed. Its `Display` is the one line printed on
-/// stderr.
-#[derive(Debug)]
-pub enum CliError {
-    /// The command line is wrong (exit 64).
-    Usage(String),
-    /// A Config DB failure (exit 65, 69 or 70 by kind).
-    Db(DbError),
-    /// A key file to import cannot be read (exit 66).
-    KeyInput { path: PathBuf, error: io::Error },
-    /// The key file cannot be written (exit 73).
-    KeyOutput { path: PathBuf, error: io::Error },
-    /// Standard output cannot be written (exit 74).
-    Output(io::Error),
-    /// `collabctl demo` failed (its own exit codes).
-    Demo(crate::admin::demo::DemoError),
-}
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CliError::Usage(why) => write!(f, "{why} (see collabctl --help)"),
-            CliError::Db(e) => write!(f, "{e}"),
-            CliError::KeyInput { path, error } => {
-                write!(f, "cannot read key file {}: {error}", path.display())
-            }
-            CliError::KeyOutput { path, error } => {
-                write!(f, "cannot write key file {}: {error}", path.display())
-            }
-            CliError::Output(e) => write!(f, "cannot write output: {e}"),
-            CliError::Demo(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for CliError {}
-
-impl From<DbError> for CliError {
-    fn from(e: DbError) -> CliError {
-        CliError::Db(e)
-    }
-}
-
-impl From<io::Error> for CliError {
-    fn from(e: io::Error) -> CliError {
-        CliError::Output(e)
-    }
-}
-
-impl CliError {
-    /// The process exit code for this failure (sysexits.h).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CliError::Usage(_) => 64,
-            CliError::Db(DbError::BadData { .. })
-            | CliError::Db(DbError::NotFound { .. })
-            | CliError::Db(DbError::Duplicate { .. }) => 65,
-            CliError::Db(DbError::Unreachable(_)) => 69,
-            CliError::Db(DbError::Query(_)) => 70,
-            CliError::KeyInput { .. } => 66,
-            CliError::KeyOutput { .. } => 73,
-            CliError::Output(_) => 74,
-            CliError::Demo(e) => e.exit_code(),
-        }
-    }
-}
-
-fn usage(why: impl Into<String>) -> CliError {
-    CliError::Usage(why.into())
-}
 
 /// The text of `collabctl --help`.
 pub const HELP: &str = "\
@@ -200,69 +141,6 @@ pub fn run(
     command.execute(&mut db, out)
 }
 
-/// Options of one command: `--name value` or `--name=value`, each at most
-/// once, from a fixed set.
-struct Options {
-    values: BTreeMap<&'static str, String>,
-    positional: Vec<String>,
-}
-
-impl Options {
-    fn parse(words: &[String], allowed: &[&'static str]) -> Result<Options, CliError> {
-        let mut values = BTreeMap::new();
-        let mut positional = Vec::new();
-        let mut i = 0;
-        while i < words.len() {
-            let word = &words[i];
-            if let Some(flag) = word.strip_prefix("--") {
-                let (name, inline) = match flag.split_once('=') {
-                    Some((n, v)) => (n, Some(v.to_string())),
-                    None => (flag, None),
-                };
-                let known = allowed
-                    .iter()
-                    .find(|a| **a == name)
-                    .ok_or_else(|| usage(format!("unknown option --{name}")))?;
-                let value = match inline {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        words
-                            .get(i)
-                            .cloned()
-                            .ok_or_else(|| usage(format!("--{name} needs a value")))?
-                    }
-                };
-                if values.insert(*known, value).is_some() {
-                    return Err(usage(format!("--{name} given twice")));
-                }
-            } else {
-                positional.push(word.clone());
-            }
-            i += 1;
-        }
-        Ok(Options { values, positional })
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
-    }
-
-    /// Exactly `n` positional arguments, named `names` in messages.
-    fn positionals(&self, names: &[&str]) -> Result<Vec<String>, CliError> {
-        if self.positional.len() < names.len() {
-            return Err(usage(format!("missing {}", names[self.positional.len()])));
-        }
-        if self.positional.len() > names.len() {
-            return Err(usage(format!(
-                "unexpected argument {:?}",
-                self.positional[names.len()]
-            )));
-        }
-        Ok(self.positional.clone())
-    }
-}
-
 /// A parsed command line.
 #[derive(Debug)]
 enum Command {
@@ -294,111 +172,12 @@ enum Command {
 /// The reason `session end` records when none is given.
 const DEFAULT_END_REASON: &str = "ended by an administrator";
 
-/// `session end`'s target: exactly eight hex digits are a device PIN (as
-/// everywhere in collabctl); any other run of decimal digits is a session
-/// ID (an eight-digit ID is written with a leading zero).
-fn parse_session_target(text: &str) -> Result<SessionTarget, CliError> {
-    if text.len() == 8 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(SessionTarget::Pin(parse_pin(text)?));
-    }
-    match text.parse::<i64>() {
-        Ok(id) if id > 0 && text.bytes().all(|b| b.is_ascii_digit()) => Ok(SessionTarget::Id(id)),
-        _ => Err(bad(format!(
-            "{text:?} is neither a PIN (8 hex digits) nor a session ID (digits)"
-        ))),
-    }
-}
-
 /// Who runs this collabctl, for the audit of `session end`: the operating
 /// system user (from the environment, which an administrator's shell sets).
 fn os_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_string())
-}
-
-const INSTANCE_OPTIONS: &[&str] = &[
-    "cwa-url",
-    "max-sessions",
-    "idle-timeout-ms",
-    "inactivity-timeout-ms",
-    "http-max-connections",
-    "auth",
-    "password-caching",
-];
-
-fn bad(what: impl Into<String>) -> CliError {
-    CliError::Db(DbError::BadData { what: what.into() })
-}
-
-/// A count or duration above zero; `none` gives `None` when `nullable`.
-fn parse_positive(option: &str, text: &str, nullable: bool) -> Result<Option<u64>, CliError> {
-    if nullable && text == "none" {
-        return Ok(None);
-    }
-    let n: u64 = match text.parse::<i128>() {
-        Ok(n) if n > 0 && n <= i64::MAX as i128 => n as u64,
-        Ok(_) => return Err(bad(format!("--{option} {text} must be above 0"))),
-        Err(_) => {
-            return Err(bad(format!(
-                "--{option} {text:?} is not a whole number{}",
-                if nullable { " or none" } else { "" }
-            )))
-        }
-    };
-    Ok(Some(n))
-}
-
-fn parse_u32(option: &str, text: &str, nullable: bool) -> Result<Option<u32>, CliError> {
-    match parse_positive(option, text, nullable)? {
-        None => Ok(None),
-        Some(n) if n <= i32::MAX as u64 => Ok(Some(n as u32)),
-        Some(_) => Err(bad(format!("--{option} {text} is too large"))),
-    }
-}
-
-fn parse_switch(option: &str, text: &str, yes: &str, no: &str) -> Result<bool, CliError> {
-    if text == yes {
-        Ok(true)
-    } else if text == no {
-        Ok(false)
-    } else {
-        Err(bad(format!(
-            "--{option} must be {yes} or {no}, not {text:?}"
-        )))
-    }
-}
-
-fn instance_change(options: &Options) -> Result<InstanceChange, CliError> {
-    let mut change = InstanceChange {
-        cwa_url: options.get("cwa-url").map(str::to_string),
-        ..InstanceChange::default()
-    };
-    if let Some(url) = &change.cwa_url {
-        parse_cwa_url(url)?;
-    }
-    if let Some(v) = options.get("max-sessions") {
-        change.max_sessions = Some(parse_u32("max-sessions", v, true)?);
-    }
-    if let Some(v) = options.get("idle-timeout-ms") {
-        change.idle_timeout_ms = Some(parse_positive("idle-timeout-ms", v, true)?);
-    }
-    if let Some(v) = options.get("inactivity-timeout-ms") {
-        change.inactivity_timeout_ms = Some(parse_positive("inactivity-timeout-ms", v, true)?);
-    }
-    if let Some(v) = options.get("http-max-connections") {
-        change.http_max_connections = parse_u32("http-max-connections", v, false)?;
-    }
-    if let Some(v) = options.get("auth") {
-        change.auth_mode = Some(
-            v.parse::<AuthMode>()
-                .map_err(|e| DbError::bad(e.to_string()))?,
-        );
-    }
-    if let Some(v) = options.get("password-caching") {
-        change.password_caching = Some(parse_switch("password-caching", v, "on", "off")?);
-    }
-    Ok(change)
 }
 
 impl Command {
@@ -843,103 +622,11 @@ fn stage_key_file(path: &Path, hex: &str) -> Result<PathBuf, CliError> {
     Ok(staged)
 }
 
-fn show_instance(i: &Instance, out: &mut dyn Write) -> Result<(), CliError> {
-    let rows = vec![
-        ("name", i.name.clone()),
-        ("cwa url", i.cwa_url.clone()),
-        ("auth", i.auth_mode.to_string()),
-        ("max sessions", or_none(i.max_sessions.map(u64::from))),
-        ("idle timeout ms", or_none(i.idle_timeout_ms)),
-        ("inactivity timeout ms", or_none(i.inactivity_timeout_ms)),
-        ("http max connections", i.http_max_connections.to_string()),
-        ("password caching", on_off(i.password_caching).to_string()),
-        (
-            "listen addr",
-            i.listen_addr.clone().unwrap_or_else(|| "-".into()),
-        ),
-        (
-            "heartbeat",
-            i.heartbeat_at_ms.map_or("never".to_string(), format_time),
-        ),
-        ("sessions in use", i.sessions_in_use.to_string()),
-        (
-            "session limit",
-            i.session_limit.map_or("-".to_string(), |n| n.to_string()),
-        ),
-        ("healthy", yes_no(i.healthy).to_string()),
-    ];
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (key, value) in rows {
-        writeln!(out, "{key:<width$}  {value}")?;
-    }
-    Ok(())
-}
-
-fn or_none(value: Option<u64>) -> String {
-    value.map_or("none".to_string(), |n| n.to_string())
-}
-
-fn on_off(b: bool) -> &'static str {
-    if b {
-        "on"
-    } else {
-        "off"
-    }
-}
-
-fn yes_no(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "no"
-    }
-}
-
-/// Prints `rows` under `headers` in aligned columns (two spaces apart; the
-/// last column is not padded).
-fn table(out: &mut dyn Write, headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), CliError> {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| -> String {
-        let last = cells.len().saturating_sub(1);
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i == last {
-                text.push_str(cell);
-            } else {
-                text.push_str(cell);
-                let pad = widths[i] - cell.chars().count() + 2;
-                text.push_str(&" ".repeat(pad));
-            }
-        }
-        text
-    };
-    writeln!(out, "{}", line(headers.to_vec()))?;
-    for row in &rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
-    }
-    Ok(())
-}
-
-/// `YYYY-MM-DD HH:MM:SSZ` (UTC) of an epoch-milliseconds time.
-pub fn format_time(epoch_ms: i64) -> String {
-    let t = crate::ops::utc::Utc::from_epoch_ms(epoch_ms);
-    format!("{} {}Z", t.date(), t.time())
-}
-
-/// A heartbeat's age for `sessions`: how long ago, in seconds.
-fn format_age(ms: i64) -> String {
-    let ms = ms.max(0);
-    format!("{}.{}s ago", ms / 1000, (ms % 1000) / 100)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::output::*;
     use super::*;
+    use crate::configdb::AuthMode;
 
     fn parse(line: &str) -> Result<Command, CliError> {
         let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();

@@ -2,7 +2,8 @@
 //! connects (plain TCP, or TLS through native-tls with an optional extra CA),
 //! runs the handshake, signs in, sends commands and status reports, receives
 //! events with a timeout and acknowledges them, and signs out. Used by
-//! `collab-device` ([`cli`]), the tests and load generators.
+//! `collab-device` ([`cli`]), the tests and the load runs' devices
+//! (`tests/load/devices.rs`).
 //!
 //! One thread drives a [`DeviceClient`]: [`DeviceClient::poll`] waits for
 //! the next service message for at most the given time and sends the
@@ -11,7 +12,6 @@
 
 pub mod cli;
 pub mod lineformat;
-pub mod load;
 
 use std::fmt;
 use std::io::{self, Read, Write};

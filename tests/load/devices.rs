@@ -30,8 +30,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::{DeviceClient, DeviceConfig, DeviceError, TlsConfig};
-use crate::wire::{
+use collabd::device::{DeviceClient, DeviceConfig, DeviceError, TlsConfig};
+use collabd::wire::{
     self, ConversationState, DeviceCommand, DeviceEvent, Secret, ServiceMessage, Status, WireError,
 };
 

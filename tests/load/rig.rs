@@ -16,9 +16,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use collabd::device::load::LoadDevice;
+use super::devices::LoadDevice;
 
-use super::tmp::TempDir;
+use super::support::tmp::TempDir;
 
 /// Generous bound on waiting for a process to start (never asserted as a
 /// duration).

@@ -1,7 +1,7 @@
 //! Load runs for design.md §7: sessions and memory, message latency, login
 //! rate, login storm. Real parts throughout: PostgreSQL (a scratch cluster
 //! or `DATABASE_URL`), `cwa-sim`, `collabd`, `collab-dispatcher` as child
-//! processes, and `collabd::device::load` devices (a thread each) in this
+//! processes, and load devices (`devices.rs`) (a thread each) in this
 //! process.
 //!
 //! The runs are `#[ignore]`d: run them one at a time, in release, on an
@@ -25,21 +25,25 @@
 //! `LOAD_STORM_MAX` (500),
 //! `LOAD_PERF_DIR` (unset: no profile; else `perf record` of collabd
 //! during the login-rate and latency runs), `LOAD_STACK_KIB` (device threads here; default
-//! [`collabd::device::load::DEFAULT_STACK`]), `LOAD_RELAYS` (5000) and
+//! `devices::DEFAULT_STACK`), `LOAD_RELAYS` (5000) and
 //! `LOAD_RELAY_UPSTREAM` (`stub`, default: a stand-in collabd in this
 //! process; `collabd`: the real one with cwa-sim) for the dispatcher run.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+mod devices;
+mod rig;
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use collabd::device::load::{
+use collabd::wire::{self, Status};
+use devices::{
     generate_devices, login_burst, run_pairs, sim_users, Fleet, LoadDevice, LoadOptions,
 };
-use collabd::wire::{self, Status};
 
-use support::loadrig::{
+use rig::{
     active_sessions, cpu_seconds, env_usize, provision, raise_nofile, sample, start_collabd,
     start_dispatcher, system_threads, today, Daemon, Profiler,
 };
@@ -179,11 +183,11 @@ fn sessions_and_memory(https: bool) {
     let in_db = active_sessions(&s.db_url, INSTANCE);
     pause_for_inspection(pid);
     eprintln!("collabd with {n} sessions: {with}");
-    support::loadrig::print_breakdown("collabd", pid, 12);
+    rig::print_breakdown("collabd", pid, 12);
     eprintln!(
         "collabd TCP sockets by remote port (sim {}): {:?}",
         s.sim.addr().port(),
-        support::loadrig::sockets_by_remote_port(pid)
+        rig::sockets_by_remote_port(pid)
     );
     eprintln!("load client ({n} device threads): {me}");
     eprintln!("system threads: {}", system_threads());
@@ -510,10 +514,10 @@ fn dispatcher_relays() {
 }
 
 /// The figure line and the dispatcher's breakdown.
-fn report_relays(upstream: &str, n: usize, pid: u32, before: &support::loadrig::ProcSample) {
+fn report_relays(upstream: &str, n: usize, pid: u32, before: &rig::ProcSample) {
     let with = sample(pid);
     eprintln!("dispatcher with {n} relays: {with}");
-    support::loadrig::print_breakdown("dispatcher", pid, 8);
+    rig::print_breakdown("dispatcher", pid, 8);
     eprintln!("system threads: {}", system_threads());
     let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
     println!(

@@ -1,6 +1,6 @@
 //! The load generator: many simulated devices in one process, each a
 //! [`DeviceClient`] on its own thread with a small explicit stack, for the
-//! benchmarks of design.md §7 (`tests/load.rs`).
+//! load runs (`main.rs` beside it; README, Performance).
 //!
 //! It owns three shapes of load and what they measure, nothing else:
 //!

@@ -1,4 +1,4 @@
-//! The rig for the load runs (`tests/load.rs`): the open-file limit raised
+//! The rig for the load runs (`main.rs` beside it): the open-file limit raised
 //! to what the process may have, thousands of users and devices written to
 //! the Config DB in one transaction, `collabd` and `collab-dispatcher` as
 //! child processes tuned for load (no byte recording, quiet logs), and

@@ -486,17 +486,21 @@ fn no_import_cycle_between_modules() {
 /// nothing above them.
 const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("xml", &[]),
+    ("hex", &[]),
     ("net", &[]),
-    ("ops", &[]),
-    ("configdb", &[]),
-    ("wire", &["xml"]),
-    ("ntlm", &["wire"]),
-    ("device", &["wire"]),
+    ("ops", &["hex"]),
+    ("configdb", &["hex"]),
+    ("wire", &["hex", "xml"]),
+    ("ntlm", &["hex", "wire"]),
+    ("device", &["hex", "wire"]),
     ("cwa", &["net", "ntlm", "wire", "xml"]),
     ("sim", &["net", "ntlm", "ops", "xml"]),
     ("dispatcher", &["configdb", "net", "ops", "wire"]),
-    ("service", &["configdb", "cwa", "net", "ops", "wire", "xml"]),
-    ("admin", &["configdb", "ops"]),
+    (
+        "service",
+        &["configdb", "cwa", "hex", "net", "ops", "wire", "xml"],
+    ),
+    ("admin", &["configdb", "hex", "net", "ops"]),
 ];
 
 #[test]

@@ -28,6 +28,7 @@
 //!   status codes, XML messages), specified in collab-protocol(7), and
 //!   the [`wire::Secret`] password type with the wiping allocator below.
 //!   It imports only [`xml`].
+//! - [`hex`]: the written form of bytes, transport keys and device PINs.
 //! - [`ops`]: running under systemd (notify, signals, logging) and a
 //!   throwaway PostgreSQL for tests and the demo.
 //! - [`net`]: a connection, plain TCP or TLS, shared by the device
@@ -40,6 +41,7 @@ pub mod configdb;
 pub mod cwa;
 pub mod device;
 pub mod dispatcher;
+pub mod hex;
 pub mod net;
 pub mod ntlm;
 pub mod ops;

@@ -57,7 +57,7 @@ fn scratch_dir(tag: &str) -> PathBuf {
 }
 
 fn key_hex(key: &[u8; 32]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    collabd::hex::encode(key)
 }
 
 /// A migrated database with one instance, two users and one device.

@@ -276,7 +276,7 @@ fn users_and_devices() {
     assert!(!device.im_enabled);
     let debug = format!("{device:?}");
     assert!(debug.contains("2100000a") && debug.contains("redacted"));
-    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let key_hex = collabd::hex::encode(&key);
     assert!(!debug.contains(&key_hex[..16]));
 
     assert!(matches!(
@@ -456,7 +456,7 @@ fn admin_changes_are_audited_without_secrets() {
     let latest = db.list_audit(1).unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!(latest[0].event, login);
-    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let key_hex = collabd::hex::encode(&key);
     let all: String = db
         .list_audit(100)
         .unwrap()

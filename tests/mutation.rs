@@ -415,7 +415,7 @@ fn check(report: Report) {
 
 fn hex(data: &[u8]) -> String {
     let shown = &data[..data.len().min(4096)];
-    shown.iter().map(|b| format!("{b:02x}")).collect()
+    collabd::hex::encode(shown)
 }
 
 // ---------------------------------------------------------------------------

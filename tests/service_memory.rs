@@ -76,7 +76,7 @@ fn utf16le(s: &str) -> Vec<u8> {
 fn password_sightings(auth_mode: AuthMode, caching: bool, tls: bool) -> Vec<String> {
     let mut random = [0u8; 12];
     openssl::rand::rand_bytes(&mut random).unwrap();
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = collabd::hex::encode(&random);
     let mut user = TestUser::new("mallory");
     user.password = format!("Pw-{hex}-x");
     let settings = InstanceSettings {

@@ -146,9 +146,10 @@ pub fn parse_args(args: &[String]) -> Result<Options, CliError> {
             "--connect" => connect = Some(value(a)?),
             "--pin" => {
                 let v = value(a)?;
-                pin = Some(wire::parse_pin(&v).ok_or_else(|| {
-                    usage(format!("--pin wants up to 8 hex digits, not \"{v}\""))
-                })?);
+                pin = Some(
+                    wire::parse_pin(&v)
+                        .ok_or_else(|| usage(format!("--pin wants 8 hex digits, not \"{v}\"")))?,
+                );
             }
             "--key-file" => key_file = Some(PathBuf::from(value(a)?)),
             "--user" => user = Some(value(a)?),
@@ -194,13 +195,10 @@ pub fn read_key_file(path: &Path) -> Result<[u8; 32], CliError> {
     let bytes = std::fs::read(path)
         .map_err(|e| CliError::File(format!("key file {}: {e}", path.display())))?;
     let text = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
-    let mut key = [0u8; 32];
-    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        for (i, k) in key.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex");
-        }
+    if let Some(key) = crate::hex::parse_key(text) {
         return Ok(key);
     }
+    let mut key = [0u8; 32];
     if bytes.len() == 32 {
         key.copy_from_slice(&bytes);
         return Ok(key);

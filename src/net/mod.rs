@@ -18,7 +18,7 @@ pub(crate) use halves::poll_fd;
 pub use halves::{ReadHalf, WriteHalf};
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 
 /// What a [`Stream`] runs over: a byte stream with a TCP socket beneath.
@@ -133,5 +133,37 @@ impl<S: Read + Write> Write for Stream<S> {
             Stream::Plain(s) => s.flush(),
             Stream::Tls(s) => s.flush(),
         }
+    }
+}
+
+/// The address to connect to on this machine for a listener bound to
+/// `bound`: the same, with loopback for "every address" (`0.0.0.0`, `::`).
+pub fn local_connect_addr(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_addresses() {
+        assert_eq!(
+            local_connect_addr("0.0.0.0:3101".parse().unwrap()),
+            "127.0.0.1:3101".parse().unwrap()
+        );
+        assert_eq!(
+            local_connect_addr("[::]:3101".parse().unwrap()),
+            "[::1]:3101".parse().unwrap()
+        );
+        assert_eq!(
+            local_connect_addr("10.1.2.3:3101".parse().unwrap()),
+            "10.1.2.3:3101".parse().unwrap()
+        );
     }
 }

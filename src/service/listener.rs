@@ -68,9 +68,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
-};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -493,24 +491,13 @@ impl Listener {
             }
         };
         Ok(Server {
-            wake_addr: self_connect_addr(local_addr),
+            wake_addr: crate::net::local_connect_addr(local_addr),
             local_addr,
             shared,
             accept: Some(accept),
             watchdog: Some(watchdog),
         })
     }
-}
-
-/// Where to connect to wake our own `accept`: the bound address, with an
-/// unspecified IP replaced by loopback of the same family.
-fn self_connect_addr(bound: SocketAddr) -> SocketAddr {
-    let ip = match bound.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, bound.port())
 }
 
 fn accept_loop(listener: Listener, shared: &Arc<Shared>, handler: Handler) {

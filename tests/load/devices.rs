@@ -147,10 +147,6 @@ impl LoadOptions {
 // ---------------------------------------------------------------------------
 // Provisioning
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn random_bytes<const N: usize>() -> Result<[u8; N], LoadError> {
     let mut buf = [0u8; N];
     openssl::rand::rand_bytes(&mut buf).map_err(|e| LoadError::Random(e.to_string()))?;
@@ -177,7 +173,7 @@ pub fn generate_devices(
                 pin,
                 transport_key: random_bytes()?,
                 login: format!("{domain}\\u{i:06}"),
-                password: Secret::new(hex(&random_bytes::<12>()?)),
+                password: Secret::new(collabd::hex::encode(&random_bytes::<12>()?)),
                 sip_uri: format!("sip:u{i:06}@{host}"),
             })
         })
@@ -191,7 +187,7 @@ pub fn device_line(d: &LoadDevice) -> String {
     format!(
         "{} {} {} {} {}",
         wire::format_pin(d.pin),
-        hex(&d.transport_key),
+        collabd::hex::encode(&d.transport_key),
         d.login,
         d.password.expose(),
         d.sip_uri
@@ -218,7 +214,7 @@ pub fn parse_devices(text: &str) -> Result<Vec<LoadDevice>, LoadError> {
         };
         let pin = wire::parse_pin(pin)
             .ok_or_else(|| LoadError::Provisioning(line_no, "bad PIN".into()))?;
-        let transport_key = parse_key(key)
+        let transport_key = collabd::hex::parse_key(key)
             .ok_or_else(|| LoadError::Provisioning(line_no, "key is not 64 hex digits".into()))?;
         if !sip_uri.starts_with("sip:") {
             return Err(LoadError::Provisioning(
@@ -235,17 +231,6 @@ pub fn parse_devices(text: &str) -> Result<Vec<LoadDevice>, LoadError> {
         });
     }
     Ok(out)
-}
-
-fn parse_key(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(key)
 }
 
 /// The devices' users as lines of a cwa-sim users file

@@ -312,7 +312,7 @@ impl Drop for TempDir {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    collabd::hex::encode(bytes)
 }
 
 /// A running `collab-device --script`, with its output lines on a channel.

@@ -563,7 +563,7 @@ fn add_device(
         }
         None => generate_transport_key()?,
     };
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::hex::encode(&key);
     let staged = match key_file {
         Some(path) => Some(stage_key_file(path, &hex)?),
         None => None,

@@ -2,7 +2,7 @@
 //! the exact `collab-device` command for each user.
 
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::configdb::format_pin;
@@ -80,7 +80,7 @@ pub(super) fn write_banner(started: &Started, out: &mut dyn Write) -> io::Result
         out,
         "Sign in as alice, bob and carol, each in a terminal of its own:"
     )?;
-    let connect = connect_addr(started.dispatcher_addr);
+    let connect = crate::net::local_connect_addr(started.dispatcher_addr);
     for user in &USERS {
         writeln!(out)?;
         writeln!(
@@ -137,20 +137,6 @@ pub(super) fn write_banner(started: &Started, out: &mut dyn Write) -> io::Result
     out.flush()
 }
 
-/// The address a device on this machine connects to: the listen address,
-/// with loopback for "every address".
-pub(super) fn connect_addr(listen: SocketAddr) -> SocketAddr {
-    match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
-        }
-        _ => listen,
-    }
-}
-
 /// Quotes `word` for a POSIX shell when it needs it.
 pub fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
@@ -174,21 +160,5 @@ mod tests {
         assert_eq!(shell_quote("CONTOSO\\alice"), "'CONTOSO\\alice'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
         assert_eq!(shell_quote(""), "''");
-    }
-
-    #[test]
-    fn connect_addresses() {
-        assert_eq!(
-            connect_addr("0.0.0.0:3101".parse().unwrap()),
-            "127.0.0.1:3101".parse().unwrap()
-        );
-        assert_eq!(
-            connect_addr("[::]:3101".parse().unwrap()),
-            "[::1]:3101".parse().unwrap()
-        );
-        assert_eq!(
-            connect_addr("10.1.2.3:3101".parse().unwrap()),
-            "10.1.2.3:3101".parse().unwrap()
-        );
     }
 }

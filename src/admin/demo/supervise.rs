@@ -223,7 +223,7 @@ fn random_hex(bytes: usize) -> Result<String, DemoError> {
         what: "getting random numbers".into(),
         error: io::Error::other(e.to_string()),
     })?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hex::encode(&buf))
 }
 
 /// Writes a new file readable by its owner only.
@@ -332,7 +332,7 @@ impl Demo {
             for user in &USERS {
                 db.add_user(&user.login(), &user.sip_uri(), true)?;
                 let key = generate_transport_key()?;
-                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                let hex = crate::hex::encode(&key);
                 write_private(&user.key_file(&self.state_dir), &format!("{hex}\n"))?;
                 db.add_device_with_key(user.pin, &user.login(), &key)?;
             }

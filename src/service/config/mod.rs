@@ -817,7 +817,7 @@ mod tests {
         fn new() -> Scratch {
             let mut random = [0u8; 8];
             openssl::rand::rand_bytes(&mut random).unwrap();
-            let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = crate::hex::encode(&random);
             let dir = std::env::temp_dir().join(format!("collabd-config-{hex}"));
             std::fs::create_dir_all(&dir).unwrap();
             Scratch(dir)

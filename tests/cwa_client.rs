@@ -1029,7 +1029,7 @@ fn conversation(sim: &Sim, ca: Option<&TestCa>) {
     let Outcome::ImSessionAccepted { conf_id } = started.outcome else {
         panic!("{started:?}")
     };
-    // Sends fail until the conversation is connected (§5.2).
+    // Sends fail until the conversation is connected (cwa-sim(1), EVENTS).
     let rid = accepted(a.send(&Command::SendMessage {
         conf_id: conf_id.clone(),
         message: ImMessage::plain("too early"),

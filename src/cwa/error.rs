@@ -1,7 +1,7 @@
 //! The CWA client's errors: why a sign-in failed ([`SignInError`]), why a
 //! live session's request failed ([`SessionError`]), and CWA's own
 //! `<error>` element ([`CwaError`]). Each maps to a device-facing status
-//! code of the team brief (`src/wire/status.rs`).
+//! code of collab-protocol(7), STATUS CODES (`src/wire/status.rs`).
 
 use std::fmt;
 
@@ -10,7 +10,7 @@ use xmltree::Element;
 use crate::xml;
 
 /// CWA's `<error code subCode reason detail>` element, with the optional
-/// `sipResponse code reason` child (§6).
+/// `sipResponse code reason` child (cwa-sim(1), HTTP LIMITS AND ERRORS).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CwaError {
     /// The CWA service code (18000–18400), if present and numeric.
@@ -105,7 +105,8 @@ impl fmt::Display for CwaError {
 /// | `Config` (bad URL or CA file) | 306 CwaUnavailable |
 /// | `Protocol` (malformed reply, no ticket after success, redirect, ...) | 308 ProtocolError |
 ///
-/// The HTTP-to-class mapping is PROPOSED in the protocol notes (§2.2):
+/// The HTTP-to-class mapping is our choice where CWA's behaviour is not
+/// known (cwa-sim(1), SIGN-IN, answers the same way):
 /// 401 (and a 2xx without ticket) is bad credentials, 403 or an error body
 /// with a ticket is "not enabled", 503 or code 18101 is busy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +128,8 @@ pub enum SignInError {
 }
 
 impl SignInError {
-    /// The device-facing status code (team brief) for this failure.
+    /// The device-facing status code (collab-protocol(7), STATUS CODES) for
+    /// this failure.
     pub fn device_status(&self) -> u16 {
         match self {
             SignInError::BadCredentials => 303,
@@ -196,7 +198,8 @@ impl SessionError {
         matches!(self, SessionError::SessionGone(_) | SessionError::Closed)
     }
 
-    /// The device-facing status code (team brief) for this failure.
+    /// The device-facing status code (collab-protocol(7), STATUS CODES) for
+    /// this failure.
     pub fn device_status(&self) -> u16 {
         match self {
             SessionError::SessionGone(_) | SessionError::Closed => 310,

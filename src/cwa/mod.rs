@@ -56,8 +56,9 @@ resume and resolved names, none of which carries a user's authentication.
 # Errors and device statuses
 
 [`SignInError`] classifies a failed sign-in; [`SignInError::device_status`]
-gives the device-facing code of the team brief (303 bad credentials, 305 not
-enabled, 306 busy / unavailable / TLS / configuration, 308 protocol).
+gives the device-facing code (collab-protocol(7), STATUS CODES: 303 bad
+credentials, 305 not enabled, 306 busy / unavailable / TLS /
+configuration, 308 protocol).
 [`SessionError`] classifies failures of a live session; see its variants
 for what the caller should do.
 */

@@ -1,6 +1,6 @@
 //! `cwa-sim`: a Communicator Web Access 2007 simulator backed by a small
-//! in-memory OCS, implementing the server side of
-//! `reference/cwa-protocol.md` for tests, demos and load runs.
+//! in-memory OCS, implementing the server side of the CWA protocol as
+//! cwa-sim(1) describes it, for tests, demos and load runs.
 //!
 //! - [`users`]: the users file.
 //! - [`http`]: HTTP/1.1 request/response wire layer with limits.

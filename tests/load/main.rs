@@ -1,4 +1,4 @@
-//! Load runs for design.md §7: sessions and memory, message latency, login
+//! Load runs (README, Performance): sessions and memory, message latency, login
 //! rate, login storm. Real parts throughout: PostgreSQL (a scratch cluster
 //! or `DATABASE_URL`), `cwa-sim`, `collabd`, `collab-dispatcher` as child
 //! processes, and load devices (`devices.rs`) (a thread each) in this

@@ -68,7 +68,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The device-facing status code (team brief table; `src/wire/status.rs`).
+    /// The device-facing status code (collab-protocol(7), STATUS CODES; `src/wire/status.rs`).
     pub fn status_code(&self) -> u16 {
         match self {
             Refusal::ServerBusy { .. } => 301,

@@ -204,7 +204,7 @@ fn evil_sign_in_replies_are_classified() {
         assert!(ok(&err), "{name}: got {err:?}");
         // Every class maps to a device status of the brief.
         assert!(
-            [303, 305, 306, 308].contains(&err.device_status()),
+            [303, 305, 306, 308].contains(&err.device_status().code()),
             "{name}"
         );
     }
@@ -220,7 +220,7 @@ fn evil_redirect_is_a_protocol_error_and_not_followed() {
         matches!(err, SignInError::Protocol(ref why) if why.contains("redirect")),
         "{err:?}"
     );
-    assert_eq!(err.device_status(), 308);
+    assert_eq!(err.device_status().code(), 308);
     assert_eq!(server.seen().len(), 1);
     assert!(target.seen().is_empty(), "the redirect was followed");
 }
@@ -489,7 +489,7 @@ fn evil_session_gone_and_redirect_on_the_event_channel() {
         if want_gone {
             assert!(matches!(err, SessionError::SessionGone(_)), "{err:?}");
             assert!(err.is_final());
-            assert_eq!(err.device_status(), 310);
+            assert_eq!(err.device_status().code(), 310);
         } else {
             assert!(matches!(err, SessionError::Protocol(_)), "{err:?}");
         }
@@ -1219,7 +1219,7 @@ fn sim_shared_tls_context_resumes_verifies_and_keeps_users_apart() {
     };
     let e = sign_in_error(&to_stranger, r"CONTOSO\carol", "pw-carol");
     assert!(matches!(e, SignInError::Tls(_)), "{e:?}");
-    assert_eq!(e.device_status(), 306);
+    assert_eq!(e.device_status().code(), 306);
     assert!(stranger.connections().iter().all(|c| c.users().is_empty()));
     // A server with a certificate from the trusted CA but for another
     // name: the host name check refuses it.
@@ -1289,12 +1289,12 @@ fn sim_every_sign_in_failure_class() {
     for auth in [AuthMode::IwaThenForms, AuthMode::Forms, AuthMode::Iwa] {
         let e = sign_in_error(&mode(auth), r"CONTOSO\alice", "wrong");
         assert_eq!(e, SignInError::BadCredentials, "{auth:?}");
-        assert_eq!(e.device_status(), 303);
+        assert_eq!(e.device_status().code(), 303);
         let e = sign_in_error(&mode(auth), r"CONTOSO\nobody", "x");
         assert_eq!(e, SignInError::BadCredentials, "{auth:?}");
         let e = sign_in_error(&mode(auth), r"CONTOSO\dave", "pw-dave");
         assert_eq!(e, SignInError::NotEnabled, "{auth:?}");
-        assert_eq!(e.device_status(), 305);
+        assert_eq!(e.device_status().code(), 305);
     }
     // iwa=no: refused on IWA alone, fine with forms.
     let e = sign_in_error(&mode(AuthMode::Iwa), r"CONTOSO\carol", "pw-carol");
@@ -1305,7 +1305,7 @@ fn sim_every_sign_in_failure_class() {
     sim.faults("throttle=1");
     let e = sign_in_error(&mode(AuthMode::IwaThenForms), r"CONTOSO\alice", "pw-alice");
     assert_eq!(e, SignInError::ServerBusy);
-    assert_eq!(e.device_status(), 306);
+    assert_eq!(e.device_status().code(), 306);
 
     // 503: over the connection limit.
     // Wait until the simulator has let go of the sign-in connections above,
@@ -1359,7 +1359,7 @@ fn sim_certificate_that_does_not_verify() {
         "pw-alice",
     );
     assert!(matches!(e, SignInError::Tls(_)), "{e:?}");
-    assert_eq!(e.device_status(), 306);
+    assert_eq!(e.device_status().code(), 306);
     // Nor does another CA.
     let other = TestCa::new();
     let e = sign_in_error(
@@ -1534,7 +1534,7 @@ fn sim_backs_off_on_18101_and_503() {
         SessionError::Busy
     );
     let e = ap.wait_error("busy", |e| *e == SessionError::Busy);
-    assert_eq!(e.device_status(), 306);
+    assert_eq!(e.device_status().code(), 306);
     sim.faults("throttle=off");
     accepted(b.send(&Command::PublishPresence {
         availability: 9500,
@@ -1572,7 +1572,7 @@ fn sim_expired_and_dropped_sessions_are_detected() {
     let mut pump = Pump::start(events);
     let e = pump.wait_error("expiry", |e| e.is_final());
     assert!(matches!(e, SessionError::SessionGone(_)), "{e:?}");
-    assert_eq!(e.device_status(), 310);
+    assert_eq!(e.device_status().code(), 310);
     assert!(matches!(
         a.send(&Command::QueryPresence {
             uris: vec!["sip:bob@contoso.com".into()]

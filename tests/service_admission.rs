@@ -69,7 +69,7 @@ fn handler(table: SessionTable, ended: Sender<(u32, EndReason)>) -> Handler {
         let admission = match admission {
             Ok(a) => a,
             Err(refusal) => {
-                let _ = writeln!(stream, "{}", refusal.status_code());
+                let _ = writeln!(stream, "{}", refusal.status_code().code());
                 return;
             }
         };

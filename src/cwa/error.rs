@@ -7,6 +7,7 @@ use std::fmt;
 
 use xmltree::Element;
 
+use crate::wire::Status;
 use crate::xml;
 
 /// CWA's `<error code subCode reason detail>` element, with the optional
@@ -130,15 +131,15 @@ pub enum SignInError {
 impl SignInError {
     /// The device-facing status code (collab-protocol(7), STATUS CODES) for
     /// this failure.
-    pub fn device_status(&self) -> u16 {
+    pub fn device_status(&self) -> Status {
         match self {
-            SignInError::BadCredentials => 303,
-            SignInError::NotEnabled => 305,
+            SignInError::BadCredentials => Status::BadCredentials,
+            SignInError::NotEnabled => Status::NotEnabled,
             SignInError::ServerBusy
             | SignInError::Unavailable(_)
             | SignInError::Tls(_)
-            | SignInError::Config(_) => 306,
-            SignInError::Protocol(_) => 308,
+            | SignInError::Config(_) => Status::CwaUnavailable,
+            SignInError::Protocol(_) => Status::ProtocolError,
         }
     }
 }
@@ -200,11 +201,13 @@ impl SessionError {
 
     /// The device-facing status code (collab-protocol(7), STATUS CODES) for
     /// this failure.
-    pub fn device_status(&self) -> u16 {
+    pub fn device_status(&self) -> Status {
         match self {
-            SessionError::SessionGone(_) | SessionError::Closed => 310,
-            SessionError::Busy | SessionError::Unavailable(_) | SessionError::Timeout(_) => 306,
-            SessionError::Protocol(_) => 308,
+            SessionError::SessionGone(_) | SessionError::Closed => Status::SessionEnded,
+            SessionError::Busy | SessionError::Unavailable(_) | SessionError::Timeout(_) => {
+                Status::CwaUnavailable
+            }
+            SessionError::Protocol(_) => Status::ProtocolError,
         }
     }
 }
@@ -245,14 +248,23 @@ mod tests {
 
     #[test]
     fn device_statuses_follow_the_brief() {
-        assert_eq!(SignInError::BadCredentials.device_status(), 303);
-        assert_eq!(SignInError::NotEnabled.device_status(), 305);
-        assert_eq!(SignInError::ServerBusy.device_status(), 306);
-        assert_eq!(SignInError::Unavailable("x".into()).device_status(), 306);
-        assert_eq!(SignInError::Tls("x".into()).device_status(), 306);
-        assert_eq!(SignInError::Protocol("x".into()).device_status(), 308);
-        assert_eq!(SessionError::SessionGone("x".into()).device_status(), 310);
-        assert_eq!(SessionError::Busy.device_status(), 306);
+        assert_eq!(SignInError::BadCredentials.device_status().code(), 303);
+        assert_eq!(SignInError::NotEnabled.device_status().code(), 305);
+        assert_eq!(SignInError::ServerBusy.device_status().code(), 306);
+        assert_eq!(
+            SignInError::Unavailable("x".into()).device_status().code(),
+            306
+        );
+        assert_eq!(SignInError::Tls("x".into()).device_status().code(), 306);
+        assert_eq!(
+            SignInError::Protocol("x".into()).device_status().code(),
+            308
+        );
+        assert_eq!(
+            SessionError::SessionGone("x".into()).device_status().code(),
+            310
+        );
+        assert_eq!(SessionError::Busy.device_status().code(), 306);
         assert!(SessionError::Closed.is_final());
         assert!(!SessionError::Timeout("x".into()).is_final());
     }

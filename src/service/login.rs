@@ -392,7 +392,7 @@ impl Login<'_> {
         let reservation = match self.ctx.table.reserve(key, Instant::now()) {
             Ok(r) => r,
             Err(refused) => {
-                let status = Status::from_code(refused.status_code()).unwrap_or(Status::Failed);
+                let status = refused.status_code();
                 return Err(self.refuse(&mut writer, Refusal::new(status, refused.to_string())));
             }
         };
@@ -408,7 +408,7 @@ impl Login<'_> {
             Err(e) => {
                 // Dropping the reservation gives the place back.
                 drop(reservation);
-                let status = Status::from_code(e.device_status()).unwrap_or(Status::Failed);
+                let status = e.device_status();
                 return Err(self.refuse(&mut writer, Refusal::new(status, e.to_string())));
             }
         };
@@ -472,7 +472,7 @@ impl Login<'_> {
                     id: registry_id,
                     reason: format!("refused: {refused}"),
                 });
-                let status = Status::from_code(refused.status_code()).unwrap_or(Status::Failed);
+                let status = refused.status_code();
                 return Err(self.refuse(&mut writer, Refusal::new(status, refused.to_string())));
             }
         };

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::wire::Status;
+
 /// The instance's session limits (the Config DB's `instance` row). They can
 /// be replaced at run time with [`SessionTable::set_limits`]; the new values
 /// apply from the next admission or reaper pass.
@@ -68,11 +70,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The device-facing status code (collab-protocol(7), STATUS CODES; `src/wire/status.rs`).
-    pub fn status_code(&self) -> u16 {
+    /// The device-facing status (collab-protocol(7), STATUS CODES).
+    pub fn status_code(&self) -> Status {
         match self {
-            Refusal::ServerBusy { .. } => 301,
-            Refusal::Failed { .. } => 300,
+            Refusal::ServerBusy { .. } => Status::ServerBusy,
+            Refusal::Failed { .. } => Status::Failed,
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::wire::Status;
+
 /// What the device last said about its radio link, or what we concluded
 /// when its connection went away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,12 +84,12 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    /// The device-facing status code: 311 (ServiceStopping) for shutdown,
-    /// 310 (SessionEnded) otherwise.
-    pub fn status_code(&self) -> u16 {
+    /// The device-facing status: ServiceStopping (311) for shutdown,
+    /// SessionEnded (310) otherwise.
+    pub fn status_code(&self) -> Status {
         match self {
-            EndReason::ServiceStopping => 311,
-            _ => 310,
+            EndReason::ServiceStopping => Status::ServiceStopping,
+            _ => Status::SessionEnded,
         }
     }
 }

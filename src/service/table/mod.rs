@@ -57,7 +57,7 @@
 //!
 //! The limits and refusals are in [`admission`], the reasons a session ends
 //! in [`ending`]. The table imports nothing of the crate but the shutdown
-//! flag of `ops`.
+//! flag of `ops` and the device statuses of `wire`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -783,7 +783,7 @@ mod tests {
                 max_sessions: 2
             }
         );
-        assert_eq!(refused.status_code(), 301);
+        assert_eq!(refused.status_code().code(), 301);
         assert_eq!(table.len(), 2);
         assert!(!a.handle.is_ended());
     }
@@ -904,7 +904,7 @@ mod tests {
                 http_max_connections: 3
             }
         );
-        assert_eq!(err.status_code(), 300);
+        assert_eq!(err.status_code().code(), 300);
         assert_eq!(table.usage(), (3, 3));
     }
 
@@ -982,7 +982,7 @@ mod tests {
         // The idle session comes back before the login is accepted.
         table.note_status(first.handle.id(), Coverage::In, t0 + ms(10));
         let refused = pending.commit(t0 + ms(20)).err().unwrap();
-        assert_eq!(refused.status_code(), 301);
+        assert_eq!(refused.status_code().code(), 301);
         assert!(!first.handle.is_ended());
         assert_eq!((table.len(), table.reserved()), (1, 0));
     }
@@ -1153,7 +1153,10 @@ mod tests {
         assert_eq!(ended.len(), 2);
         assert!(table.is_empty());
         assert!(table.find_by_pin(1).is_none());
-        assert_eq!(a.handle.end_reason().map(|r| r.status_code()), Some(311));
+        assert_eq!(
+            a.handle.end_reason().map(|r| r.status_code().code()),
+            Some(311)
+        );
     }
 
     #[test]

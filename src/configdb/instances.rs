@@ -7,6 +7,7 @@ by `collabd` at start-up and on reload.
 use std::fmt;
 use std::str::FromStr;
 
+use postgres::types::ToSql;
 use postgres::Row;
 
 use super::registry::audit_in;
@@ -237,6 +238,58 @@ fn instance_from_row(row: &Row) -> Result<Instance, DbError> {
     })
 }
 
+/// The columns that hold an instance's settings, in the order of
+/// [`SettingsColumns::params`] (after the name, `$1`): one list for the
+/// INSERT and the UPDATE.
+const SETTINGS_COLUMNS: [&str; 7] = [
+    "cwa_url",
+    "auth_mode",
+    "max_sessions",
+    "idle_timeout_ms",
+    "inactivity_timeout_ms",
+    "http_max_connections",
+    "password_caching",
+];
+
+/// An instance's settings as the column values of its row.
+struct SettingsColumns<'a> {
+    cwa_url: &'a str,
+    auth_mode: &'static str,
+    max_sessions: Option<i32>,
+    idle_timeout_ms: Option<i64>,
+    inactivity_timeout_ms: Option<i64>,
+    http_max_connections: i32,
+    password_caching: bool,
+}
+
+impl<'a> SettingsColumns<'a> {
+    fn of(settings: &'a InstanceSettings) -> SettingsColumns<'a> {
+        SettingsColumns {
+            cwa_url: &settings.cwa_url,
+            auth_mode: settings.auth_mode.as_str(),
+            max_sessions: settings.max_sessions.map(|n| n as i32),
+            idle_timeout_ms: settings.idle_timeout_ms.map(|n| n as i64),
+            inactivity_timeout_ms: settings.inactivity_timeout_ms.map(|n| n as i64),
+            http_max_connections: settings.http_max_connections as i32,
+            password_caching: settings.password_caching,
+        }
+    }
+
+    /// `$1` the instance's name, then the values of [`SETTINGS_COLUMNS`].
+    fn params<'p>(&'p self, name: &'p &str) -> [&'p (dyn ToSql + Sync); 8] {
+        [
+            name,
+            &self.cwa_url,
+            &self.auth_mode,
+            &self.max_sessions,
+            &self.idle_timeout_ms,
+            &self.inactivity_timeout_ms,
+            &self.http_max_connections,
+            &self.password_caching,
+        ]
+    }
+}
+
 impl ConfigDb {
     /// Adds an instance. Refuses a malformed name or URL, a zero limit, and
     /// a name that exists ([`DbError::Duplicate`]). Audited as
@@ -255,22 +308,17 @@ impl ConfigDb {
             .client
             .transaction()
             .map_err(|e| classify(e, &context))?;
-        tx.execute(
-            "INSERT INTO instance (name, cwa_url, auth_mode, max_sessions, idle_timeout_ms, \
-             inactivity_timeout_ms, http_max_connections, password_caching) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &name,
-                &settings.cwa_url,
-                &settings.auth_mode.as_str(),
-                &settings.max_sessions.map(|n| n as i32),
-                &settings.idle_timeout_ms.map(|n| n as i64),
-                &settings.inactivity_timeout_ms.map(|n| n as i64),
-                &(settings.http_max_connections as i32),
-                &settings.password_caching,
-            ],
-        )
-        .map_err(|e| classify(e, &context))?;
+        let values = SettingsColumns::of(settings);
+        let sql = format!(
+            "INSERT INTO instance (name, {}) VALUES ($1, {})",
+            SETTINGS_COLUMNS.join(", "),
+            (2..=SETTINGS_COLUMNS.len() + 1)
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        tx.execute(sql.as_str(), &values.params(&name))
+            .map_err(|e| classify(e, &context))?;
         let mut event = AuditEvent::new("instance_added");
         event.instance = Some(name.to_string());
         event.reason = Some(describe(settings));
@@ -322,22 +370,18 @@ impl ConfigDb {
             new.inactivity_timeout_ms,
             new.http_max_connections,
         )?;
-        tx.execute(
-            "UPDATE instance SET cwa_url = $2, auth_mode = $3, max_sessions = $4, \
-             idle_timeout_ms = $5, inactivity_timeout_ms = $6, http_max_connections = $7, \
-             password_caching = $8, updated_at = now() WHERE name = $1",
-            &[
-                &name,
-                &new.cwa_url,
-                &new.auth_mode.as_str(),
-                &new.max_sessions.map(|n| n as i32),
-                &new.idle_timeout_ms.map(|n| n as i64),
-                &new.inactivity_timeout_ms.map(|n| n as i64),
-                &(new.http_max_connections as i32),
-                &new.password_caching,
-            ],
-        )
-        .map_err(|e| classify(e, &context))?;
+        let values = SettingsColumns::of(&new);
+        let update = format!(
+            "UPDATE instance SET {}, updated_at = now() WHERE name = $1",
+            SETTINGS_COLUMNS
+                .iter()
+                .zip(2..)
+                .map(|(column, n)| format!("{column} = ${n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        tx.execute(update.as_str(), &values.params(&name))
+            .map_err(|e| classify(e, &context))?;
         let mut event = AuditEvent::new("instance_changed");
         event.instance = Some(name.to_string());
         event.reason = Some(describe(&new));

@@ -207,6 +207,7 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(60)).unwrap(),
             Signal::Hangup
         );
+        // SAFETY: the thread is alive until it has handled this SIGTERM.
         assert_eq!(unsafe { libc::pthread_kill(pthread, libc::SIGTERM) }, 0);
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(60)).unwrap(),

@@ -2,7 +2,7 @@
 //! connections not yet signed in, the sign-in deadline, handler panics,
 //! shutdown, and TLS with a certificate generated at test time.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

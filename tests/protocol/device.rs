@@ -3,7 +3,7 @@
 //! events and acknowledgements, commands, refusals, protocol errors and its
 //! exit codes. The password never appears in its output.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

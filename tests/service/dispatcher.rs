@@ -8,9 +8,9 @@
 //!
 //! Spreading devices, returning to the session's instance, moving off a
 //! killed instance and the no-plaintext proof run against real collabd
-//! processes in `tests/dispatcher_collabd.rs`.
+//! processes in `dispatcher_collabd.rs` beside it.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

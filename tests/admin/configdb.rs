@@ -2,7 +2,7 @@
 //! re-apply, failure, concurrency), the schema's constraints, every typed
 //! read and write, and how failures are classified.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

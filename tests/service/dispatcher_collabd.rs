@@ -13,7 +13,7 @@
 //! held or trickled handshakes from many addresses that must not lock an
 //! honest device out.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! to end, and every kind of bad input refused with its exit code and one
 //! line on stderr, leaving the database exactly as it was.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! every `collabctl demo` command line in the README is one the demo
 //! accepts, so the two cannot drift apart.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

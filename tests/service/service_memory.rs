@@ -8,7 +8,7 @@
 //! it looks for. Reading another process's memory needs ptrace rights
 //! over it (collabd is our child; as root that is always so).
 
-mod support;
+use crate::support;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};

@@ -2,7 +2,7 @@
 //! for ordinary requests, raw `TcpStream`s where the TCP connection
 //! matters (NTLM).
 
-mod support;
+use crate::support;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,7 +2,7 @@
 //! or hostile documents are refused with a protocol error (thousands of
 //! mutated documents, never a panic), and passwords never reach `Debug`.
 
-mod support;
+use crate::support;
 
 use collabd::wire::{DeviceMessage, Secret, ServiceMessage, WireError};
 use support::wire_peer::{sample_device_messages, sample_service_messages, XorShift};

@@ -5,7 +5,7 @@
 //! login-result 308, and no event is dropped), and a text over the relay
 //! limit answered with command-result 300 every time, never 306 or 308.
 
-mod support;
+use crate::support;
 
 use collabd::configdb::InstanceSettings;
 use collabd::device::{DeviceClient, DeviceError};

@@ -3,7 +3,7 @@
 //! tampered traffic, and thousands of mutated inputs that must each end in a
 //! precise error, never a panic or an accepted forgery.
 
-mod support;
+use crate::support;
 
 use std::net::{TcpListener, TcpStream};
 use std::thread;

@@ -4,7 +4,7 @@
 //! Each test builds its own stack (see `support::collabd`). Waits are
 //! generous and only bound a broken build; nothing is timed.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

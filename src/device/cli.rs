@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::lineformat::{self, Line, Record, ScriptAction};
 use super::{DeviceClient, DeviceConfig, DeviceError, TlsConfig};
+use crate::ops::args::Args;
 use crate::wire::{
     self, Availability, Coverage, DeviceCommand, DeviceEvent, Secret, ServiceMessage, Status,
     WireError,
@@ -112,7 +113,7 @@ pub struct Options {
 /// Parses the arguments (without the program name).
 pub fn parse_args(args: &[String]) -> Result<Options, CliError> {
     let usage = |m: String| CliError::Usage(m);
-    let mut it = args.iter();
+    let mut args = Args::new(args.iter().cloned());
     let mut connect = None;
     let mut pin = None;
     let mut key_file = None;
@@ -136,10 +137,10 @@ pub fn parse_args(args: &[String]) -> Result<Options, CliError> {
         v.parse::<u64>()
             .map_err(|_| usage(format!("{flag} wants whole seconds, not \"{v}\"")))
     };
-    while let Some(a) = it.next() {
+    while let Some(word) = args.next_word() {
+        let a = &word;
         let mut value = |flag: &str| {
-            it.next()
-                .cloned()
+            args.value()
                 .ok_or_else(|| usage(format!("{flag} needs a value")))
         };
         match a.as_str() {

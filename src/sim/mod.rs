@@ -26,6 +26,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ops::args::Args;
+
 use self::ocs::{Ocs, OcsSettings, SessionReply};
 use self::server::{Faults, Server, ServerSettings};
 
@@ -140,8 +142,8 @@ pub fn parse_args(args: &[String]) -> Result<Config, SimError> {
     let mut c = Config::default();
     let mut cert = None;
     let mut key = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
+    let mut args = Args::new(args.iter().cloned());
+    while let Some(flag) = args.next_word() {
         if flag == "--help" || flag == "-h" {
             println!("{USAGE}\nSee cwa-sim(1).");
             return Err(SimError::Informational);
@@ -150,8 +152,8 @@ pub fn parse_args(args: &[String]) -> Result<Config, SimError> {
             println!("cwa-sim {}", env!("CARGO_PKG_VERSION"));
             return Err(SimError::Informational);
         }
-        let value = it
-            .next()
+        let value = &args
+            .value()
             .ok_or_else(|| SimError::Usage(format!("{flag} needs a value")))?;
         let num = |v: &str| -> Result<u64, SimError> {
             v.parse::<u64>()

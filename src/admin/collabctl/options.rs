@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::configdb::{parse_cwa_url, parse_pin, AuthMode, DbError, InstanceChange, SessionTarget};
+use crate::ops::args::Args;
 
 use super::error::{bad, usage, CliError};
 
@@ -18,35 +19,22 @@ impl Options {
     pub(super) fn parse(words: &[String], allowed: &[&'static str]) -> Result<Options, CliError> {
         let mut values = BTreeMap::new();
         let mut positional = Vec::new();
-        let mut i = 0;
-        while i < words.len() {
-            let word = &words[i];
-            if let Some(flag) = word.strip_prefix("--") {
-                let (name, inline) = match flag.split_once('=') {
-                    Some((n, v)) => (n, Some(v.to_string())),
-                    None => (flag, None),
-                };
-                let known = allowed
-                    .iter()
-                    .find(|a| **a == name)
-                    .ok_or_else(|| usage(format!("unknown option --{name}")))?;
-                let value = match inline {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        words
-                            .get(i)
-                            .cloned()
-                            .ok_or_else(|| usage(format!("--{name} needs a value")))?
-                    }
-                };
-                if values.insert(*known, value).is_some() {
-                    return Err(usage(format!("--{name} given twice")));
-                }
-            } else {
-                positional.push(word.clone());
+        let mut args = Args::new(words.iter().cloned());
+        while let Some(word) = args.next_word() {
+            let Some(name) = word.strip_prefix("--") else {
+                positional.push(word);
+                continue;
+            };
+            let known = allowed
+                .iter()
+                .find(|a| **a == name)
+                .ok_or_else(|| usage(format!("unknown option --{name}")))?;
+            let value = args
+                .value()
+                .ok_or_else(|| usage(format!("--{name} needs a value")))?;
+            if values.insert(*known, value).is_some() {
+                return Err(usage(format!("--{name} given twice")));
             }
-            i += 1;
         }
         Ok(Options { values, positional })
     }

@@ -3,6 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+use crate::ops::args::Args;
+
 use super::error::DemoError;
 
 /// Where devices connect by default (the dispatcher's real port).
@@ -55,13 +57,8 @@ impl DemoOptions {
             help: false,
         };
         let mut seen: Vec<&str> = Vec::new();
-        let mut i = 0;
-        while i < words.len() {
-            let word = words[i].as_str();
-            let (name, inline) = match word.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-                _ => (word, None),
-            };
+        let mut args = Args::new(words.iter().cloned());
+        while let Some(word) = args.next_word() {
             let known = [
                 "--dir",
                 "--listen-dispatcher",
@@ -71,20 +68,20 @@ impl DemoOptions {
                 "-h",
             ]
             .into_iter()
-            .find(|k| *k == name)
-            .ok_or_else(|| DemoError::Usage(format!("unknown argument {word:?}")))?;
+            .find(|k| *k == word)
+            .ok_or_else(|| {
+                let shown = match args.has_inline_value() {
+                    true => format!("{word}={}", args.value().unwrap_or_default()),
+                    false => word.clone(),
+                };
+                DemoError::Usage(format!("unknown argument {shown:?}"))
+            })?;
             if seen.contains(&known) {
                 return Err(DemoError::Usage(format!("{known} given twice")));
             }
             seen.push(known);
-            let mut value = || -> Result<String, DemoError> {
-                if let Some(v) = &inline {
-                    return Ok(v.clone());
-                }
-                i += 1;
-                words
-                    .get(i)
-                    .cloned()
+            let mut value = || {
+                args.value()
                     .ok_or_else(|| DemoError::Usage(format!("{known} needs a value")))
             };
             match known {
@@ -100,7 +97,7 @@ impl DemoOptions {
                 }
                 "--listen-collabd" => options.collabd_listen = parse_listen(known, &value()?)?,
                 "--keep" | "--help" | "-h" => {
-                    if inline.is_some() {
+                    if args.has_inline_value() {
                         return Err(DemoError::Usage(format!("{known} takes no value")));
                     }
                     if known == "--keep" {
@@ -111,7 +108,6 @@ impl DemoOptions {
                 }
                 _ => unreachable!("every known argument is handled"),
             }
-            i += 1;
         }
         if options.collabd_listen.ip().is_unspecified() {
             return Err(DemoError::Usage(format!(

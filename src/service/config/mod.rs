@@ -29,6 +29,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::ops::args::Args;
+
 /// The configuration file read when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/collabd/collabd.conf";
 /// sysexits(3) EX_USAGE: bad command line.
@@ -476,26 +478,18 @@ impl Command {
         let mut flags: Vec<(&'static str, String, String)> = Vec::new();
         let mut config_file: Option<PathBuf> = None;
         let mut check = false;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let arg = arg
-                .into_string()
-                .map_err(|a| ConfigError::Usage(format!("argument {a:?} is not UTF-8")))?;
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |flag: &str| -> Result<String, ConfigError> {
-                match &inline {
-                    Some(v) => Ok(v.clone()),
-                    None => args
-                        .next()
-                        .ok_or_else(|| ConfigError::Usage(format!("{flag} needs a value")))?
-                        .into_string()
-                        .map_err(|a| {
-                            ConfigError::Usage(format!("value {a:?} of {flag} is not UTF-8"))
-                        }),
-                }
+        let words = args
+            .into_iter()
+            .map(|a| {
+                a.into_string()
+                    .map_err(|a| ConfigError::Usage(format!("argument {a:?} is not UTF-8")))
+            })
+            .collect::<Result<Vec<String>, ConfigError>>()?;
+        let mut args = Args::new(words);
+        while let Some(flag) = args.next_word() {
+            let mut value = |flag: &str| {
+                args.value()
+                    .ok_or_else(|| ConfigError::Usage(format!("{flag} needs a value")))
             };
             match flag.as_str() {
                 "-h" | "--help" => return Ok(Command::Help),

@@ -14,6 +14,9 @@ has no TLS adapter for PostgreSQL): reach the server over its Unix socket or
 a trusted network. Timestamps cross the boundary as epoch milliseconds
 (`*_ms: i64`), because the `postgres` crate is built without its chrono or
 time adapters.
+
+Storage imports no module of the crate above it: only the PIN and key
+spellings of `hex`.
 */
 
 use std::fmt;

@@ -10,8 +10,9 @@ session resumption), sign-in (NTLMv2 on `/iwa/logon.html`, forms on
 `/forms/logon.html`), `initiateSession`, the command channel (POST
 `/cwa/MainCommandHandler.ashx`), the event channel (GET
 `/cwa/AsyncDataChannel.ashx`), typed commands and events, ticket rotation,
-back-off and sign-out. It never imports the service, the device protocol
-or the Config DB.
+back-off and sign-out. It imports `net`, `ntlm`, `xml` and, of the device
+protocol (`wire`), only the status codes and the password type; never the
+service or the Config DB.
 
 # Use
 

@@ -9,6 +9,9 @@
 //! the next service message for at most the given time and sends the
 //! periodic status report when it is due, so a caller interleaves its own
 //! work (reading a terminal, a script) between polls.
+//!
+//! It imports the device protocol (`wire`), the hex spellings (`hex`) and
+//! the command-line reader of `ops`; nothing of the service.
 
 pub mod cli;
 pub mod lineformat;
@@ -97,7 +100,14 @@ impl fmt::Display for DeviceError {
     }
 }
 
-impl std::error::Error for DeviceError {}
+impl std::error::Error for DeviceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DeviceError::Wire(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<WireError> for DeviceError {
     fn from(e: WireError) -> Self {

@@ -26,7 +26,9 @@ priority prefixes when stderr is the journal.
 Submodules: [`config`] (flags), [`route`] (instance choice), [`directory`]
 (Config DB reads), [`relay`] (byte copy and the recording hook), [`limits`]
 (caps and the refusal log's rate limit), and the private `connection` (one
-device connection from first frame to end).
+device connection from first frame to end), with the state its threads
+share in the private `shared`. It imports the Config DB, `net`, `ops` and
+the device protocol's frames and statuses (`wire`); never the service.
 */
 
 use std::fmt;
@@ -111,7 +113,15 @@ impl fmt::Display for DispatchError {
     }
 }
 
-impl std::error::Error for DispatchError {}
+impl std::error::Error for DispatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DispatchError::Config(e) => Some(e),
+            DispatchError::Bind { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
 
 impl DispatchError {
     /// The process exit status for this error.

@@ -82,7 +82,14 @@ impl fmt::Display for ScratchError {
     }
 }
 
-impl std::error::Error for ScratchError {}
+impl std::error::Error for ScratchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ScratchError::Io { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ScratchError {
     let what = what.into();

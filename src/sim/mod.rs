@@ -13,6 +13,9 @@
 //! the listeners, prints `listening on ADDR` (and `admin listening on
 //! ADDR`) on stdout, and serves until killed (SIGTERM/SIGINT end the
 //! process at once: all state is in memory and meant to be lost).
+//!
+//! The simulator imports `net`, `ntlm` (the server side), `ops` and `xml`;
+//! never the CWA client it stands in front of.
 
 pub mod events;
 pub mod http;
@@ -75,7 +78,15 @@ impl fmt::Display for SimError {
     }
 }
 
-impl std::error::Error for SimError {}
+impl std::error::Error for SimError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SimError::Read { error, .. } | SimError::Bind { error, .. } => Some(error),
+            SimError::Users(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 const USAGE: &str = "usage: cwa-sim --listen ADDR --users FILE [--admin-listen ADDR] \
 [--tls-cert PEM --tls-key PEM] [--max-connections N] [--throttle on|off|N] [--latency-ms N] \

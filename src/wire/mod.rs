@@ -5,6 +5,8 @@
 //! ([`channel`], [`crypto`]), the XML messages ([`message`]), and how a
 //! password is held in memory ([`secret`]).
 //!
+//! The wire format imports only `xml` and the PIN spelling of `hex`.
+//!
 //! Typical use, service side:
 //!
 //! ```no_run

@@ -42,7 +42,18 @@ impl fmt::Display for CliError {
     }
 }
 
-impl std::error::Error for CliError {}
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::Usage(_) => None,
+            CliError::Db(e) => Some(e),
+            CliError::KeyInput { error, .. }
+            | CliError::KeyOutput { error, .. }
+            | CliError::Output(error) => Some(error),
+            CliError::Demo(e) => Some(e),
+        }
+    }
+}
 
 impl From<DbError> for CliError {
     fn from(e: DbError) -> CliError {

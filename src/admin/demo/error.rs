@@ -104,7 +104,19 @@ impl fmt::Display for DemoError {
     }
 }
 
-impl std::error::Error for DemoError {}
+impl std::error::Error for DemoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DemoError::CannotListen { error, .. }
+            | DemoError::State { error, .. }
+            | DemoError::Signals(error)
+            | DemoError::Output(error) => Some(error),
+            DemoError::Postgres(e) => Some(e),
+            DemoError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl DemoError {
     /// The process exit code (sysexits.h).

@@ -492,7 +492,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("configdb", &["hex"]),
     ("wire", &["hex", "xml"]),
     ("ntlm", &["hex", "wire"]),
-    ("device", &["hex", "ops", "wire"]),
+    ("device", &["hex", "net", "ops", "wire"]),
     ("cwa", &["net", "ntlm", "wire", "xml"]),
     ("sim", &["net", "ntlm", "ops", "xml"]),
     ("dispatcher", &["configdb", "net", "ops", "wire"]),

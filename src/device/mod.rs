@@ -17,7 +17,6 @@ pub mod cli;
 pub mod lineformat;
 
 use std::fmt;
-use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -115,58 +114,9 @@ impl From<WireError> for DeviceError {
     }
 }
 
-/// The connection under the secure channel.
-pub enum Link {
-    /// Plain TCP.
-    Tcp(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<native_tls::TlsStream<TcpStream>>),
-}
-
-impl Link {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Link::Tcp(s) => s,
-            Link::Tls(s) => s.get_ref(),
-        }
-    }
-
-    /// Sets the read timeout of the socket under the link.
-    pub fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
-        self.tcp()
-            .set_read_timeout(Some(t.max(Duration::from_millis(1))))
-    }
-
-    /// Closes both directions.
-    pub fn shutdown(&self) {
-        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
-    }
-}
-
-impl Read for Link {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Link::Tcp(s) => s.read(buf),
-            Link::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Link {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Link::Tcp(s) => s.write(buf),
-            Link::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Link::Tcp(s) => s.flush(),
-            Link::Tls(s) => s.flush(),
-        }
-    }
-}
+/// The connection under the secure channel: plain TCP or TLS over TCP,
+/// the crate's one connection type.
+pub type Link = crate::net::Stream;
 
 /// What a successful login returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,7 +197,7 @@ impl DeviceClient {
         tcp.set_read_timeout(Some(cfg.timeout))
             .map_err(|e| DeviceError::Connect(e.to_string()))?;
         let link = match &cfg.tls {
-            None => Link::Tcp(tcp),
+            None => Link::Plain(tcp),
             Some(t) => open_tls(tcp, &cfg.addr, t)?,
         };
         let channel = wire::connect(link, cfg.pin, &cfg.transport_key)?;
@@ -275,7 +225,7 @@ impl DeviceClient {
         })?;
         self.channel
             .get_ref()
-            .set_read_timeout(self.timeout)
+            .set_read_timeout(self.timeout.max(Duration::from_millis(1)))
             .map_err(|e| DeviceError::Wire(WireError::Io(e)))?;
         match self.channel.recv_service()? {
             ServiceMessage::LoginResult {
@@ -364,7 +314,7 @@ impl DeviceClient {
             }
             self.channel
                 .get_ref()
-                .set_read_timeout(wait)
+                .set_read_timeout(wait.max(Duration::from_millis(1)))
                 .map_err(|e| DeviceError::Wire(WireError::Io(e)))?;
             match self.channel.recv_service() {
                 Ok(m) => return Ok(Some(m)),
@@ -399,7 +349,11 @@ impl DeviceClient {
                 Err(e) => return Err(e),
             }
         }
-        self.channel.get_ref().shutdown();
+        let _ = self
+            .channel
+            .get_ref()
+            .tcp()
+            .shutdown(std::net::Shutdown::Both);
         Ok(seen)
     }
 

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,16 +17,6 @@ use super::{SharedSocket, Stream};
 /// What the device listener and the session relay need of a connection
 /// beyond reading and writing.
 impl Stream<SharedSocket> {
-    /// Set the timeout of every read (never `None`: every read is bounded).
-    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
-        self.tcp().set_read_timeout(Some(timeout))
-    }
-
-    /// Set the timeout of every write.
-    pub fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
-        self.tcp().set_write_timeout(Some(timeout))
-    }
-
     /// A second descriptor of the socket (tests only need this; collabd
     /// itself shares one descriptor, see [`Stream::socket`]).
     pub fn try_clone_tcp(&self) -> io::Result<TcpStream> {
@@ -40,11 +30,6 @@ impl Stream<SharedSocket> {
             Stream::Plain(s) => s.clone(),
             Stream::Tls(s) => s.get_ref().clone(),
         }
-    }
-
-    /// The peer's address.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
     }
 
     /// Wait up to `timeout` for the socket to become readable (data, EOF or

@@ -20,6 +20,7 @@ pub use halves::{ReadHalf, WriteHalf};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What a [`Stream`] runs over: a byte stream with a TCP socket beneath.
 pub trait TcpSocket: Read + Write {
@@ -108,6 +109,22 @@ impl<S: TcpSocket> Stream<S> {
     /// Whether the connection is TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
+    }
+
+    /// Set the timeout of every read (never `None`: every read is bounded;
+    /// zero is refused by the system).
+    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.tcp().set_read_timeout(Some(timeout))
+    }
+
+    /// Set the timeout of every write.
+    pub fn set_write_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.tcp().set_write_timeout(Some(timeout))
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().peer_addr()
     }
 }
 

@@ -554,6 +554,9 @@ fn tickets_rotate_with_a_grace_window() {
     );
     let mut alice = Cwa::sign_in(&sim, "CONTOSO\\alice", "alice-pw");
     let first = alice.ticket.clone();
+    // The simulator rotates a ticket when it is presented past its period
+    // (no timer runs), so sleeping longer than the period is a lower bound
+    // that a slow machine only makes longer: these sleeps cannot race.
     std::thread::sleep(Duration::from_millis(400));
     // The event channel hands out the rotated ticket.
     let r = get(&alice.agent, &alice.events_url(0), Some(&first));

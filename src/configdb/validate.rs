@@ -222,7 +222,7 @@ pub fn parse_hex_key(text: &str) -> Result<[u8; 32], DbError> {
 pub fn generate_transport_key() -> Result<[u8; 32], DbError> {
     let mut key = [0u8; 32];
     openssl::rand::rand_bytes(&mut key)
-        .map_err(|e| DbError::Query(format!("no random numbers from OpenSSL: {e}")))?;
+        .map_err(|e| DbError::Query(format!("no random numbers from OpenSSL: {e}").into()))?;
     Ok(key)
 }
 

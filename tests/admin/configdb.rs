@@ -492,7 +492,10 @@ fn a_server_that_goes_away_is_unreachable_and_the_cluster_cleans_up() {
     let mut db = ConfigDb::connect(&url).unwrap();
     db.migrate().unwrap();
     pg.stop_server().unwrap();
-    assert!(matches!(db.list_users(), Err(DbError::Unreachable(_))));
+    let err = db.list_users().unwrap_err();
+    assert!(matches!(err, DbError::Unreachable(_)), "{err:?}");
+    // The driver's error is kept beneath the text.
+    assert!(std::error::Error::source(&err).is_some(), "{err:?}");
     assert!(matches!(
         ConfigDb::connect(&url),
         Err(DbError::Unreachable(_))

@@ -113,7 +113,7 @@ pub struct Cause {
 
 impl Cause {
     /// `text`, with the driver's error beneath it.
-    fn from_driver(text: String, error: postgres::Error) -> Cause {
+    pub fn from_driver(text: String, error: postgres::Error) -> Cause {
         Cause {
             text,
             driver: Some(Arc::new(error)),
@@ -121,7 +121,7 @@ impl Cause {
     }
 
     /// The driver's error, if this came from one.
-    fn driver_error(&self) -> Option<&(dyn std::error::Error + 'static)> {
+    pub fn driver_error(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.driver
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))

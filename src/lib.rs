@@ -21,14 +21,13 @@
 //!   the command channel, the event long-poll, typed commands and events.
 //! - [`configdb`]: the Config DB in PostgreSQL (migrations, instances,
 //!   users, devices, session registry, heartbeats, audit). Storage: it
-//!   imports no other module of the crate.
+//!   imports nothing above it (only [`hex`]).
 //! - [`ntlm`]: both sides of NTLMv2 ([MS-NLMP]) for IIS-style HTTP
 //!   authentication, and the base64 of its headers.
 //! - [`wire`]: the device protocol (frames, handshake and AES-GCM channel,
 //!   status codes, XML messages), specified in collab-protocol(7), and
 //!   the [`wire::Secret`] password type with the wiping allocator below.
-//!   It imports only [`xml`].
-//! - [`hex`]: the written form of bytes, transport keys and device PINs.
+//!   It imports only [`xml`] and [`hex`].
 //! - [`ops`]: running under systemd (notify, signals, logging) and a
 //!   throwaway PostgreSQL for tests and the demo.
 //! - [`net`]: a connection, plain TCP or TLS, shared by the device
@@ -36,6 +35,7 @@
 //! - [`xml`]: small helpers over `xmltree` shared by the CWA client, the
 //!   simulator and the device protocol (bounded parsing, child text,
 //!   serialisation).
+//! - [`hex`]: the written form of bytes, transport keys and device PINs.
 pub mod admin;
 pub mod configdb;
 pub mod cwa;

@@ -26,9 +26,9 @@ file there, and never printed.
 
 The parts: the command line ([`options`]), the cast ([`users`]), the
 children's life cycle ([`supervise`]), the banner ([`banner`]) and the
-errors with their exit codes ([`error`]). It imports the Config DB and
-`ops` (signals, the throwaway PostgreSQL); the programs it runs are
-child processes, not imports.
+errors with their exit codes ([`error`]). It imports the Config DB,
+`ops` (signals, the throwaway PostgreSQL, the command-line reader), `net`
+and `hex`; the programs it runs are child processes, not imports.
 */
 
 mod banner;

@@ -566,10 +566,10 @@ pub fn base64_encode(data: &[u8]) -> String {
 }
 
 /// Decodes standard base64; padding is required to be correct when present
-/// and may be omitted. Whitespace and other characters are errors.
-/// (OpenSSL's decoder is not used here: it skips whitespace, needs the
-/// padding and accepts non-zero leftover bits, all of which a header
-/// parser should refuse.)
+/// and may be omitted. Whitespace and other characters are errors, and so
+/// are non-zero leftover bits: OpenSSL's decoder, which does the decoding,
+/// would skip whitespace and accept those bits, so the text is checked
+/// first; it also wants the padding, which is added when left out.
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, NtlmError> {
     let bytes = text.as_bytes();
     let unpadded = match bytes {
@@ -580,34 +580,37 @@ pub fn base64_decode(text: &str) -> Result<Vec<u8>, NtlmError> {
     if bytes.len() != unpadded.len() && bytes.len() % 4 != 0 {
         return Err(NtlmError::BadBase64);
     }
-    if unpadded.len() % 4 == 1 {
-        return Err(NtlmError::BadBase64);
-    }
-    let mut out = Vec::with_capacity(unpadded.len() / 4 * 3 + 2);
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
+    let sextet = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut last = 0;
     for &c in unpadded {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return Err(NtlmError::BadBase64),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
+        last = sextet(c).ok_or(NtlmError::BadBase64)?;
     }
-    // Leftover bits must be zero in canonical base64.
-    if acc != 0 {
+    // The bits of the last character that no byte uses must be zero.
+    let unused_bits = match unpadded.len() % 4 {
+        0 => 0,
+        1 => return Err(NtlmError::BadBase64),
+        2 => 4,
+        _ => 2,
+    };
+    if last & ((1 << unused_bits) - 1) != 0 {
         return Err(NtlmError::BadBase64);
     }
-    Ok(out)
+    if unpadded.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut padded = String::with_capacity(unpadded.len() + 2);
+    padded.push_str(&text[..unpadded.len()]);
+    while padded.len() % 4 != 0 {
+        padded.push('=');
+    }
+    openssl::base64::decode_block(&padded).map_err(|_| NtlmError::BadBase64)
 }
 
 // ---------------------------------------------------------------------------
@@ -690,15 +693,10 @@ fn utf16le(s: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use crate::hex::encode as hex;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        crate::hex::decode(s).unwrap()
     }
 
     // [MS-NLMP] 4.2.1 common values and 4.2.4 NTLMv2 authentication.

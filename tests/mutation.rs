@@ -64,23 +64,29 @@ fn note_free(size: usize) {
     let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(size)));
 }
 
+// SAFETY: every call is forwarded to `System` unchanged; the counting only
+// touches thread-locals that never allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note_alloc(layout.size());
-        System.alloc(layout)
+        // SAFETY: our caller's contract is System's.
+        unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note_alloc(layout.size());
-        System.alloc_zeroed(layout)
+        // SAFETY: our caller's contract is System's.
+        unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         note_free(layout.size());
-        System.dealloc(ptr, layout)
+        // SAFETY: our caller's contract is System's.
+        unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note_alloc(new_size);
         note_free(layout.size());
-        System.realloc(ptr, layout, new_size)
+        // SAFETY: our caller's contract is System's.
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -415,7 +421,7 @@ fn check(report: Report) {
 
 fn hex(data: &[u8]) -> String {
     let shown = &data[..data.len().min(4096)];
-    shown.iter().map(|b| format!("{b:02x}")).collect()
+    collabd::hex::encode(shown)
 }
 
 // ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use collabd::ops::signals::Shutdown;
 fn notify_uses_notify_socket_and_the_watchdog_pings_only_when_healthy() {
     let mut random = [0u8; 8];
     openssl::rand::rand_bytes(&mut random).unwrap();
-    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = collabd::hex::encode(&random);
     let dir = std::env::temp_dir().join(format!("collabd-notify-{hex}"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("notify.sock");

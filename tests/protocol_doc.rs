@@ -322,7 +322,7 @@ fn numbers(text: &str) -> Vec<u64> {
 }
 
 /// collabd's configuration with every setting at its default.
-fn default_config() -> collabd::config::Config {
+fn default_config() -> collabd::service::config::Config {
     let dir = std::env::temp_dir().join(format!("protocol-doc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("collabd.conf");
@@ -332,10 +332,10 @@ fn default_config() -> collabd::config::Config {
     )
     .unwrap();
     let args = ["--config", file.to_str().unwrap()].map(std::ffi::OsString::from);
-    let parsed = collabd::config::Command::parse(args, &|_| None).unwrap();
+    let parsed = collabd::service::config::Command::parse(args, &|_| None).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     match parsed {
-        collabd::config::Command::Run(c) => c,
+        collabd::service::config::Command::Run(c) => c,
         other => panic!("{other:?}"),
     }
 }

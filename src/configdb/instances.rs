@@ -4,6 +4,10 @@ limits and timeouts, password caching), as written by `collabctl` and read
 by `collabd` at start-up and on reload.
 */
 
+use std::fmt;
+use std::str::FromStr;
+
+use postgres::types::ToSql;
 use postgres::Row;
 
 use super::registry::audit_in;
@@ -20,9 +24,65 @@ pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 1000;
 /// the user Away, as CWA does for its own clients.
 pub const DEFAULT_AWAY_AFTER_MS: u64 = 5 * 60 * 1000;
 
-/// How collabd signs in to CWA: the CWA client's own type, stored in
-/// `instance.auth_mode` by its spelling ([`AuthMode::as_str`]).
-pub use crate::cwa::AuthMode;
+/// How an instance's collabd signs users in to CWA, stored in
+/// `instance.auth_mode` by its spelling ([`AuthMode::as_str`]); the service
+/// hands it to the CWA client as the client's own `cwa::AuthMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// NTLMv2 first, then forms if that fails (what BES does; the default).
+    #[default]
+    IwaThenForms,
+    /// Forms only.
+    Forms,
+    /// Integrated Windows authentication (NTLMv2) only.
+    Iwa,
+}
+
+impl AuthMode {
+    /// The configuration spelling: `iwa-then-forms`, `forms` or `iwa`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::IwaThenForms => "iwa-then-forms",
+            AuthMode::Forms => "forms",
+            AuthMode::Iwa => "iwa",
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An auth mode spelled other than `iwa-then-forms`, `forms` or `iwa`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownAuthMode(pub String);
+
+impl fmt::Display for UnknownAuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown CWA auth mode {:?} (expected iwa-then-forms, forms or iwa)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownAuthMode {}
+
+impl FromStr for AuthMode {
+    type Err = UnknownAuthMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "iwa-then-forms" => Ok(AuthMode::IwaThenForms),
+            "forms" => Ok(AuthMode::Forms),
+            "iwa" => Ok(AuthMode::Iwa),
+            _ => Err(UnknownAuthMode(s.to_string())),
+        }
+    }
+}
 
 /// An instance row: settings and the last heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +255,62 @@ fn instance_from_row(row: &Row) -> Result<Instance, DbError> {
     })
 }
 
+/// The columns that hold an instance's settings, in the order of
+/// [`SettingsColumns::params`] (after the name, `$1`): one list for the
+/// INSERT and the UPDATE.
+const SETTINGS_COLUMNS: [&str; 8] = [
+    "cwa_url",
+    "auth_mode",
+    "max_sessions",
+    "idle_timeout_ms",
+    "inactivity_timeout_ms",
+    "http_max_connections",
+    "password_caching",
+    "away_after_ms",
+];
+
+/// An instance's settings as the column values of its row.
+struct SettingsColumns<'a> {
+    cwa_url: &'a str,
+    auth_mode: &'static str,
+    max_sessions: Option<i32>,
+    idle_timeout_ms: Option<i64>,
+    inactivity_timeout_ms: Option<i64>,
+    http_max_connections: i32,
+    password_caching: bool,
+    away_after_ms: i64,
+}
+
+impl<'a> SettingsColumns<'a> {
+    fn of(settings: &'a InstanceSettings) -> Result<SettingsColumns<'a>, DbError> {
+        Ok(SettingsColumns {
+            cwa_url: &settings.cwa_url,
+            auth_mode: settings.auth_mode.as_str(),
+            max_sessions: settings.max_sessions.map(|n| n as i32),
+            idle_timeout_ms: settings.idle_timeout_ms.map(|n| n as i64),
+            inactivity_timeout_ms: settings.inactivity_timeout_ms.map(|n| n as i64),
+            http_max_connections: settings.http_max_connections as i32,
+            password_caching: settings.password_caching,
+            away_after_ms: away_column(settings.away_after_ms)?,
+        })
+    }
+
+    /// `$1` the instance's name, then the values of [`SETTINGS_COLUMNS`].
+    fn params<'p>(&'p self, name: &'p &str) -> [&'p (dyn ToSql + Sync); 9] {
+        [
+            name,
+            &self.cwa_url,
+            &self.auth_mode,
+            &self.max_sessions,
+            &self.idle_timeout_ms,
+            &self.inactivity_timeout_ms,
+            &self.http_max_connections,
+            &self.password_caching,
+            &self.away_after_ms,
+        ]
+    }
+}
+
 impl ConfigDb {
     /// Adds an instance. Refuses a malformed name or URL, a zero limit, and
     /// a name that exists ([`DbError::Duplicate`]). Audited as
@@ -213,23 +329,17 @@ impl ConfigDb {
             .client
             .transaction()
             .map_err(|e| classify(e, &context))?;
-        tx.execute(
-            "INSERT INTO instance (name, cwa_url, auth_mode, max_sessions, idle_timeout_ms, \
-             inactivity_timeout_ms, http_max_connections, password_caching, away_after_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &name,
-                &settings.cwa_url,
-                &settings.auth_mode.as_str(),
-                &settings.max_sessions.map(|n| n as i32),
-                &settings.idle_timeout_ms.map(|n| n as i64),
-                &settings.inactivity_timeout_ms.map(|n| n as i64),
-                &(settings.http_max_connections as i32),
-                &settings.password_caching,
-                &away_column(settings.away_after_ms)?,
-            ],
-        )
-        .map_err(|e| classify(e, &context))?;
+        let values = SettingsColumns::of(settings)?;
+        let sql = format!(
+            "INSERT INTO instance (name, {}) VALUES ($1, {})",
+            SETTINGS_COLUMNS.join(", "),
+            (2..=SETTINGS_COLUMNS.len() + 1)
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        tx.execute(sql.as_str(), &values.params(&name))
+            .map_err(|e| classify(e, &context))?;
         let mut event = AuditEvent::new("instance_added");
         event.instance = Some(name.to_string());
         event.reason = Some(describe(settings));
@@ -282,23 +392,18 @@ impl ConfigDb {
             new.inactivity_timeout_ms,
             new.http_max_connections,
         )?;
-        tx.execute(
-            "UPDATE instance SET cwa_url = $2, auth_mode = $3, max_sessions = $4, \
-             idle_timeout_ms = $5, inactivity_timeout_ms = $6, http_max_connections = $7, \
-             password_caching = $8, away_after_ms = $9, updated_at = now() WHERE name = $1",
-            &[
-                &name,
-                &new.cwa_url,
-                &new.auth_mode.as_str(),
-                &new.max_sessions.map(|n| n as i32),
-                &new.idle_timeout_ms.map(|n| n as i64),
-                &new.inactivity_timeout_ms.map(|n| n as i64),
-                &(new.http_max_connections as i32),
-                &new.password_caching,
-                &away_column(new.away_after_ms)?,
-            ],
-        )
-        .map_err(|e| classify(e, &context))?;
+        let values = SettingsColumns::of(&new)?;
+        let update = format!(
+            "UPDATE instance SET {}, updated_at = now() WHERE name = $1",
+            SETTINGS_COLUMNS
+                .iter()
+                .zip(2..)
+                .map(|(column, n)| format!("{column} = ${n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        tx.execute(update.as_str(), &values.params(&name))
+            .map_err(|e| classify(e, &context))?;
         let mut event = AuditEvent::new("instance_changed");
         event.instance = Some(name.to_string());
         event.reason = Some(describe(&new));

@@ -14,15 +14,18 @@ has no TLS adapter for PostgreSQL): reach the server over its Unix socket or
 a trusted network. Timestamps cross the boundary as epoch milliseconds
 (`*_ms: i64`), because the `postgres` crate is built without its chrono or
 time adapters.
+
+Storage imports no module of the crate above it: only the PIN and key
+spellings of `hex`.
 */
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::error::SqlState;
 
-pub mod cli;
 mod instances;
 mod migrate;
 pub mod pool;
@@ -30,13 +33,17 @@ mod registry;
 mod users;
 mod validate;
 
-pub use instances::{AuthMode, Instance, InstanceChange, InstanceSettings};
+pub use instances::{AuthMode, Instance, InstanceChange, InstanceSettings, UnknownAuthMode};
 pub use migrate::{AppliedMigration, Migration, MIGRATIONS};
 pub use registry::{
     AuditEvent, AuditRecord, Coverage, EndRequest, InstanceHealth, SessionRecord, SessionState,
     SessionTarget, INSTANCE_LOST,
 };
 pub use users::{Device, DeviceSummary, User};
+/// The environment variable that carries the Config DB URL to every program
+/// that reads the Config DB when no `--database` is given.
+pub const DATABASE_URL_ENV: &str = "COLLABD_DATABASE_URL";
+
 pub use validate::{
     format_pin, generate_transport_key, logins_match, parse_cwa_url, parse_hex_key,
     parse_instance_name, parse_login, parse_pin, parse_sip_uri, CwaUrl,
@@ -62,7 +69,7 @@ pub enum DbError {
     /// The server could not be reached, refused the connection, dropped it,
     /// or did not answer within [`STATEMENT_TIMEOUT`]. The text is the
     /// driver's reason (it never contains a password).
-    Unreachable(String),
+    Unreachable(Cause),
     /// Input that is malformed or breaks a rule (a PIN that is not 8 hex
     /// digits, a limit of zero, a URL that is not http or https, ...).
     BadData { what: String },
@@ -72,7 +79,7 @@ pub enum DbError {
     Duplicate { what: String },
     /// Any other database failure, including a schema that has not been
     /// migrated.
-    Query(String),
+    Query(Cause),
 }
 
 impl fmt::Display for DbError {
@@ -87,7 +94,70 @@ impl fmt::Display for DbError {
     }
 }
 
-impl std::error::Error for DbError {}
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DbError::Unreachable(cause) | DbError::Query(cause) => cause.driver_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Why the database failed, as text, with the driver's error kept as the
+/// [`DbError`]'s `source()` when there was one. Compared by its text.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    text: String,
+    driver: Option<Arc<postgres::Error>>,
+}
+
+impl Cause {
+    /// `text`, with the driver's error beneath it.
+    pub fn from_driver(text: String, error: postgres::Error) -> Cause {
+        Cause {
+            text,
+            driver: Some(Arc::new(error)),
+        }
+    }
+
+    /// The driver's error, if this came from one.
+    pub fn driver_error(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.driver
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Cause {}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<String> for Cause {
+    fn from(text: String) -> Cause {
+        Cause { text, driver: None }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(text: &str) -> Cause {
+        Cause::from(text.to_string())
+    }
+}
 
 impl DbError {
     pub(crate) fn bad(what: impl Into<String>) -> DbError {
@@ -123,23 +193,27 @@ pub(crate) fn classify(err: postgres::Error, context: &str) -> DbError {
             return DbError::bad(format!("{context}: {message}"));
         }
         if *code == SqlState::QUERY_CANCELED {
-            return DbError::Unreachable(format!("{context}: the database did not answer in time"));
+            let text = format!("{context}: the database did not answer in time");
+            return DbError::Unreachable(Cause::from_driver(text, err));
         }
         if *code == SqlState::UNDEFINED_TABLE {
-            return DbError::Query(format!(
-                "{context}: {message} (is the schema migrated? run `collabctl migrate`)"
-            ));
+            let text =
+                format!("{context}: {message} (is the schema migrated? run `collabctl migrate`)");
+            return DbError::Query(Cause::from_driver(text, err));
         }
         let class = &code.code()[..2];
         // 08: connection exception; 57P: operator intervention (shutdown);
         // 53: insufficient resources (too many connections, out of memory).
         if class == "08" || class == "53" || code.code().starts_with("57P") {
-            return DbError::Unreachable(format!("{context}: {message}"));
+            let text = format!("{context}: {message}");
+            return DbError::Unreachable(Cause::from_driver(text, err));
         }
-        return DbError::Query(format!("{context}: {message}"));
+        let text = format!("{context}: {message}");
+        return DbError::Query(Cause::from_driver(text, err));
     }
     // No server error: the connection itself failed (I/O, closed, timeout).
-    DbError::Unreachable(format!("{context}: {}", with_cause(&err)))
+    let text = format!("{context}: {}", with_cause(&err));
+    DbError::Unreachable(Cause::from_driver(text, err))
 }
 
 /// The driver's error followed by its cause ("error connecting to server:
@@ -198,15 +272,16 @@ impl ConfigDb {
         if let Some(password) = password {
             config.password(password);
         }
-        let client = config
-            .connect(postgres::NoTls)
-            .map_err(|e| match e.as_db_error() {
+        let client = config.connect(postgres::NoTls).map_err(|e| {
+            let text = match e.as_db_error() {
                 // The server answered but refused us (unknown database,
-                // authentication, too many clients): for a caller this is
-                // the database being unavailable.
-                Some(db) => DbError::Unreachable(db.message().to_string()),
-                None => DbError::Unreachable(with_cause(&e)),
-            })?;
+                // authentication, too many clients): for a caller this
+                // is the database being unavailable.
+                Some(db) => db.message().to_string(),
+                None => with_cause(&e),
+            };
+            DbError::Unreachable(Cause::from_driver(text, e))
+        })?;
         Ok(ConfigDb { client })
     }
 

@@ -73,7 +73,14 @@ impl fmt::Display for PoolError {
     }
 }
 
-impl std::error::Error for PoolError {}
+impl std::error::Error for PoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PoolError::Db(e) => Some(e),
+            PoolError::Busy { .. } => None,
+        }
+    }
+}
 
 impl From<DbError> for PoolError {
     fn from(e: DbError) -> PoolError {

@@ -10,8 +10,7 @@ use std::str::FromStr;
 
 use postgres::{GenericClient, Row};
 
-use super::users::pin_from;
-use super::validate::parse_instance_name;
+use super::validate::{parse_instance_name, pin_from};
 use super::{classify, epoch_ms, ConfigDb, DbError};
 
 /// Longest reason or detail text kept in `session.end_reason` and

@@ -11,7 +11,7 @@ use std::fmt;
 use postgres::{GenericClient, Row, Transaction};
 
 use super::registry::{audit_in, request_end_of_device_in, request_end_of_user_in};
-use super::validate::{format_pin, generate_transport_key, parse_login, parse_sip_uri};
+use super::validate::{format_pin, generate_transport_key, parse_login, parse_sip_uri, pin_from};
 use super::{classify, epoch_ms, AuditEvent, ConfigDb, DbError};
 
 /// A user who may be given devices.
@@ -298,10 +298,6 @@ impl ConfigDb {
             transport_key,
         })
     }
-}
-
-pub(crate) fn pin_from(value: i64) -> Result<u32, DbError> {
-    u32::try_from(value).map_err(|_| DbError::bad(format!("stored PIN {value} is not 32-bit")))
 }
 
 /// Who is making this change, for the audit of end requests: the database

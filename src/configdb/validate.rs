@@ -8,21 +8,20 @@ use std::fmt;
 
 use super::DbError;
 
-/// Parses a device PIN: exactly 8 hex digits (either case), e.g. `2100000a`.
+/// Parses a device PIN: exactly 8 hex digits (either case), e.g. `2100000a`
+/// ([`crate::hex::parse_pin`], the one rule for PINs).
 pub fn parse_pin(text: &str) -> Result<u32, DbError> {
-    if text.len() != 8 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(DbError::bad(format!(
-            "PIN {:?} is not 8 hex digits",
-            shorten(text)
-        )));
-    }
-    u32::from_str_radix(text, 16).map_err(|_| DbError::bad("PIN is not 8 hex digits"))
+    crate::hex::parse_pin(text)
+        .ok_or_else(|| DbError::bad(format!("PIN {:?} is not 8 hex digits", shorten(text))))
 }
 
 /// Formats a PIN the way operators and devices write it: 8 lower-case hex
 /// digits.
-pub fn format_pin(pin: u32) -> String {
-    format!("{pin:08x}")
+pub use crate::hex::format_pin;
+
+/// A PIN as read back from its `bigint` column.
+pub(crate) fn pin_from(value: i64) -> Result<u32, DbError> {
+    u32::try_from(value).map_err(|_| DbError::bad(format!("stored PIN {value} is not 32-bit")))
 }
 
 /// Checks an instance name: 1 to 63 characters of letters, digits, `.`,
@@ -215,25 +214,15 @@ pub fn parse_cwa_url(text: &str) -> Result<CwaUrl, DbError> {
 /// Parses a transport key written as 64 hex digits (surrounding white
 /// space is ignored).
 pub fn parse_hex_key(text: &str) -> Result<[u8; 32], DbError> {
-    let text = text.trim();
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(DbError::bad(
-            "a transport key must be exactly 64 hex digits",
-        ));
-    }
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-            .map_err(|_| DbError::bad("a transport key must be exactly 64 hex digits"))?;
-    }
-    Ok(key)
+    crate::hex::parse_key(text)
+        .ok_or_else(|| DbError::bad("a transport key must be exactly 64 hex digits"))
 }
 
 /// A fresh 256-bit transport key from OpenSSL's CSPRNG.
 pub fn generate_transport_key() -> Result<[u8; 32], DbError> {
     let mut key = [0u8; 32];
     openssl::rand::rand_bytes(&mut key)
-        .map_err(|e| DbError::Query(format!("no random numbers from OpenSSL: {e}")))?;
+        .map_err(|e| DbError::Query(format!("no random numbers from OpenSSL: {e}").into()))?;
     Ok(key)
 }
 

@@ -1,16 +1,17 @@
 //! The CWA client's errors: why a sign-in failed ([`SignInError`]), why a
 //! live session's request failed ([`SessionError`]), and CWA's own
 //! `<error>` element ([`CwaError`]). Each maps to a device-facing status
-//! code of the team brief (`src/wire/status.rs`).
+//! code of collab-protocol(7), STATUS CODES (`src/wire/status.rs`).
 
 use std::fmt;
 
 use xmltree::Element;
 
+use crate::wire::Status;
 use crate::xml;
 
 /// CWA's `<error code subCode reason detail>` element, with the optional
-/// `sipResponse code reason` child (§6).
+/// `sipResponse code reason` child (cwa-sim(1), HTTP LIMITS AND ERRORS).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CwaError {
     /// The CWA service code (18000–18400), if present and numeric.
@@ -105,7 +106,8 @@ impl fmt::Display for CwaError {
 /// | `Config` (bad URL or CA file) | 306 CwaUnavailable |
 /// | `Protocol` (malformed reply, no ticket after success, redirect, ...) | 308 ProtocolError |
 ///
-/// The HTTP-to-class mapping is PROPOSED in the protocol notes (§2.2):
+/// The HTTP-to-class mapping is our choice where CWA's behaviour is not
+/// known (cwa-sim(1), SIGN-IN, answers the same way):
 /// 401 (and a 2xx without ticket) is bad credentials, 403 or an error body
 /// with a ticket is "not enabled", 503 or code 18101 is busy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,16 +129,17 @@ pub enum SignInError {
 }
 
 impl SignInError {
-    /// The device-facing status code (team brief) for this failure.
-    pub fn device_status(&self) -> u16 {
+    /// The device-facing status code (collab-protocol(7), STATUS CODES) for
+    /// this failure.
+    pub fn device_status(&self) -> Status {
         match self {
-            SignInError::BadCredentials => 303,
-            SignInError::NotEnabled => 305,
+            SignInError::BadCredentials => Status::BadCredentials,
+            SignInError::NotEnabled => Status::NotEnabled,
             SignInError::ServerBusy
             | SignInError::Unavailable(_)
             | SignInError::Tls(_)
-            | SignInError::Config(_) => 306,
-            SignInError::Protocol(_) => 308,
+            | SignInError::Config(_) => Status::CwaUnavailable,
+            SignInError::Protocol(_) => Status::ProtocolError,
         }
     }
 }
@@ -196,12 +199,15 @@ impl SessionError {
         matches!(self, SessionError::SessionGone(_) | SessionError::Closed)
     }
 
-    /// The device-facing status code (team brief) for this failure.
-    pub fn device_status(&self) -> u16 {
+    /// The device-facing status code (collab-protocol(7), STATUS CODES) for
+    /// this failure.
+    pub fn device_status(&self) -> Status {
         match self {
-            SessionError::SessionGone(_) | SessionError::Closed => 310,
-            SessionError::Busy | SessionError::Unavailable(_) | SessionError::Timeout(_) => 306,
-            SessionError::Protocol(_) => 308,
+            SessionError::SessionGone(_) | SessionError::Closed => Status::SessionEnded,
+            SessionError::Busy | SessionError::Unavailable(_) | SessionError::Timeout(_) => {
+                Status::CwaUnavailable
+            }
+            SessionError::Protocol(_) => Status::ProtocolError,
         }
     }
 }
@@ -242,14 +248,23 @@ mod tests {
 
     #[test]
     fn device_statuses_follow_the_brief() {
-        assert_eq!(SignInError::BadCredentials.device_status(), 303);
-        assert_eq!(SignInError::NotEnabled.device_status(), 305);
-        assert_eq!(SignInError::ServerBusy.device_status(), 306);
-        assert_eq!(SignInError::Unavailable("x".into()).device_status(), 306);
-        assert_eq!(SignInError::Tls("x".into()).device_status(), 306);
-        assert_eq!(SignInError::Protocol("x".into()).device_status(), 308);
-        assert_eq!(SessionError::SessionGone("x".into()).device_status(), 310);
-        assert_eq!(SessionError::Busy.device_status(), 306);
+        assert_eq!(SignInError::BadCredentials.device_status().code(), 303);
+        assert_eq!(SignInError::NotEnabled.device_status().code(), 305);
+        assert_eq!(SignInError::ServerBusy.device_status().code(), 306);
+        assert_eq!(
+            SignInError::Unavailable("x".into()).device_status().code(),
+            306
+        );
+        assert_eq!(SignInError::Tls("x".into()).device_status().code(), 306);
+        assert_eq!(
+            SignInError::Protocol("x".into()).device_status().code(),
+            308
+        );
+        assert_eq!(
+            SessionError::SessionGone("x".into()).device_status().code(),
+            310
+        );
+        assert_eq!(SessionError::Busy.device_status().code(), 306);
         assert!(SessionError::Closed.is_final());
         assert!(!SessionError::Timeout("x".into()).is_final());
     }

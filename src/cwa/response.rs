@@ -1,4 +1,4 @@
-//! Synchronous CWA replies (§4): the `cwaResponses` body of a command POST,
+//! Synchronous CWA replies (cwa-sim(1), COMMANDS): the `cwaResponses` body of a command POST,
 //! of `initiateSession` (both documented forms) and of `logon`.
 
 use xmltree::Element;
@@ -34,7 +34,7 @@ pub struct CommandReply {
     pub rid: u64,
     /// What CWA answered.
     pub outcome: Outcome,
-    /// Events embedded in the reply (PROPOSED, §4). They are also recorded
+    /// Events embedded in the reply (our reading; cwa-sim(1), COMMANDS). They are also recorded
     /// so that the event channel does not hand them out a second time.
     pub events: Vec<Event>,
 }

@@ -111,7 +111,8 @@ impl Shared {
         }
     }
 
-    /// Takes the newest ticket from any response (§2.1 step 3). Newest by
+    /// Takes the newest ticket from any response (cwa-sim(1), TICKETS AND
+    /// SESSIONS). Newest by
     /// the order the responses arrived, not the order their threads get
     /// here: the held GET and a command POST can finish together, and the
     /// one read last may carry the ticket CWA has already replaced.
@@ -364,9 +365,8 @@ impl CommandChannel {
     }
 
     /// Whether the presence must be republished now: CWA wants it every
-    /// five minutes (§3.1; that a published state lapses without it is
-    /// PROPOSED in the protocol notes, §7), configurable as
-    /// `republish_interval`.
+    /// five minutes (cwa-sim(1), COMMANDS; that a published state lapses
+    /// without it is PROPOSED), configurable as `republish_interval`.
     pub fn republish_due(&self) -> bool {
         self.last_publish.elapsed() >= self.republish_interval
     }
@@ -432,7 +432,7 @@ pub struct EventChannel {
 
 impl EventChannel {
     /// Waits until the next GET is due (`pollWaitTime` after the previous
-    /// response, §5.1), sends it with the acknowledged AckId, and returns
+    /// response; cwa-sim(1), EVENTS), sends it with the acknowledged AckId, and returns
     /// its events (possibly none).
     ///
     /// Inside, a GET whose connection dropped is resent with the same
@@ -698,7 +698,7 @@ pub(crate) fn parse_events_body(body: &[u8]) -> Result<ParsedEvents, SessionErro
         .map_err(|why| SessionError::Protocol(format!("event channel: {why}")))?;
     match root.name.as_str() {
         "cwaEvents" => Ok(parse_events(&root)),
-        // An error, or events, wrapped in cwaResponses (PROPOSED, §4).
+        // An error, or events, wrapped in cwaResponses (our reading; cwa-sim(1), COMMANDS).
         "cwaResponses" => {
             let mut merged = ParsedEvents::default();
             for child in xml::children(&root) {

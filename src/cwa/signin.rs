@@ -1,8 +1,8 @@
-//! Sign-in (§2): `logon` by NTLMv2 on `/iwa/logon.html` and/or by forms
+//! Sign-in (cwa-sim(1), SIGN-IN): `logon` by NTLMv2 on `/iwa/logon.html` and/or by forms
 //! on `/forms/logon.html`, then `initiateSession`, each failure classified
 //! into a [`SignInError`].
 //!
-//! The IWA handshake is PROPOSED in the protocol notes (§2.2): the client
+//! The IWA handshake is our reading of IIS (cwa-sim(1), SIGN-IN): the client
 //! POSTs the `logon` document with `Authorization: NTLM <NEGOTIATE>`, reads
 //! the server's CHALLENGE from the 401's `WWW-Authenticate`, and POSTs
 //! again with the AUTHENTICATE message. Both legs go over the session's own

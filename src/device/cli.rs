@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::lineformat::{self, Line, Record, ScriptAction};
 use super::reconnect::{self, Backoff, Reattached};
 use super::{DeviceClient, DeviceConfig, DeviceError, TlsConfig};
+use crate::ops::args::Args;
 use crate::wire::{
     self, Availability, Coverage, DeviceCommand, DeviceEvent, Secret, ServiceMessage, Status,
     WireError,
@@ -115,7 +116,7 @@ pub struct Options {
 /// Parses the arguments (without the program name).
 pub fn parse_args(args: &[String]) -> Result<Options, CliError> {
     let usage = |m: String| CliError::Usage(m);
-    let mut it = args.iter();
+    let mut args = Args::new(args.iter().cloned());
     let mut connect = None;
     let mut pin = None;
     let mut key_file = None;
@@ -140,19 +141,20 @@ pub fn parse_args(args: &[String]) -> Result<Options, CliError> {
         v.parse::<u64>()
             .map_err(|_| usage(format!("{flag} wants whole seconds, not \"{v}\"")))
     };
-    while let Some(a) = it.next() {
+    while let Some(word) = args.next_word() {
+        let a = &word;
         let mut value = |flag: &str| {
-            it.next()
-                .cloned()
+            args.value()
                 .ok_or_else(|| usage(format!("{flag} needs a value")))
         };
         match a.as_str() {
             "--connect" => connect = Some(value(a)?),
             "--pin" => {
                 let v = value(a)?;
-                pin = Some(wire::parse_pin(&v).ok_or_else(|| {
-                    usage(format!("--pin wants up to 8 hex digits, not \"{v}\""))
-                })?);
+                pin = Some(
+                    wire::parse_pin(&v)
+                        .ok_or_else(|| usage(format!("--pin wants 8 hex digits, not \"{v}\"")))?,
+                );
             }
             "--key-file" => key_file = Some(PathBuf::from(value(a)?)),
             "--user" => user = Some(value(a)?),
@@ -206,13 +208,10 @@ pub fn read_key_file(path: &Path) -> Result<[u8; 32], CliError> {
     let bytes = std::fs::read(path)
         .map_err(|e| CliError::File(format!("key file {}: {e}", path.display())))?;
     let text = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
-    let mut key = [0u8; 32];
-    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        for (i, k) in key.iter_mut().enumerate() {
-            *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex");
-        }
+    if let Some(key) = crate::hex::parse_key(text) {
         return Ok(key);
     }
+    let mut key = [0u8; 32];
     if bytes.len() == 32 {
         key.copy_from_slice(&bytes);
         return Ok(key);

@@ -2,20 +2,22 @@
 //! connects (plain TCP, or TLS through native-tls with an optional extra CA),
 //! runs the handshake, signs in, sends commands and status reports, receives
 //! events with a timeout and acknowledges them, and signs out. Used by
-//! `collab-device` ([`cli`]), the tests and load generators.
+//! `collab-device` ([`cli`]), the tests and the load runs' devices
+//! (`tests/load/devices.rs`).
 //!
 //! One thread drives a [`DeviceClient`]: [`DeviceClient::poll`] waits for
 //! the next service message for at most the given time and sends the
 //! periodic status report when it is due, so a caller interleaves its own
 //! work (reading a terminal, a script) between polls.
+//!
+//! It imports the device protocol (`wire`), the hex spellings (`hex`) and
+//! the command-line reader of `ops`; nothing of the service.
 
 pub mod cli;
 pub mod lineformat;
-pub mod load;
 pub mod reconnect;
 
 use std::fmt;
-use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -98,7 +100,14 @@ impl fmt::Display for DeviceError {
     }
 }
 
-impl std::error::Error for DeviceError {}
+impl std::error::Error for DeviceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DeviceError::Wire(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<WireError> for DeviceError {
     fn from(e: WireError) -> Self {
@@ -106,58 +115,9 @@ impl From<WireError> for DeviceError {
     }
 }
 
-/// The connection under the secure channel.
-pub enum Link {
-    /// Plain TCP.
-    Tcp(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<native_tls::TlsStream<TcpStream>>),
-}
-
-impl Link {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Link::Tcp(s) => s,
-            Link::Tls(s) => s.get_ref(),
-        }
-    }
-
-    /// Sets the read timeout of the socket under the link.
-    pub fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
-        self.tcp()
-            .set_read_timeout(Some(t.max(Duration::from_millis(1))))
-    }
-
-    /// Closes both directions.
-    pub fn shutdown(&self) {
-        let _ = self.tcp().shutdown(std::net::Shutdown::Both);
-    }
-}
-
-impl Read for Link {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Link::Tcp(s) => s.read(buf),
-            Link::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Link {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Link::Tcp(s) => s.write(buf),
-            Link::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Link::Tcp(s) => s.flush(),
-            Link::Tls(s) => s.flush(),
-        }
-    }
-}
+/// The connection under the secure channel: plain TCP or TLS over TCP,
+/// the crate's one connection type.
+pub type Link = crate::net::Stream;
 
 /// What a successful login returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +200,7 @@ impl DeviceClient {
         tcp.set_read_timeout(Some(cfg.timeout))
             .map_err(|e| DeviceError::Connect(e.to_string()))?;
         let link = match &cfg.tls {
-            None => Link::Tcp(tcp),
+            None => Link::Plain(tcp),
             Some(t) => open_tls(tcp, &cfg.addr, t)?,
         };
         let channel = wire::connect(link, cfg.pin, &cfg.transport_key)?;
@@ -269,7 +229,7 @@ impl DeviceClient {
         })?;
         self.channel
             .get_ref()
-            .set_read_timeout(self.timeout)
+            .set_read_timeout(self.timeout.max(Duration::from_millis(1)))
             .map_err(|e| DeviceError::Wire(WireError::Io(e)))?;
         match self.channel.recv_service()? {
             ServiceMessage::LoginResult {
@@ -366,7 +326,7 @@ impl DeviceClient {
             }
             self.channel
                 .get_ref()
-                .set_read_timeout(wait)
+                .set_read_timeout(wait.max(Duration::from_millis(1)))
                 .map_err(|e| DeviceError::Wire(WireError::Io(e)))?;
             match self.channel.recv_service() {
                 Ok(ServiceMessage::Event { seq, .. }) if !self.kept.first_delivery(seq) => continue,
@@ -407,7 +367,11 @@ impl DeviceClient {
                 Err(e) => return Err(e),
             }
         }
-        self.channel.get_ref().shutdown();
+        let _ = self
+            .channel
+            .get_ref()
+            .tcp()
+            .shutdown(std::net::Shutdown::Both);
         Ok(seen)
     }
 

@@ -231,7 +231,11 @@ impl DeviceClient {
             fresh.send_status(coverage)?;
         }
         let old_link = std::mem::replace(self, fresh);
-        old_link.channel.get_ref().shutdown();
+        let _ = old_link
+            .channel
+            .get_ref()
+            .tcp()
+            .shutdown(std::net::Shutdown::Both);
         Ok(outcome)
     }
 

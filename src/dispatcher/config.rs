@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ops::args::Args;
+
 /// Default device-facing listen address (the BES dispatcher port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3101";
 /// An instance whose heartbeat is older than this is skipped.
@@ -35,7 +37,7 @@ pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 5_000;
 /// How often the instance health table is re-read.
 pub const DEFAULT_REFRESH_MS: u64 = 1_000;
 /// The environment variable that may carry the Config DB URL.
-pub const DATABASE_URL_ENV: &str = "COLLABD_DATABASE_URL";
+pub use crate::configdb::DATABASE_URL_ENV;
 
 /// Everything the dispatcher needs to run, validated.
 #[derive(Clone, PartialEq, Eq)]
@@ -188,19 +190,9 @@ where
     let mut ca_file: Option<PathBuf> = None;
     let mut record_dir: Option<PathBuf> = None;
 
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        // Accept both `--flag value` and `--flag=value`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &'static str| -> Result<String, ConfigError> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => args.next().ok_or(ConfigError::MissingValue(name)),
-            }
-        };
+    let mut args = Args::new(args);
+    while let Some(flag) = args.next_word() {
+        let mut value = |name: &'static str| args.value().ok_or(ConfigError::MissingValue(name));
         match flag.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
@@ -244,7 +236,7 @@ where
             }
             "--refresh-ms" => refresh_ms = positive("--refresh-ms", &value("--refresh-ms")?)?,
             "--upstream-tls" => {
-                if inline.is_some() {
+                if args.has_inline_value() {
                     return Err(ConfigError::BadValue {
                         flag: "--upstream-tls",
                         why: "takes no value".into(),
@@ -254,7 +246,13 @@ where
             }
             "--upstream-ca" => ca_file = Some(PathBuf::from(value("--upstream-ca")?)),
             "--record-dir" => record_dir = Some(PathBuf::from(value("--record-dir")?)),
-            _ => return Err(ConfigError::UnknownFlag(arg)),
+            _ => {
+                let shown = match args.has_inline_value() {
+                    true => format!("{flag}={}", args.value().unwrap_or_default()),
+                    false => flag,
+                };
+                return Err(ConfigError::UnknownFlag(shown));
+            }
         }
     }
 

@@ -37,7 +37,7 @@ use super::directory::DeviceRoute;
 use super::limits::{refusal_info, PendingSlot};
 use super::relay::{relay, Direction, RelayEnd, Upstream};
 use super::route::Target;
-use super::Shared;
+use super::shared::Shared;
 
 /// How long a `Refused` frame may take to leave; the device is being
 /// dropped anyway, so a full window must not hold the thread.

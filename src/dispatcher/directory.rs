@@ -15,7 +15,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::configdb::pool::{Pool, PoolError, PooledConnection};
-use crate::configdb::{classify, ConfigDb, DbError};
+use crate::configdb::{classify, Cause, ConfigDb, DbError};
 
 use super::route::InstanceHealth;
 
@@ -38,7 +38,9 @@ pub enum DeviceRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectoryError {
     /// The database is unreachable or failed the query.
-    Db(String),
+    Db(DbError),
+    /// The driver failed a lookup (its text, with its error beneath).
+    Driver(Cause),
     /// Every pooled connection stayed busy until the deadline.
     PoolBusy,
 }
@@ -46,7 +48,8 @@ pub enum DirectoryError {
 impl fmt::Display for DirectoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DirectoryError::Db(why) => write!(f, "Config DB: {why}"),
+            DirectoryError::Db(e) => write!(f, "Config DB: {e}"),
+            DirectoryError::Driver(why) => write!(f, "Config DB: {why}"),
             DirectoryError::PoolBusy => write!(
                 f,
                 "Config DB: all {LOOKUP_POOL} lookup connections busy until the deadline"
@@ -55,21 +58,30 @@ impl fmt::Display for DirectoryError {
     }
 }
 
-impl std::error::Error for DirectoryError {}
+impl std::error::Error for DirectoryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DirectoryError::Db(e) => Some(e),
+            DirectoryError::Driver(cause) => cause.driver_error(),
+            DirectoryError::PoolBusy => None,
+        }
+    }
+}
 
 impl From<DbError> for DirectoryError {
     fn from(e: DbError) -> DirectoryError {
-        DirectoryError::Db(e.to_string())
+        DirectoryError::Db(e)
     }
 }
 
 impl From<postgres::Error> for DirectoryError {
     fn from(e: postgres::Error) -> DirectoryError {
         // The driver's text names the failing operation, never a password.
-        DirectoryError::Db(match e.as_db_error() {
+        let text = match e.as_db_error() {
             Some(db) => db.message().to_string(),
             None => e.to_string(),
-        })
+        };
+        DirectoryError::Driver(Cause::from_driver(text, e))
     }
 }
 

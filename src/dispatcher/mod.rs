@@ -26,7 +26,9 @@ priority prefixes when stderr is the journal.
 Submodules: [`config`] (flags), [`route`] (instance choice), [`directory`]
 (Config DB reads), [`relay`] (byte copy and the recording hook), [`limits`]
 (caps and the refusal log's rate limit), and the private `connection` (one
-device connection from first frame to end).
+device connection from first frame to end), with the state its threads
+share in the private `shared`. It imports the Config DB, `net`, `ops` and
+the device protocol's frames and statuses (`wire`); never the service.
 */
 
 use std::fmt;
@@ -52,12 +54,14 @@ pub mod directory;
 pub(crate) mod limits;
 pub mod relay;
 pub mod route;
+mod shared;
 
 use config::{Command, ConfigError, DispatcherConfig, DATABASE_URL_ENV, USAGE};
 use directory::Directory;
 use limits::{refusal_info, PendingByAddress, Permits};
 use relay::{RecordDir, RelayObserver};
 use route::Router;
+use shared::Shared;
 
 /// Stack of each connection thread (reserved; only what the deepest call
 /// touched stays resident). Relay buffers live on the heap; the stack holds
@@ -109,7 +113,15 @@ impl fmt::Display for DispatchError {
     }
 }
 
-impl std::error::Error for DispatchError {}
+impl std::error::Error for DispatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DispatchError::Config(e) => Some(e),
+            DispatchError::Bind { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
 
 impl DispatchError {
     /// The process exit status for this error.
@@ -120,16 +132,6 @@ impl DispatchError {
             DispatchError::Bind { .. } | DispatchError::Os(_) => EXIT_OSERR,
         }
     }
-}
-
-/// State shared by every thread of one dispatcher.
-pub(crate) struct Shared {
-    config: DispatcherConfig,
-    router: Router,
-    directory: Directory,
-    tls: Option<native_tls::TlsConnector>,
-    observer: Option<Box<dyn RelayObserver>>,
-    refresh_now: (Mutex<bool>, Condvar),
 }
 
 /// The program: parses `args` (without the program name), runs until

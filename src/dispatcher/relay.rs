@@ -60,7 +60,7 @@ pub trait RelayObserver: Send + Sync {
 
 /// Writes each connection's bytes to `DIR/<connection>.up` and
 /// `DIR/<connection>.down` (diagnostics and tests; files are created on
-/// first use and append-only). Errors are logged once per file and the
+/// first use and append-only). Every failed write is logged (at warn) and the
 /// relay goes on: recording must never break a device's link.
 pub struct RecordDir {
     dir: PathBuf,

@@ -11,11 +11,12 @@
 //!
 //! The filter uses env_logger's syntax (`info`, `collabd=debug,warn`); the
 //! daemon's configuration decides which filter applies (see
-//! `crate::config`). Passwords are never logged anywhere in collabd; this
+//! `crate::service::config`). Passwords are never logged anywhere in collabd; this
 //! module adds no redaction of its own.
 
 use std::fmt;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::time::SystemTime;
 
 use log::Level;
@@ -101,12 +102,17 @@ pub fn stderr_is_journal() -> bool {
     let Some(value) = value.to_str() else {
         return false;
     };
-    // SAFETY: `st` is a valid out-pointer for fstat on fd 2.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(2, &mut st) } != 0 {
+    let Ok(meta) = stderr_metadata() else {
         return false;
-    }
-    journal_stream_matches(value, st.st_dev, st.st_ino)
+    };
+    journal_stream_matches(value, meta.dev(), meta.ino())
+}
+
+/// What fstat(2) says of stderr (through a second descriptor of it).
+fn stderr_metadata() -> std::io::Result<std::fs::Metadata> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stderr().as_fd().try_clone_to_owned()?;
+    std::fs::File::from(fd).metadata()
 }
 
 /// Write one record: `<N>target: line` per line for the journal, or
@@ -227,8 +233,12 @@ mod tests {
     fn journal_detection_uses_fstat_of_stderr() {
         // Whatever fd 2 is in the test harness, its own dev:ino must match
         // and a different one must not.
+        // SAFETY: all-zero bytes are a valid `stat`; fstat only writes it.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fd 2 is open for the whole test; `st` is a valid out-pointer.
         assert_eq!(unsafe { libc::fstat(2, &mut st) }, 0);
+        let meta = stderr_metadata().unwrap();
+        assert_eq!((meta.dev(), meta.ino()), (st.st_dev, st.st_ino));
         let own = format!("{}:{}", st.st_dev, st.st_ino);
         assert!(journal_stream_matches(&own, st.st_dev, st.st_ino));
         assert!(!journal_stream_matches(&own, st.st_dev, st.st_ino + 1));

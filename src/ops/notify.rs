@@ -177,7 +177,7 @@ mod tests {
     fn scratch_dir(tag: &str) -> PathBuf {
         let mut random = [0u8; 8];
         openssl::rand::rand_bytes(&mut random).unwrap();
-        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex::encode(&random);
         let dir = std::env::temp_dir().join(format!("collabd-{tag}-{}-{hex}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -218,10 +218,7 @@ mod tests {
         let name: String = format!(
             "collabd-test-{}-{}",
             std::process::id(),
-            random
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+            crate::hex::encode(&random)
         );
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let server = UnixDatagram::bind_addr(&addr).unwrap();

@@ -10,7 +10,7 @@ use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::signals::Shutdown;
+use super::shutdown::Shutdown;
 
 /// Set once a thread the whole service depends on has panicked.
 static SERVICE_THREAD_FAILED: AtomicBool = AtomicBool::new(false);

@@ -82,7 +82,14 @@ impl fmt::Display for ScratchError {
     }
 }
 
-impl std::error::Error for ScratchError {}
+impl std::error::Error for ScratchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ScratchError::Io { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ScratchError {
     let what = what.into();
@@ -438,35 +445,34 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// uid and gid of the `postgres` user.
+/// uid and gid of the `postgres` user (getpwnam_r: the reentrant lookup,
+/// safe while other threads look users up).
 fn postgres_user() -> Option<(u32, u32)> {
     let name = CString::new("postgres").ok()?;
-    // SAFETY: getpwnam gets a valid C string; the result is checked for
-    // null and read at once, before any other getpw* call on this thread.
-    unsafe {
-        let entry = libc::getpwnam(name.as_ptr());
-        if entry.is_null() {
-            None
-        } else {
-            Some(((*entry).pw_uid, (*entry).pw_gid))
-        }
-    }
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: all-zero bytes are a valid `passwd` (null pointers, zero ids);
+    // getpwnam_r only writes into it.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: a valid C string, an out-struct, a buffer with its true
+    // length for the strings, and an out-pointer; all outlive the call.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some((entry.pw_uid, entry.pw_gid))
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), ScratchError> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| ScratchError::Io {
-        what: format!("path {}", path.display()),
-        error: io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
-    })?;
-    // SAFETY: a valid NUL-terminated path; chown reports errors via errno.
-    let rc = unsafe { libc::chown(c_path.as_ptr(), uid, gid) };
-    if rc != 0 {
-        return Err(ScratchError::Io {
-            what: format!("giving {} to the postgres user", path.display()),
-            error: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|error| ScratchError::Io {
+        what: format!("giving {} to the postgres user", path.display()),
+        error,
+    })
 }
 
 /// `parent`, unless a socket path under it would be too long or (when the

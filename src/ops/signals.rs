@@ -13,9 +13,9 @@
 
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+
+pub use super::shutdown::Shutdown;
 
 /// A signal the daemon acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,71 +159,11 @@ pub fn spawn_signal_thread(
     Ok(SignalThread { handle })
 }
 
-/// A shutdown request that any thread can raise and others wait on.
-/// Cloning gives another handle to the same flag.
-#[derive(Clone, Default)]
-pub struct Shutdown {
-    state: Arc<(Mutex<bool>, Condvar)>,
-}
-
-impl fmt::Debug for Shutdown {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shutdown")
-            .field("requested", &self.is_requested())
-            .finish()
-    }
-}
-
-impl Shutdown {
-    /// A flag not yet raised.
-    pub fn new() -> Shutdown {
-        Shutdown::default()
-    }
-
-    /// Raise the flag and wake every waiter.
-    pub fn request(&self) {
-        let (flag, cond) = &*self.state;
-        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cond.notify_all();
-    }
-
-    /// Whether shutdown was requested.
-    pub fn is_requested(&self) -> bool {
-        *self.state.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Wait up to `timeout` for the flag; returns whether it is raised.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let (flag, cond) = &*self.state;
-        let deadline = Instant::now() + timeout;
-        let mut raised = flag.lock().unwrap_or_else(|p| p.into_inner());
-        while !*raised {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            raised = cond
-                .wait_timeout(raised, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        *raised
-    }
-
-    /// Wait until the flag is raised.
-    pub fn wait(&self) {
-        let (flag, cond) = &*self.state;
-        let mut raised = flag.lock().unwrap_or_else(|p| p.into_inner());
-        while !*raised {
-            raised = cond.wait(raised).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::time::Duration;
 
     #[test]
     fn shutdown_flag_wakes_waiters() {
@@ -267,6 +207,7 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(60)).unwrap(),
             Signal::Hangup
         );
+        // SAFETY: the thread is alive until it has handled this SIGTERM.
         assert_eq!(unsafe { libc::pthread_kill(pthread, libc::SIGTERM) }, 0);
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(60)).unwrap(),

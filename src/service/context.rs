@@ -8,6 +8,7 @@
 //! session carries on); and the Hellos' device lookups and the audit of
 //! failures, bounded as [`super::throttle`] says.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,12 +16,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::configdb::pool::{Pool, PoolError};
-use crate::configdb::{AuditEvent, ConfigDb, DbError, Device, Instance};
-use crate::cwa::ClientConfig;
+use crate::configdb::{self, AuditEvent, ConfigDb, DbError, Device, Instance};
+use crate::cwa::{AuthMode, ClientConfig};
 use crate::wire::{self, Status};
 
 use super::finishers::Finishers;
-use super::session::Session;
 use super::spool::{RegistryWrite, Spool};
 use super::table::{Limits, SessionId, SessionTable};
 use super::throttle::{
@@ -61,7 +61,11 @@ impl CwaSettings {
     /// From the instance row, with the daemon's extra CA file for CWA.
     pub fn from_instance(instance: &Instance, ca_file: Option<&std::path::Path>) -> CwaSettings {
         let mut client = ClientConfig::new(&instance.cwa_url);
-        client.auth_mode = instance.auth_mode;
+        client.auth_mode = match instance.auth_mode {
+            configdb::AuthMode::IwaThenForms => AuthMode::IwaThenForms,
+            configdb::AuthMode::Forms => AuthMode::Forms,
+            configdb::AuthMode::Iwa => AuthMode::Iwa,
+        };
         client.ca_file = ca_file.map(std::path::Path::to_path_buf);
         // A sign-in must fit in the device's sign-in deadline (default
         // 10 s), so that an unreachable CWA is answered 306, not dropped.
@@ -113,6 +117,18 @@ pub struct Timeouts {
     pub thread_stack_size: usize,
 }
 
+/// What the context keeps of a live session. The session holds the
+/// context, so the context knows sessions only through this (the service's
+/// `Session` implements it).
+pub trait LiveSession: Send + Sync + 'static {
+    /// The session's id in the session table.
+    fn id(&self) -> SessionId;
+    /// Its row in the Config DB's session registry, once written.
+    fn registry_id(&self) -> Option<i64>;
+    /// Itself, to be had back as its own type ([`ServiceContext::session`]).
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
 /// Shared state of one collabd instance.
 pub struct ServiceContext {
     /// This instance's name (its Config DB row).
@@ -132,7 +148,7 @@ pub struct ServiceContext {
     /// without cloning the CWA settings.
     away_after_ms: AtomicU64,
     stopping: AtomicBool,
-    sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    sessions: Mutex<HashMap<SessionId, Arc<dyn LiveSession>>>,
     sessions_changed: Condvar,
     devices: DeviceCache,
     lookups: LookupBudget,
@@ -217,12 +233,12 @@ impl ServiceContext {
         self.stopping.store(true, Ordering::Release);
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<dyn LiveSession>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Record a live session (until [`ServiceContext::forget_session`]).
-    pub fn remember_session(&self, session: Arc<Session>) {
+    pub fn remember_session(&self, session: Arc<dyn LiveSession>) {
         self.sessions().insert(session.id(), session);
     }
 
@@ -234,8 +250,9 @@ impl ServiceContext {
     }
 
     /// A live session by id, for a device re-attaching.
-    pub fn session(&self, id: SessionId) -> Option<Arc<Session>> {
-        self.sessions().get(&id).cloned()
+    pub fn session<S: LiveSession>(&self, id: SessionId) -> Option<Arc<S>> {
+        let live = self.sessions().get(&id).cloned()?;
+        live.into_any().downcast().ok()
     }
 
     /// The live sessions' ids with their registry rows (those written).

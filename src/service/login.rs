@@ -52,14 +52,14 @@ use crate::cwa::CwaSession;
 use crate::wire::secret::WipeScope;
 use crate::wire::{self, DeviceMessage, Frame, Resume, Secret, ServiceMessage, Status, WireError};
 
-use super::context::{ServiceContext, DB_WRITE_WAIT};
+use super::context::{LiveSession, ServiceContext, DB_WRITE_WAIT};
 use super::credential::Credential;
 use super::listener::{Incoming, PendingPermit};
 use super::session::{
     self, parse_session_id, run_events, serve_link, LinkReader, LinkWriter, NewSession, Session,
 };
 use super::spool::RegistryWrite;
-use super::table::SessionKey;
+use super::table::{SessionId, SessionKey};
 use super::throttle::AddressHold;
 
 /// A login that was refused after the handshake.
@@ -391,7 +391,7 @@ impl Login<'_> {
         let login = device.login.as_str();
         if let Some(resume) = resume {
             let live = parse_session_id(&resume.session_id)
-                .and_then(|id| self.ctx.session(id))
+                .and_then(|id| self.ctx.session::<Session>(id))
                 .filter(|s| s.pin() == self.pin && !s.is_ended());
             if let Some(session) = live {
                 let matches = session.verify_password(&signing.password);
@@ -419,7 +419,7 @@ impl Login<'_> {
         let reservation = match self.ctx.table.reserve(key, Instant::now()) {
             Ok(r) => r,
             Err(refused) => {
-                let status = Status::from_code(refused.status_code()).unwrap_or(Status::Failed);
+                let status = refused.status_code();
                 return Err(self.refuse(&mut writer, Refusal::new(status, refused.to_string())));
             }
         };
@@ -435,7 +435,7 @@ impl Login<'_> {
             Err(e) => {
                 // Dropping the reservation gives the place back.
                 drop(reservation);
-                let status = Status::from_code(e.device_status()).unwrap_or(Status::Failed);
+                let status = e.device_status();
                 return Err(self.refuse(&mut writer, Refusal::new(status, e.to_string())));
             }
         };
@@ -499,7 +499,7 @@ impl Login<'_> {
                     id: registry_id,
                     reason: format!("refused: {refused}"),
                 });
-                let status = Status::from_code(refused.status_code()).unwrap_or(Status::Failed);
+                let status = refused.status_code();
                 return Err(self.refuse(&mut writer, Refusal::new(status, refused.to_string())));
             }
         };
@@ -531,7 +531,8 @@ impl Login<'_> {
                 commands,
             },
         );
-        self.ctx.remember_session(Arc::clone(&session));
+        self.ctx
+            .remember_session(Arc::clone(&session) as Arc<dyn LiveSession>);
         session.arm_waker();
         let closer = permit.closer();
         permit.release();
@@ -629,4 +630,18 @@ impl Login<'_> {
 /// most half a second.
 fn answer_margin(accepted: Instant, deadline: Instant) -> Duration {
     (deadline.saturating_duration_since(accepted) / 10).min(Duration::from_millis(500))
+}
+
+impl LiveSession for Session {
+    fn id(&self) -> SessionId {
+        Session::id(self)
+    }
+
+    fn registry_id(&self) -> Option<i64> {
+        Session::registry_id(self)
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
 }

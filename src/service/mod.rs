@@ -1,4 +1,5 @@
-//! collabd, the collaboration service: the device listener ([`listener`]),
+//! collabd, the collaboration service: its configuration ([`config`]:
+//! file, flags, environment), the device listener ([`listener`]),
 //! the bounded session table with its admission rule ([`table`]), one
 //! device connection's login ([`login`]), the running session and its
 //! event relay ([`session`]), the translation between device protocol and
@@ -12,10 +13,13 @@
 //! presence upkeep (auto-away, searches' presence, presence held while
 //! dormant: [`upkeep`]) and the daemon's start-up and shutdown ([`run`]).
 //!
-//! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; the
-//! listener and the table know nothing of the other three.
+//! Data flows one way: `bin -> service -> {wire, cwa, configdb}`; it may
+//! also import `net`, `ops` and `xml`, and nothing imports it but
+//! `src/bin/collabd.rs`. The listener and the table know nothing of the
+//! CWA client or the Config DB.
 
 pub mod access;
+pub mod config;
 pub mod context;
 pub mod credential;
 pub mod finishers;

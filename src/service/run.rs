@@ -24,12 +24,11 @@
 
 use std::fmt;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{self, Command, Config};
 use crate::configdb::pool::{Pool, PoolError};
 use crate::configdb::{ConfigDb, DbError, Instance};
 use crate::ops::logging;
@@ -37,6 +36,7 @@ use crate::ops::memory;
 use crate::ops::notify::{self, NotifyState};
 use crate::ops::panics;
 use crate::ops::signals::{self, AfterSignal, BlockedSignals, Shutdown, Signal};
+use crate::service::config::{self, Command, Config};
 
 use crate::wire::{Frame, Status};
 
@@ -174,12 +174,7 @@ fn read_password_file(config: &Config) -> Result<Option<String>, RunError> {
 
 /// The address the dispatcher should use for a bound address.
 pub fn advertised_addr(bound: SocketAddr) -> String {
-    let ip = match bound.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, bound.port()).to_string()
+    crate::net::local_connect_addr(bound).to_string()
 }
 
 /// Read the instance row, retrying while the database is unreachable.

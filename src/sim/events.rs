@@ -3,7 +3,7 @@
 //! session), a `Condvar` that wakes a held event GET when an event is
 //! queued or the session ends, and the session's last-activity clock.
 //!
-//! Acknowledgement is implicit through `AckId` (cwa-protocol.md §5.1):
+//! Acknowledgement is implicit through `AckId` (cwa-sim(1), EVENTS):
 //! a GET with `AckId=n` drops every event with `eid <= n` and returns the
 //! ones after it; an event stays in the log until acknowledged, so a GET
 //! that was lost in transit is simply repeated with the same `AckId` and

@@ -130,7 +130,14 @@ impl fmt::Display for ReadError {
     }
 }
 
-impl std::error::Error for ReadError {}
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Reads one line (up to `\n`) of at most `max` bytes, without the line end.
 /// `Ok(None)` means EOF before any byte.

@@ -1,6 +1,6 @@
 //! `cwa-sim`: a Communicator Web Access 2007 simulator backed by a small
-//! in-memory OCS, implementing the server side of
-//! `reference/cwa-protocol.md` for tests, demos and load runs.
+//! in-memory OCS, implementing the server side of the CWA protocol as
+//! cwa-sim(1) describes it, for tests, demos and load runs.
 //!
 //! - [`users`]: the users file.
 //! - [`http`]: HTTP/1.1 request/response wire layer with limits.
@@ -16,6 +16,9 @@
 //! the listeners, prints `listening on ADDR` (and `admin listening on
 //! ADDR`) on stdout, and serves until killed (SIGTERM/SIGINT end the
 //! process at once: all state is in memory and meant to be lost).
+//!
+//! The simulator imports `net`, `ntlm` (the server side), `ops` and `xml`;
+//! never the CWA client it stands in front of.
 
 pub mod containers;
 pub mod events;
@@ -30,6 +33,8 @@ use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::ops::args::Args;
 
 use self::ocs::{Ocs, OcsSettings, SessionReply};
 use self::server::{Faults, Server, ServerSettings};
@@ -78,7 +83,15 @@ impl fmt::Display for SimError {
     }
 }
 
-impl std::error::Error for SimError {}
+impl std::error::Error for SimError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SimError::Read { error, .. } | SimError::Bind { error, .. } => Some(error),
+            SimError::Users(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 const USAGE: &str = "usage: cwa-sim --listen ADDR --users FILE [--admin-listen ADDR] \
 [--tls-cert PEM --tls-key PEM] [--max-connections N] [--throttle on|off|N] [--latency-ms N] \
@@ -145,8 +158,8 @@ pub fn parse_args(args: &[String]) -> Result<Config, SimError> {
     let mut c = Config::default();
     let mut cert = None;
     let mut key = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
+    let mut args = Args::new(args.iter().cloned());
+    while let Some(flag) = args.next_word() {
         if flag == "--help" || flag == "-h" {
             println!("{USAGE}\nSee cwa-sim(1).");
             return Err(SimError::Informational);
@@ -155,8 +168,8 @@ pub fn parse_args(args: &[String]) -> Result<Config, SimError> {
             println!("cwa-sim {}", env!("CARGO_PKG_VERSION"));
             return Err(SimError::Informational);
         }
-        let value = it
-            .next()
+        let value = &args
+            .value()
             .ok_or_else(|| SimError::Usage(format!("{flag} needs a value")))?;
         let num = |v: &str| -> Result<u64, SimError> {
             v.parse::<u64>()

@@ -6,6 +6,8 @@
 //! access levels and watchers they carry ([`access`]), and how a
 //! password is held in memory ([`secret`]).
 //!
+//! The wire format imports only `xml` and the PIN spelling of `hex`.
+//!
 //! Typical use, service side:
 //!
 //! ```no_run
@@ -43,20 +45,5 @@ pub use message::{
 pub use secret::Secret;
 pub use status::Status;
 
-/// Formats a PIN the way people and logs see it: 8 lower-case hex digits.
-pub fn format_pin(pin: u32) -> String {
-    format!("{pin:08x}")
-}
-
-/// Parses a PIN written as 1 to 8 hex digits, with an optional `0x`.
-pub fn parse_pin(s: &str) -> Option<u32> {
-    let s = s.trim();
-    let digits = s
-        .strip_prefix("0x")
-        .or_else(|| s.strip_prefix("0X"))
-        .unwrap_or(s);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u32::from_str_radix(digits, 16).ok()
-}
+/// The device PIN's written form (8 hex digits), shared with the Config DB.
+pub use crate::hex::{format_pin, parse_pin};

@@ -53,17 +53,23 @@ pub fn wipe_vec(v: &mut Vec<u8>) {
 /// # Safety
 /// `p..p+len` must be writable memory owned by the caller.
 unsafe fn wipe_raw(p: *mut u8, len: usize) {
+    // SAFETY (every block below): `i < len`, or `i + size_of::<usize>() <=
+    // len` for the word stores, so each store is inside `p..p+len`, which
+    // the caller owns; word stores start at an address aligned for usize.
     let mut i = 0;
-    while i < len && (p.add(i) as usize) % std::mem::size_of::<usize>() != 0 {
-        std::ptr::write_volatile(p.add(i), 0);
+    while i < len && (p.wrapping_add(i) as usize) % std::mem::size_of::<usize>() != 0 {
+        // SAFETY: see above.
+        unsafe { std::ptr::write_volatile(p.add(i), 0) };
         i += 1;
     }
     while i + std::mem::size_of::<usize>() <= len {
-        std::ptr::write_volatile(p.add(i).cast::<usize>(), 0);
+        // SAFETY: see above.
+        unsafe { std::ptr::write_volatile(p.add(i).cast::<usize>(), 0) };
         i += std::mem::size_of::<usize>();
     }
     while i < len {
-        std::ptr::write_volatile(p.add(i), 0);
+        // SAFETY: see above.
+        unsafe { std::ptr::write_volatile(p.add(i), 0) };
         i += 1;
     }
     compiler_fence(Ordering::SeqCst);
@@ -168,32 +174,46 @@ pub struct WipingAllocator;
 // extra work only writes inside the block being freed, before freeing it.
 unsafe impl GlobalAlloc for WipingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        System.alloc(layout)
+        // SAFETY: our caller's contract for `alloc` is System's.
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        System.alloc_zeroed(layout)
+        // SAFETY: our caller's contract for `alloc_zeroed` is System's.
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if wiping() {
-            wipe_raw(ptr, layout.size());
+            // SAFETY: `ptr` is a live block of `layout.size()` bytes from
+            // this allocator (the caller's contract), not yet freed.
+            unsafe { wipe_raw(ptr, layout.size()) };
         }
-        System.dealloc(ptr, layout)
+        // SAFETY: the same block and layout the caller gave us.
+        unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if !wiping() {
-            return System.realloc(ptr, layout, new_size);
+            // SAFETY: our caller's contract for `realloc` is System's.
+            return unsafe { System.realloc(ptr, layout, new_size) };
         }
         // The system's realloc may move the block and free the old one
         // unwiped: move it ourselves.
-        let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-        let new = System.alloc(new_layout);
+        // SAFETY: `layout.align()` is a valid alignment, and the caller
+        // guarantees `new_size` rounded up to it does not overflow isize.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: `new_layout` has a non-zero size (the caller's contract).
+        let new = unsafe { System.alloc(new_layout) };
         if !new.is_null() {
-            std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-            wipe_raw(ptr, layout.size());
-            System.dealloc(ptr, layout);
+            // SAFETY: both blocks are live, distinct, and at least the
+            // smaller size long; the old block is wiped and freed with the
+            // layout it was allocated with.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                wipe_raw(ptr, layout.size());
+                System.dealloc(ptr, layout);
+            }
         }
         new
     }

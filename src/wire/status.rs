@@ -79,8 +79,10 @@ impl Status {
     }
 
     /// The status for a wire code, or `None` for a code this version does
-    /// not define.
-    pub fn from_code(code: u16) -> Option<Status> {
+    /// not define. (A `Status` passed in comes back as it is: the layers
+    /// above hand statuses over typed.)
+    pub fn from_code(code: impl Into<u16>) -> Option<Status> {
+        let code = code.into();
         ALL_STATUSES.iter().copied().find(|s| s.code() == code)
     }
 
@@ -131,6 +133,12 @@ impl fmt::Display for Status {
     }
 }
 
+impl From<Status> for u16 {
+    fn from(status: Status) -> u16 {
+        status.code()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,8 +151,8 @@ mod tests {
         let mut codes: Vec<u16> = ALL_STATUSES.iter().map(|s| s.code()).collect();
         codes.dedup();
         assert_eq!(codes.len(), ALL_STATUSES.len());
-        assert_eq!(Status::from_code(1), None);
-        assert_eq!(Status::from_code(313), None);
+        assert_eq!(Status::from_code(1u16), None);
+        assert_eq!(Status::from_code(313u16), None);
         assert_eq!(Status::ServerBusy.to_string(), "301 Server Busy");
         assert_eq!(Status::Failed.code(), 300);
         assert_eq!(Status::UnknownDevice.code(), 312);

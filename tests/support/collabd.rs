@@ -253,7 +253,7 @@ impl Stack {
         let pin = self.next_pin;
         self.next_pin += 1;
         let key = self.db.add_device(pin, &user.login).expect("add device");
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = collabd::hex::encode(&key);
         let key_file = self.dir.join(&format!("{pin:08x}.key"));
         std::fs::write(&key_file, hex).unwrap();
         TestDevice {

@@ -313,7 +313,7 @@ impl Drop for TempDir {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    collabd::hex::encode(bytes)
 }
 
 /// A running `collab-device --script`, with its output lines on a channel.
@@ -354,22 +354,16 @@ impl DeviceProcess {
 
     /// Reads output lines until one starts with `prefix`; returns it.
     pub fn expect(&mut self, prefix: &str) -> String {
-        self.expect_any(&[prefix])
-    }
-
-    /// Reads output lines until one starts with any of `prefixes`;
-    /// returns it.
-    pub fn expect_any(&mut self, prefixes: &[&str]) -> String {
         loop {
             match self.lines.recv_timeout(WAIT) {
                 Ok(l) => {
                     self.transcript.push(l.clone());
-                    if prefixes.iter().any(|p| l.starts_with(p)) {
+                    if l.starts_with(prefix) {
                         return l;
                     }
                 }
                 Err(_) => panic!(
-                    "no line starting with {prefixes:?}; got so far:\n{}\nstderr: {:?}",
+                    "no line starting with {prefix:?}; got so far:\n{}\nstderr: {:?}",
                     self.transcript.join("\n"),
                     self.stderr.try_iter().collect::<Vec<_>>()
                 ),

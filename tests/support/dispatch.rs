@@ -12,7 +12,7 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -330,34 +330,8 @@ fn add_instance_row(db_url: &str, name: &str) {
     }
 }
 
-enum Link {
-    Plain(TcpStream),
-    Tls(native_tls::TlsStream<TcpStream>),
-}
-
-impl Read for Link {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Link::Plain(s) => s.read(buf),
-            Link::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Link {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Link::Plain(s) => s.write(buf),
-            Link::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Link::Plain(s) => s.flush(),
-            Link::Tls(s) => s.flush(),
-        }
-    }
-}
+/// The stand-in collabd's side of one connection, plain or TLS.
+type Link = collabd::net::Stream;
 
 fn serve_one(
     stream: TcpStream,
@@ -374,7 +348,7 @@ fn serve_one(
     let mut link = match tls {
         None => Link::Plain(stream),
         Some(acceptor) => match acceptor.accept(stream) {
-            Ok(s) => Link::Tls(s),
+            Ok(s) => Link::Tls(Box::new(s)),
             Err(_) => return,
         },
     };

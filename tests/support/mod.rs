@@ -7,7 +7,6 @@ pub mod cutting_proxy;
 pub mod device_peer;
 pub mod dispatch;
 pub mod evil_http;
-pub mod loadrig;
 pub mod pg;
 pub mod sim;
 pub mod tls;

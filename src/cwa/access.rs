@@ -191,37 +191,6 @@ mod tests {
     }
 
     #[test]
-    fn moving_a_member_adds_with_the_command_rid_then_deletes() {
-        use crate::cwa::{Command, ContactSpec};
-        let cmd = Command::SetContainerMember {
-            member: ContainerMember::uri("sip:bob@x.com"),
-            add_to: BLOCKED,
-            delete_from: vec![PUBLIC, TEAM],
-        };
-        let doc: Vec<String> = cmd.to_elements(9).iter().map(xml::to_string).collect();
-        assert_eq!(doc.len(), 3);
-        assert!(doc[0].contains(r#"rid="9""#) && doc[0].contains(r#"id="32000""#));
-        assert!(doc[0].contains("<addMember "));
-        assert!(doc[1].contains(r#"rid="9.1""#) && doc[1].contains(r#"<container id="100">"#));
-        assert!(doc[1].contains(r#"<deleteMember type="uri" value="sip:bob@x.com""#));
-        assert!(doc[2].contains(r#"rid="9.2""#) && doc[2].contains(r#"id="300""#));
-        let ack = Command::AcknowledgeAndAddContact {
-            uri: "sip:a@x.com".into(),
-            contact: ContactSpec {
-                uri: "sip:a@x.com".into(),
-                subscribed: true,
-                ..ContactSpec::default()
-            },
-        };
-        let doc: Vec<String> = ack.to_elements(4).iter().map(xml::to_string).collect();
-        assert!(
-            doc[0].starts_with(r#"<acknowledgeSubscriber rid="4.1"><uri>sip:a@x.com</uri>"#),
-            "{doc:?}"
-        );
-        assert!(doc[1].starts_with(r#"<addContact rid="4">"#), "{doc:?}");
-    }
-
-    #[test]
     fn members_per_container_are_bounded() {
         let mut doc = String::from(r#"<containers><container id="300">"#);
         for i in 0..MAX_MEMBERS + 5 {

@@ -624,4 +624,35 @@ mod tests {
         assert!(e.get_child("firstName").is_none());
         assert_eq!(xml::child_text(&e, "function").as_deref(), Some("or"));
     }
+
+    #[test]
+    fn moving_a_member_adds_with_the_command_rid_then_deletes() {
+        use crate::cwa::access::{BLOCKED, PUBLIC, TEAM};
+        let cmd = Command::SetContainerMember {
+            member: ContainerMember::uri("sip:bob@x.com"),
+            add_to: BLOCKED,
+            delete_from: vec![PUBLIC, TEAM],
+        };
+        let doc: Vec<String> = cmd.to_elements(9).iter().map(xml::to_string).collect();
+        assert_eq!(doc.len(), 3);
+        assert!(doc[0].contains(r#"rid="9""#) && doc[0].contains(r#"id="32000""#));
+        assert!(doc[0].contains("<addMember "));
+        assert!(doc[1].contains(r#"rid="9.1""#) && doc[1].contains(r#"<container id="100">"#));
+        assert!(doc[1].contains(r#"<deleteMember type="uri" value="sip:bob@x.com""#));
+        assert!(doc[2].contains(r#"rid="9.2""#) && doc[2].contains(r#"id="300""#));
+        let ack = Command::AcknowledgeAndAddContact {
+            uri: "sip:a@x.com".into(),
+            contact: ContactSpec {
+                uri: "sip:a@x.com".into(),
+                subscribed: true,
+                ..ContactSpec::default()
+            },
+        };
+        let doc: Vec<String> = ack.to_elements(4).iter().map(xml::to_string).collect();
+        assert!(
+            doc[0].starts_with(r#"<acknowledgeSubscriber rid="4.1"><uri>sip:a@x.com</uri>"#),
+            "{doc:?}"
+        );
+        assert!(doc[1].starts_with(r#"<addContact rid="4">"#), "{doc:?}");
+    }
 }

@@ -14,6 +14,7 @@
 //! the command-line reader of `ops`; nothing of the service.
 
 pub mod cli;
+pub mod kept;
 pub mod lineformat;
 pub mod reconnect;
 
@@ -139,7 +140,7 @@ pub struct DeviceClient {
     coverage: Coverage,
     last_status: Instant,
     /// The session as far as a resume needs it.
-    kept: reconnect::Kept,
+    kept: kept::Kept,
 }
 
 /// Opens the TCP connection, trying every resolved address within the
@@ -211,7 +212,7 @@ impl DeviceClient {
             status_interval: cfg.status_interval,
             coverage: Coverage::InCoverage,
             last_status: Instant::now(),
-            kept: reconnect::Kept::default(),
+            kept: kept::Kept::default(),
         })
     }
 

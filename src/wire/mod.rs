@@ -22,6 +22,8 @@
 //! ```
 
 pub mod access;
+#[cfg(test)]
+mod access_tests;
 pub mod channel;
 pub mod crypto;
 mod error;

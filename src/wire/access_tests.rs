@@ -1,5 +1,5 @@
 //! Tests of the access-level and watcher messages through the device
-//! protocol's encoder and decoder (`message.rs`), apart from `access.rs`,
+//! protocol's encoder and decoder (`message/`), apart from `access.rs`,
 //! which the message module imports.
 
 use super::access::*;

@@ -15,6 +15,7 @@ use super::{
 use crate::sim::containers;
 use crate::xml::{self, attr, child_text, children, elem, text_elem, with_child};
 
+/// A `conference` event of conversation `conf` carrying `item`.
 fn conf_event(conf: u64, item: Element) -> Element {
     with_child(elem("conference", &[("confId", &conf.to_string())]), item)
 }

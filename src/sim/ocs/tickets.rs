@@ -86,6 +86,7 @@ impl Ocs {
     }
 }
 
+/// A fresh ticket token: 24 random bytes, written as 48 hex digits.
 fn random_token() -> String {
     let mut bytes = [0u8; 24];
     // openssl::rand only fails when the system RNG is unusable; a

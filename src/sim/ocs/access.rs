@@ -1,60 +1,16 @@
-//! Access levels and watchers on the OCS side: what a viewer may see of a
-//! user (the levels themselves are in `sim::containers`), presence sent to
-//! each watcher as its level allows, `updateContainer` and
-//! `acknowledgeSubscriber` (cwa-sim(1), ACCESS LEVELS and WATCHERS).
+//! The commands on access levels and watchers: `updateContainer` (the
+//! levels themselves are in `sim::containers`; what each watcher sees of
+//! them is in `presence`) and `acknowledgeSubscriber` (cwa-sim(1), ACCESS
+//! LEVELS and WATCHERS).
 
 use xmltree::Element;
 
 use super::{accepted, failed, invalid, sip_err_elem, succeeded, Ocs, State, MAX_URIS};
-use crate::sim::containers::{self, Containers};
+use crate::sim::containers;
 use crate::sim::users::valid_sip_uri;
 use crate::xml::{self, children};
 
 impl Ocs {
-    /// What `viewer` may see of `user`'s presence.
-    pub(super) fn visibility(
-        &self,
-        st: &State,
-        user: usize,
-        viewer: usize,
-    ) -> containers::Visibility {
-        if viewer == user {
-            return containers::Visibility {
-                availability: true,
-                note: true,
-            };
-        }
-        let level = st.users[user]
-            .containers
-            .level_of(&self.directory.users[viewer].sip_uri, true);
-        Containers::visibility(level)
-    }
-
-    /// Each session watching `user`, with what its user may see.
-    fn watcher_views(&self, st: &State, user: usize) -> Vec<(u64, containers::Visibility)> {
-        st.users[user]
-            .watchers
-            .iter()
-            .filter_map(|sid| {
-                let viewer = st.sessions.get(sid)?.user;
-                Some((*sid, self.visibility(st, user, viewer)))
-            })
-            .collect()
-    }
-
-    /// Sends `user`'s presence to every session watching it, each as its
-    /// user's access level lets it see.
-    pub(super) fn presence_to_watchers(&self, st: &State, user: usize) {
-        let uri = self.directory.users[user].sip_uri.clone();
-        for sid in &st.users[user].watchers {
-            let Some(viewer) = st.sessions.get(sid).map(|s| s.user) else {
-                continue;
-            };
-            let ev = self.user_presence_event(st, viewer, std::slice::from_ref(&uri));
-            self.emit(st, *sid, ev);
-        }
-    }
-
     /// `updateContainer` › `container id` › `addMember`/`deleteMember`:
     /// the user's sessions get the changed container, and watchers whose
     /// view changed their new view of the user's presence.

@@ -1,23 +1,30 @@
 //! The simulated OCS behind the simulated CWA: its state (users, tickets,
 //! sessions, conversations), all in memory behind one `Mutex` that is only
-//! held for short, non-blocking updates, and the command channel: it turns
-//! a `cwaRequests` document into a `cwaResponses` document (cwa-sim(1),
-//! COMMANDS) and queues the asynchronous results and events (cwa-sim(1),
-//! EVENTS) on the sessions' [`SessionQueue`]s. This file holds the state,
-//! the answers every method shares and the dispatch; each job is a file
-//! beside it that adds `impl Ocs` methods and imports only this file (and
-//! the simulator's other modules):
+//! held for short, non-blocking updates, the answers every method shares,
+//! and the queueing of events on the sessions' [`SessionQueue`]s.
 //!
-//! - [`tickets`]: issuing, checking and rotating tickets;
-//! - [`sessions`]: `initiateSession`, the end of a session, the event
-//!   channel's view of a session, `signInData`;
-//! - [`housekeeping`]: the admin endpoint's drops and counters, the sweep;
-//! - [`presence`]: presence categories, publishing, subscriptions,
-//!   watchers' `subscribers` events;
-//! - [`access`]: access levels (containers) and what watchers see;
-//! - [`contacts`]: contact lists and groups;
-//! - [`search`]: directory search;
-//! - [`conversations`]: IM conversations.
+//! Each job is a file beside this one that adds `impl Ocs` methods and
+//! imports only this file (and the simulator's other modules):
+//!
+//! - `commands`: the command channel, a `cwaRequests` document in, a
+//!   `cwaResponses` document out (cwa-sim(1), COMMANDS), each method
+//!   handed to the file below that owns it;
+//! - `tickets`: issuing, checking and rotating tickets;
+//! - `housekeeping`: the admin endpoint's drops and counters, the sweep;
+//! - `sessions`: `initiateSession` and the first events (cwa-sim(1),
+//!   EVENTS), the end of a session, the event channel's view of a
+//!   session, `signInData`;
+//! - `contacts`: contact lists and groups;
+//! - `access`: `updateContainer` and `acknowledgeSubscriber`;
+//! - `conversations`: IM conversations;
+//! - `search`: directory search;
+//! - `presence`: presence categories as each viewer's access level lets
+//!   them see, publishing, subscriptions, watchers' `subscribers` events.
+//!
+//! Calls between them go one way, down that list: `commands` calls the
+//! jobs its methods belong to, `housekeeping` ends sessions, `sessions`
+//! uses contacts, conversations and presence, `contacts` and `access` use
+//! presence; and all use this file, which calls none of them.
 //!
 //! Choices CWA's documented behaviour leaves open (all PROPOSED in
 //! `man/cwa-sim.1`):
@@ -36,6 +43,7 @@
 //! - `composingState` carries the typing participant in a `uri` attribute.
 
 mod access;
+mod commands;
 mod contacts;
 mod conversations;
 mod housekeeping;
@@ -54,10 +62,10 @@ use std::time::{Duration, Instant, SystemTime};
 use xmltree::Element;
 
 use super::containers::Containers;
-use super::events::{iso_utc, EndReason, SessionQueue};
+use super::events::{iso_utc, SessionQueue};
 use super::published::Published;
 use super::users::{valid_sip_uri, Directory};
-use crate::xml::{self, attr, children, elem, with_child, CWA_NS};
+use crate::xml::{self, children, elem, with_child};
 
 /// How `initiateSession` is answered: CWA's published descriptions disagree,
 /// so clients must parse both (cwa-sim(1), `--session-reply`).
@@ -99,8 +107,6 @@ impl Default for OcsSettings {
 /// The default (undeletable) group's id and name.
 const DEFAULT_GROUP_ID: u32 = 1;
 const DEFAULT_GROUP_NAME: &str = "~";
-/// Most methods processed from one `cwaRequests` document.
-const MAX_METHODS: usize = 32;
 /// Most URIs in one `uris` list.
 const MAX_URIS: usize = 100;
 
@@ -413,106 +419,6 @@ impl Ocs {
             Duration::from_millis(self.ticket_rotate_ms.load(Ordering::Relaxed)),
             Duration::from_millis(self.ticket_grace_ms.load(Ordering::Relaxed)),
         )
-    }
-
-    /// Executes a `cwaRequests` document sent with a valid ticket and
-    /// returns the `cwaResponses` document.
-    pub fn handle_requests(&self, ticket: &TicketOk, doc: &Element) -> Element {
-        let mut out = elem("cwaResponses", &[("xmlns", CWA_NS)]);
-        if doc.name != "cwaRequests" || doc.namespace.as_deref() != Some(CWA_NS) {
-            out.children.push(xmltree::XMLNode::Element(invalid(
-                "",
-                18000,
-                "expected <cwaRequests xmlns=\"http://schemas.microsoft.com/2006/09/rtc/cwa\">",
-            )));
-            return out;
-        }
-        let sid_attr = attr(doc, "sid").and_then(|s| s.trim().parse::<u64>().ok());
-        let mut processed = 0usize;
-        let mut unexpected = 0usize;
-        let mut st = self.lock();
-        for method in children(doc).take(MAX_METHODS) {
-            let rid = attr(method, "rid").unwrap_or("").to_string();
-            let reply = if method.name == "initiateSession" {
-                self.initiate_session(&mut st, ticket, &rid, method)
-            } else if rid.is_empty() {
-                invalid("", 18001, &format!("{} without rid", method.name))
-            } else {
-                match self.session_of(&st, ticket, sid_attr) {
-                    Err(why) => failed(&rid, err_elem(18100, why)),
-                    Ok(sid) => {
-                        let reply = self.dispatch(&mut st, sid, &rid, method);
-                        // OCS refusals (18201 with a SIP code) arrive
-                        // asynchronously, like the OCS answer they model.
-                        let from_ocs = reply.name == "requestFailed"
-                            && reply.get_child("error").and_then(|e| attr(e, "code"))
-                                == Some("18201");
-                        if from_ocs {
-                            self.emit(&st, sid, reply);
-                            accepted(&rid)
-                        } else {
-                            reply
-                        }
-                    }
-                }
-            };
-            if reply.name == "requestInvalid" {
-                unexpected += 1;
-            } else {
-                processed += 1;
-            }
-            out.children.push(xmltree::XMLNode::Element(reply));
-        }
-        if processed + unexpected == 0 {
-            out.children.push(xmltree::XMLNode::Element(invalid(
-                "",
-                18001,
-                "no method in cwaRequests",
-            )));
-            unexpected += 1;
-        }
-        out.attributes
-            .insert("requestProcessed".into(), processed.to_string());
-        out.attributes
-            .insert("unexpectedElement".into(), unexpected.to_string());
-        out
-    }
-
-    fn session_of(
-        &self,
-        st: &State,
-        ticket: &TicketOk,
-        sid: Option<u64>,
-    ) -> Result<u64, &'static str> {
-        let sid = sid.ok_or("missing or invalid sid")?;
-        match st.sessions.get(&sid) {
-            Some(s) if s.user == ticket.user && s.queue.ended().is_none() => {
-                s.queue.touch();
-                Ok(sid)
-            }
-            _ => Err("session not found"),
-        }
-    }
-
-    fn dispatch(&self, st: &mut State, sid: u64, rid: &str, m: &Element) -> Element {
-        match m.name.as_str() {
-            "terminateSession" => {
-                self.end_session(st, sid, EndReason::Terminated);
-                accepted(rid)
-            }
-            "publishSelfPresence" => self.publish_self_presence(st, sid, rid, m),
-            "subscribePresence" => self.subscribe(st, sid, rid, m, true),
-            "unSubscribePresence" => self.subscribe(st, sid, rid, m, false),
-            "queryPresence" => self.query_presence(st, sid, rid, m),
-            "addContact" | "updateContact" => self.add_update_contact(st, sid, rid, m),
-            "deleteContact" => self.delete_contact(st, sid, rid, m),
-            "addGroup" | "updateGroup" | "deleteGroup" => self.group_op(st, sid, rid, m),
-            "search" => self.search(st, sid, rid, m),
-            "conference" => self.conference(st, sid, rid, m),
-            "updateContainer" => self.update_container(st, sid, rid, m),
-            "acknowledgeSubscriber" => self.acknowledge_subscriber(st, sid, rid, m),
-            other => invalid(rid, 18001, &format!("unknown method `{other}`")),
-        }
     }
 
     fn emit(&self, st: &State, sid: u64, event: Element) {

@@ -1,13 +1,16 @@
 //! Presence: the categories a viewer sees of a user, `userPresence` and
 //! `selfPresence` events, `publishSelfPresence`, subscriptions
 //! (`subscribePresence`, `unSubscribePresence`, `queryPresence`) and the
-//! `subscribers` events that tell users who watches them.
+//! `subscribers` events that tell users who watches them; what a viewer
+//! may see as their access level allows (`sim::containers`), and presence
+//! sent to each watcher accordingly.
 
 use std::time::SystemTime;
 
 use xmltree::Element;
 
 use super::{accepted, failed, invalid, sip_err_elem, succeeded, uri_list, Ocs, State};
+use crate::sim::containers::{self, Containers};
 use crate::sim::events::iso_utc;
 use crate::xml::{self, attr, children, elem, text_elem, with_child};
 
@@ -355,5 +358,48 @@ impl Ocs {
                 ],
             ),
         )
+    }
+
+    /// What `viewer` may see of `user`'s presence.
+    fn visibility(&self, st: &State, user: usize, viewer: usize) -> containers::Visibility {
+        if viewer == user {
+            return containers::Visibility {
+                availability: true,
+                note: true,
+            };
+        }
+        let level = st.users[user]
+            .containers
+            .level_of(&self.directory.users[viewer].sip_uri, true);
+        Containers::visibility(level)
+    }
+
+    /// Each session watching `user`, with what its user may see.
+    pub(super) fn watcher_views(
+        &self,
+        st: &State,
+        user: usize,
+    ) -> Vec<(u64, containers::Visibility)> {
+        st.users[user]
+            .watchers
+            .iter()
+            .filter_map(|sid| {
+                let viewer = st.sessions.get(sid)?.user;
+                Some((*sid, self.visibility(st, user, viewer)))
+            })
+            .collect()
+    }
+
+    /// Sends `user`'s presence to every session watching it, each as its
+    /// user's access level lets it see.
+    fn presence_to_watchers(&self, st: &State, user: usize) {
+        let uri = self.directory.users[user].sip_uri.clone();
+        for sid in &st.users[user].watchers {
+            let Some(viewer) = st.sessions.get(sid).map(|s| s.user) else {
+                continue;
+            };
+            let ev = self.user_presence_event(st, viewer, std::slice::from_ref(&uri));
+            self.emit(st, *sid, ev);
+        }
     }
 }

@@ -494,7 +494,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("ntlm", &["hex", "wire"]),
     ("device", &["hex", "net", "ops", "wire"]),
     ("cwa", &["net", "ntlm", "wire", "xml"]),
-    ("sim", &["net", "ntlm", "ops", "xml"]),
+    ("sim", &["hex", "net", "ntlm", "ops", "xml"]),
     ("dispatcher", &["configdb", "net", "ops", "wire"]),
     (
         "service",

@@ -7,7 +7,8 @@
 //! Company (200), Team (300), Personal (400) and Blocked (32000). Other
 //! ids in 1..=32767 are kept as CWA keeps them but filter nothing.
 //!
-//! Choices the protocol notes leave open (documented in `man/cwa-sim.1`):
+//! Choices CWA's documented behaviour leaves open (cwa-sim(1), ACCESS
+//! LEVELS):
 //! - a new user starts with `sameEnterprise` in Company and `federated`
 //!   and `publicCloud` in Public, as Office Communicator 2007 sets up;
 //! - a watcher falls in the container of its most specific member (a
@@ -24,7 +25,7 @@
 //!   can clear a person from every other level without knowing where
 //!   they are); a container holds at most [`MAX_MEMBERS`] members and a
 //!   user [`MAX_TOTAL_MEMBERS`] in all, beyond which `addMember` fails
-//!   with SIP 413, as MSDN's addMember page says.
+//!   with SIP 413, the answer CWA documents for a full container.
 
 use std::collections::BTreeMap;
 

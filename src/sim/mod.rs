@@ -7,7 +7,8 @@
 //! - [`events`]: per-session event logs and the long-poll wait.
 //! - [`containers`]: access levels (presence containers) and what each
 //!   level sees.
-//! - [`ocs`]: tickets, sessions, presence, contacts, conversations.
+//! - [`ocs`]: the OCS model: tickets, sessions, presence, access levels,
+//!   contacts, search, conversations (a file each).
 //! - [`published`]: what users' clients published and their `UA` activity.
 //! - [`server`]: listeners, connection threads, sign-in (forms + NTLMv2),
 //!   command/event channels, faults and the admin endpoint.
@@ -17,8 +18,8 @@
 //! ADDR`) on stdout, and serves until killed (SIGTERM/SIGINT end the
 //! process at once: all state is in memory and meant to be lost).
 //!
-//! The simulator imports `net`, `ntlm` (the server side), `ops` and `xml`;
-//! never the CWA client it stands in front of.
+//! The simulator imports `hex`, `net`, `ntlm` (the server side), `ops` and
+//! `xml`; never the CWA client it stands in front of.
 
 pub mod containers;
 pub mod events;

@@ -71,16 +71,7 @@ impl Rig {
             .iter()
             .find(|d| d.user.sip == sip(name))
             .unwrap_or_else(|| panic!("no device for {name}"));
-        let mut d = self.stack.device_at(
-            self.dispatcher.addr,
-            dev,
-            &dev.user,
-            &dev.user.password,
-            &[],
-        );
-        let line = d.expect("login ");
-        assert!(line.starts_with("login ok"), "{name}: {line}");
-        d
+        self.stack.signed_in_at(self.dispatcher.addr, dev)
     }
 }
 

@@ -155,15 +155,7 @@ impl Cluster {
     /// session now.
     fn sign_in(&self, name: &str) -> (DeviceProcess, String) {
         let dev = self.device(name);
-        let mut d = self.stack.device_at(
-            self.dispatcher.addr,
-            dev,
-            &dev.user,
-            &dev.user.password,
-            &[],
-        );
-        let line = d.expect("login ");
-        assert!(line.starts_with("login ok"), "{name}: {line}");
+        let d = self.stack.signed_in_at(self.dispatcher.addr, dev);
         let holder = session_instance(&self.stack.db_url, dev.pin)
             .unwrap_or_else(|| panic!("{name}: no active session row"));
         (d, holder)

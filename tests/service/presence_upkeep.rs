@@ -96,17 +96,8 @@ impl Upkept {
 
     /// `name`'s device through the dispatcher, signed in.
     fn sign_in(&self, name: &str) -> DeviceProcess {
-        let dev = self.device(name);
-        let mut d = self.stack.device_at(
-            self.dispatcher.addr,
-            dev,
-            &dev.user,
-            &dev.user.password,
-            &[],
-        );
-        let line = d.expect("login ");
-        assert!(line.starts_with("login ok"), "{name}: {line}");
-        d
+        self.stack
+            .signed_in_at(self.dispatcher.addr, self.device(name))
     }
 
     /// What the simulator recorded for `name`'s clients.

@@ -342,6 +342,19 @@ impl Stack {
         DeviceProcess::spawn(env!("CARGO_BIN_EXE_collab-device"), &args)
     }
 
+    /// `device`'s own user signed in with [`Stack::device_at`] `addr` (a
+    /// dispatcher); panics unless the login succeeds.
+    pub fn signed_in_at(&self, addr: SocketAddr, device: &TestDevice) -> DeviceProcess {
+        let mut d = self.device_at(addr, device, &device.user, &device.user.password, &[]);
+        let line = d.expect("login ");
+        assert!(
+            line.starts_with("login ok"),
+            "{}: {line}",
+            device.user.login
+        );
+        d
+    }
+
     /// A device-library client connected (handshake done, not signed in)
     /// to this stack's collabd as `device`.
     pub fn library_client(&self, device: &TestDevice) -> DeviceClient {

@@ -1,6 +1,7 @@
 //! Why `collab-device` stopped, and the exit code of each kind.
 
 use std::fmt;
+use std::io;
 
 use super::super::DeviceError;
 use crate::wire::{Status, WireError};
@@ -15,13 +16,28 @@ pub enum CliError {
     /// Bad arguments (64).
     Usage(String),
     /// The key or password file is missing, unreadable or malformed (66).
-    File(String),
+    File {
+        /// Which file, and what is wrong with it.
+        what: String,
+        /// The read error beneath, if reading failed.
+        source: Option<io::Error>,
+    },
     /// The connection or the login was refused with a status (2).
     Refused(Status, String),
     /// The connection could not be made or was lost (3).
-    Connection(String),
+    Connection {
+        /// What failed ("" when the protocol error beneath says it all).
+        what: String,
+        /// The protocol error beneath, if there is one.
+        source: Option<WireError>,
+    },
     /// The peer broke the protocol, or the key is wrong (4).
-    Protocol(String),
+    Protocol {
+        /// What was wrong ("" when the protocol error beneath says it all).
+        what: String,
+        /// The protocol error beneath, if there is one.
+        source: Option<WireError>,
+    },
     /// The service ended the session or is stopping (5).
     Ended(Status, String),
     /// Internal failure, e.g. the random source (70).
@@ -33,26 +49,67 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Refused(..) => 2,
-            CliError::Connection(_) => 3,
-            CliError::Protocol(_) => 4,
+            CliError::Connection { .. } => 3,
+            CliError::Protocol { .. } => 4,
             CliError::Ended(..) => 5,
             CliError::Usage(_) => 64,
-            CliError::File(_) => 66,
+            CliError::File { .. } => 66,
             CliError::Internal(_) => 70,
+        }
+    }
+
+    /// A file error with no error beneath.
+    pub(super) fn file(what: String) -> CliError {
+        CliError::File { what, source: None }
+    }
+
+    /// Reading `what` failed with `source`.
+    pub(super) fn file_read(what: String, source: io::Error) -> CliError {
+        CliError::File {
+            what,
+            source: Some(source),
+        }
+    }
+
+    /// A connection failure with no protocol error beneath.
+    pub(super) fn connection(what: String) -> CliError {
+        CliError::Connection { what, source: None }
+    }
+
+    /// The connection failed or was lost with `source`.
+    pub(super) fn connection_lost(source: WireError) -> CliError {
+        CliError::Connection {
+            what: String::new(),
+            source: Some(source),
+        }
+    }
+
+    /// Why the connection failed, without the kind's prefix; `None` for
+    /// other kinds.
+    pub(super) fn connection_reason(&self) -> Option<String> {
+        match self {
+            CliError::Connection { what, source } => Some(with_cause(what, source.as_ref())),
+            _ => None,
         }
     }
 
     pub(super) fn from_device(e: DeviceError, logged_in: bool) -> CliError {
         match e {
-            DeviceError::Connect(why) => CliError::Connection(why),
-            DeviceError::Tls(why) => CliError::Connection(format!("TLS: {why}")),
+            DeviceError::Connect(why) => CliError::connection(why),
+            DeviceError::Tls(why) => CliError::connection(format!("TLS: {why}")),
             DeviceError::LoginRefused(s, t) => CliError::Refused(s, t),
-            DeviceError::Unexpected(why) => CliError::Protocol(why),
+            DeviceError::Unexpected(why) => CliError::Protocol {
+                what: why,
+                source: None,
+            },
             DeviceError::Wire(WireError::Refused(s, t)) if logged_in => CliError::Ended(s, t),
             DeviceError::Wire(WireError::Refused(s, t)) => CliError::Refused(s, t),
             DeviceError::Wire(WireError::Crypto(why)) => CliError::Internal(why),
-            DeviceError::Wire(w) if w.is_protocol_violation() => CliError::Protocol(w.to_string()),
-            DeviceError::Wire(w) => CliError::Connection(w.to_string()),
+            DeviceError::Wire(w) if w.is_protocol_violation() => CliError::Protocol {
+                what: String::new(),
+                source: Some(w),
+            },
+            DeviceError::Wire(w) => CliError::connection_lost(w),
         }
     }
 }
@@ -61,14 +118,45 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Usage(why) => write!(f, "{why}\n{USAGE}"),
-            CliError::File(why) => write!(f, "{why}"),
+            CliError::File { what, source } => f.write_str(&with_cause(what, source.as_ref())),
             CliError::Refused(s, t) => write!(f, "refused: {} {} ({t})", s.code(), s.name()),
-            CliError::Connection(why) => write!(f, "connection failed or lost: {why}"),
-            CliError::Protocol(why) => write!(f, "protocol error: {why}"),
+            CliError::Connection { what, source } => write!(
+                f,
+                "connection failed or lost: {}",
+                with_cause(what, source.as_ref())
+            ),
+            CliError::Protocol { what, source } => {
+                write!(f, "protocol error: {}", with_cause(what, source.as_ref()))
+            }
             CliError::Ended(s, t) => write!(f, "session ended: {} {} ({t})", s.code(), s.name()),
             CliError::Internal(why) => write!(f, "internal error: {why}"),
         }
     }
 }
 
-impl std::error::Error for CliError {}
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::File {
+                source: Some(e), ..
+            } => Some(e),
+            CliError::Connection {
+                source: Some(e), ..
+            }
+            | CliError::Protocol {
+                source: Some(e), ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// `what`, then the cause after a colon (the cause alone when `what` is
+/// empty).
+fn with_cause(what: &str, cause: Option<&impl fmt::Display>) -> String {
+    match cause {
+        Some(cause) if what.is_empty() => cause.to_string(),
+        Some(cause) => format!("{what}: {cause}"),
+        None => what.to_string(),
+    }
+}

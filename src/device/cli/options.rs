@@ -120,7 +120,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, CliError> {
 /// or exactly 32 raw bytes.
 pub fn read_key_file(path: &Path) -> Result<[u8; 32], CliError> {
     let bytes = std::fs::read(path)
-        .map_err(|e| CliError::File(format!("key file {}: {e}", path.display())))?;
+        .map_err(|e| CliError::file_read(format!("key file {}", path.display()), e))?;
     let text = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
     if let Some(key) = crate::hex::parse_key(text) {
         return Ok(key);
@@ -130,7 +130,7 @@ pub fn read_key_file(path: &Path) -> Result<[u8; 32], CliError> {
         key.copy_from_slice(&bytes);
         return Ok(key);
     }
-    Err(CliError::File(format!(
+    Err(CliError::file(format!(
         "key file {}: want 64 hex digits or 32 raw bytes",
         path.display()
     )))
@@ -139,10 +139,10 @@ pub fn read_key_file(path: &Path) -> Result<[u8; 32], CliError> {
 /// Reads the password: the first line of the file, without its line end.
 pub fn read_password_file(path: &Path) -> Result<Secret, CliError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::File(format!("password file {}: {e}", path.display())))?;
+        .map_err(|e| CliError::file_read(format!("password file {}", path.display()), e))?;
     let first = text.lines().next().unwrap_or("");
     if first.is_empty() {
-        return Err(CliError::File(format!(
+        return Err(CliError::file(format!(
             "password file {} is empty",
             path.display()
         )));

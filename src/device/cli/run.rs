@@ -92,10 +92,10 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     loop {
         match session_loop(&mut client, &input, &mut out, &mut ui, o.manual_ack) {
             Ok(()) => break,
-            Err(CliError::Connection(why)) if out.resumes => {
-                keep_session(&mut client, &cfg, &o, &password, &mut out, why)?;
-            }
-            Err(e) => return Err(e),
+            Err(e) => match e.connection_reason().filter(|_| out.resumes) {
+                Some(why) => keep_session(&mut client, &cfg, &o, &password, &mut out, why)?,
+                None => return Err(e),
+            },
         }
     }
     drop(password);
@@ -180,18 +180,17 @@ fn session_loop(
 }
 
 fn lost(e: DeviceError, out: &mut Output) -> CliError {
-    if out.resumes {
-        if let DeviceError::Wire(w) = &e {
-            if reconnect::is_lost_link(w) {
-                // Not yet the end: [`keep_session`] reconnects, and says
-                // `lost` only if it gives up.
-                return CliError::Connection(e.to_string());
-            }
+    let e = match e {
+        DeviceError::Wire(w) if out.resumes && reconnect::is_lost_link(&w) => {
+            // Not yet the end: [`keep_session`] reconnects, and says
+            // `lost` only if it gives up.
+            return CliError::connection_lost(w);
         }
-    }
+        other => other,
+    };
     let err = CliError::from_device(e, true);
     let kind = match &err {
-        CliError::Protocol(_) => "protocol",
+        CliError::Protocol { .. } => "protocol",
         CliError::Ended(..) => "refused",
         _ => "connection",
     };
@@ -221,7 +220,7 @@ fn keep_session(
     let mut last = why;
     let give_up = |out: &mut Output, err: CliError| {
         let kind = match &err {
-            CliError::Protocol(_) => "protocol",
+            CliError::Protocol { .. } => "protocol",
             CliError::Refused(..) | CliError::Ended(..) => "refused",
             _ => "connection",
         };
@@ -238,7 +237,7 @@ fn keep_session(
         let Some(wait) = backoff.next_wait() else {
             return Err(give_up(
                 out,
-                CliError::Connection(format!(
+                CliError::connection(format!(
                     "{last}; gave up after {} reconnect attempts",
                     backoff.tried()
                 )),

@@ -127,7 +127,7 @@ impl Session {
         let reply = match result {
             Ok(reply) => reply,
             Err(e) => {
-                let status = Status::from_code(e.device_status()).unwrap_or(Status::Failed);
+                let status = e.device_status();
                 self.answer(link_id, fail(status, e.to_string()));
                 return;
             }

@@ -17,7 +17,7 @@ use super::Session;
 /// session is given up as lost.
 const MAX_POLL_FAILURES: u32 = 6;
 /// CWA sign-in attempts after CWA lost the session, with password caching
-/// (PROPOSED in the protocol notes, §10: at most three, with back-off).
+/// (at most three, with back-off: collabd(8), DESCRIPTION).
 const RESIGN_ATTEMPTS: u32 = 3;
 
 /// The event thread: holds the slot and the CWA long-poll until the

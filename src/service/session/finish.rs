@@ -55,7 +55,7 @@ impl Session {
                     reason: "logout".to_string(),
                 },
                 ref other => ServiceMessage::SessionEnded {
-                    status: Status::from_code(other.status_code()).unwrap_or(Status::SessionEnded),
+                    status: other.status_code(),
                     reason: other.to_string(),
                 },
             };

@@ -707,6 +707,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_run_error_keeps_its_cause_with_the_message_unchanged() {
+        use std::error::Error;
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = RunError::config_because("state directory /s", gone());
+        assert_eq!(e.to_string(), "configuration: state directory /s: gone");
+        assert_eq!(e.exit_code(), config::EX_CONFIG);
+        assert_eq!(e.source().map(|c| c.to_string()).as_deref(), Some("gone"));
+        let e = RunError::runtime_because("", gone());
+        assert_eq!(e.to_string(), "gone");
+        assert_eq!(e.exit_code(), EX_FAILURE);
+        assert!(e.source().is_some());
+        assert!(RunError::runtime("stopped").source().is_none());
+    }
+
+    #[test]
     fn unspecified_addresses_are_advertised_as_loopback() {
         assert_eq!(
             advertised_addr("0.0.0.0:3200".parse().unwrap()),

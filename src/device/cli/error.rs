@@ -160,3 +160,32 @@ fn with_cause(what: &str, cause: Option<&impl fmt::Display>) -> String {
         None => what.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn a_read_error_stays_beneath_with_the_message_unchanged() {
+        let gone = io::Error::new(io::ErrorKind::NotFound, "gone");
+        let e = CliError::file_read("key file /k".into(), gone);
+        assert_eq!(e.to_string(), "key file /k: gone");
+        assert_eq!(e.exit_code(), 66);
+        assert_eq!(e.source().map(|c| c.to_string()).as_deref(), Some("gone"));
+        assert!(CliError::file("key file /k is empty".into())
+            .source()
+            .is_none());
+    }
+
+    #[test]
+    fn a_lost_link_keeps_its_wire_error() {
+        let e = CliError::from_device(DeviceError::Wire(WireError::Timeout), true);
+        let wire = WireError::Timeout.to_string();
+        assert_eq!(e.to_string(), format!("connection failed or lost: {wire}"));
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(e.connection_reason(), Some(wire.clone()));
+        assert_eq!(e.source().map(|c| c.to_string()), Some(wire));
+    }
+}

@@ -1,10 +1,10 @@
 //! `collab-device`: argument parsing and the key and password files
-//! ([`options`]), the two front ends over [`DeviceClient`](super::DeviceClient):
+//! (`options.rs`), the two front ends over [`DeviceClient`](super::DeviceClient):
 //! `--script` (records on standard input and output in the
-//! [`lineformat`](super::lineformat), for tests and load: [`script`]) and
-//! an interactive line UI for a person ([`interactive`]), what each
-//! prints ([`output`]), and the connection's run with its reconnects
-//! ([`run`](mod@run)). Exit codes are in [`CliError::exit_code`] and
+//! [`lineformat`](super::lineformat), for tests and load: `script.rs`) and
+//! an interactive line UI for a person (`interactive.rs`), what each
+//! prints (`output.rs`), and the connection's run with its reconnects
+//! (`run.rs`). Exit codes are in [`CliError::exit_code`] and
 //! collab-device(1).
 
 mod error;

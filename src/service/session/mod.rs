@@ -45,13 +45,12 @@
 //! the result once there is one), so the same command with the same id
 //! from a newer link is not run twice: its result goes to the newer link,
 //! now or when it comes.
-
 //!
-//! The files: the shared state ([`state`]), delivery to the device and
-//! the replay buffer ([`delivery`]), commands and the memory of commands
-//! sent again ([`commands`]), the event thread ([`events`]), the link
-//! thread ([`link`]), the finisher ([`finish`]) and the presence upkeep
-//! hooks ([`presence`]).
+//! The files: the shared state (`state.rs`), delivery to the device and
+//! the replay buffer (`delivery.rs`), commands and the memory of commands
+//! sent again (`commands.rs`), the event thread (`events.rs`), the link
+//! thread (`link.rs`), the finisher (`finish.rs`) and the presence upkeep
+//! hooks (`presence.rs`).
 
 mod commands;
 mod delivery;

@@ -2,16 +2,13 @@
 //! their members (`member` / `addMember` / `deleteMember` with
 //! `type value`), and the parsing of the `containers` event.
 //!
-//! Shapes (the protocol notes name `containers`, `addMember` and
-//! `deleteMember type value`; the wrapping follows MSDN's pages for the
-//! containers event and the updateContainer request):
+//! Shapes (cwa-sim(1), ACCESS LEVELS, answers the same):
 //! `<containers eid><container id><member type value/>…</container>…</containers>`
 //! and `<updateContainer rid><container id><addMember type value/></container></updateContainer>`.
 //! A `containers` event lists every container after `initiateSession`,
 //! then only the container that changed, always with all its members.
 //!
-//! PROPOSED (nothing in the protocol notes says otherwise, unverified on a
-//! real server): moving a person between levels is one document of
+//! An assumption, unverified on a real server: moving a person between levels is one document of
 //! several `updateContainer` methods, the extra ones with rids `N.1`,
 //! `N.2`, ... (rids are strings) whose outcomes nobody waits for; see
 //! [`crate::cwa::Command::SetContainerMember`]. A `deleteMember` for a

@@ -1,4 +1,5 @@
-//! Typed CWA commands (the methods of §3.1 that the device protocol needs)
+//! Typed CWA commands (the CWA request methods that the device protocol
+//! needs; cwa-sim(1), COMMANDS, lists those the simulator answers)
 //! and their XML. Each command becomes one method element of a
 //! `cwaRequests` envelope, carrying the rid the command channel chose;
 //! conference actions are wrapped in `<conference rid confId>`. Text is
@@ -14,14 +15,14 @@ const STATE_NS: &str = "http://schemas.microsoft.com/2006/09/sip/state";
 /// The SIP namespace of the `note` category.
 const NOTE_NS: &str = "http://schemas.microsoft.com/2006/09/sip/note";
 const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
-/// The instance mask of the user-state category. PROPOSED (§3.1): by
-/// analogy with machineState's 0x30000000; unverified on a real server.
+/// The instance mask of the user-state category: by analogy with
+/// machineState's 0x30000000, an assumption unverified on a real server.
 pub(crate) const USER_STATE_INSTANCE_MASK: &str = "536870912";
 
 /// A message of an IM conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImMessage {
-    /// `text/plain`, or an `X-MMS-IM-Format: …` header (§3.1).
+    /// `text/plain`, or an `X-MMS-IM-Format: …` header.
     pub format: String,
     /// The message text.
     pub content: String,
@@ -52,7 +53,7 @@ pub struct ContactSpec {
     pub groups: Vec<String>,
 }
 
-/// A directory search (§3.1 `search`). Empty fields are left out.
+/// A directory search (CWA's `search` method). Empty fields are left out.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SearchQuery {
     /// Given name.
@@ -67,7 +68,7 @@ pub struct SearchQuery {
     pub match_all: bool,
 }
 
-/// One CWA method (§3.1).
+/// One CWA request method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// `publishSelfPresence`: user state (availability, e.g. 3500 online,
@@ -159,7 +160,8 @@ pub enum Command {
         conf_id: String,
     },
     /// `conference` › `terminateImSession`: leave, or decline an invitation
-    /// (PROPOSED in §3.1: there is no decline method).
+    /// (CWA has no decline method; that this one declines is an assumption
+    /// unverified on a real server).
     TerminateImSession {
         /// The conversation.
         conf_id: String,
@@ -469,8 +471,9 @@ fn contact_elem(c: &ContactSpec) -> Element {
     )
 }
 
-/// `cwaCategory name="state"` with a manual user state. PROPOSED (§3.1):
-/// `xsi:type="userState" manual="true"`, instance mask 0x20000000.
+/// `cwaCategory name="state"` with a manual user state:
+/// `xsi:type="userState" manual="true"`, instance mask 0x20000000 (an
+/// assumption unverified on a real server, as for the mask above).
 fn state_category(availability: u32) -> Element {
     let state = with_child(
         elem(

@@ -1,4 +1,5 @@
-//! Typed CWA events (§5.2) and the parsing of a `cwaEvents` document. An
+//! Typed CWA events (cwa-sim(1), EVENTS, lists those the simulator sends)
+//! and the parsing of a `cwaEvents` document. An
 //! event the client does not know becomes [`Event::Unknown`] and is logged,
 //! never an error; missing optional attributes are left empty rather than
 //! refused, because CWA's pages disagree on details.
@@ -18,7 +19,7 @@ pub struct EventBatch {
     /// The events, in server order, without any event already handed out
     /// (see the eid bookkeeping in [`super::EventChannel`]).
     pub events: Vec<Event>,
-    /// `sessionTimeout` of the response (seconds, apparently; §5.1).
+    /// `sessionTimeout` of the response (seconds, as far as known).
     pub session_timeout: Option<u64>,
 }
 
@@ -218,7 +219,7 @@ pub struct Participant {
     pub role: String,
 }
 
-/// What happened in a conversation (children of `conference`, §5.2).
+/// What happened in a conversation (children of `conference`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConferenceItem {
     /// An invitation, possibly with the first message.
@@ -536,8 +537,7 @@ mod tests {
         parse_events(&crate::xml::parse(doc.as_bytes(), 1 << 20).unwrap())
     }
 
-    /// The real `userPresence` sample of the protocol notes (C3: cwalib's
-    /// EventFactoryTest, captured from a live CWA 2007), shortened.
+    /// A `userPresence` event captured from a live CWA 2007, shortened.
     #[test]
     fn real_user_presence_sample() {
         let doc = r#"<cwaEvents sid="2" pollWaitTime="3000" ackId="11"><userPresence eid="11">

@@ -366,7 +366,8 @@ impl CommandChannel {
 
     /// Whether the presence must be republished now: CWA wants it every
     /// five minutes (cwa-sim(1), COMMANDS; that a published state lapses
-    /// without it is PROPOSED), configurable as `republish_interval`.
+    /// without it is an assumption, unverified on a real server),
+    /// configurable as `republish_interval`.
     pub fn republish_due(&self) -> bool {
         self.last_publish.elapsed() >= self.republish_interval
     }

@@ -9,7 +9,7 @@
 //! agent, whose pool then holds exactly that one connection, so the whole
 //! handshake stays on one connection. Success needs a 2xx, a `CWA-Ticket`
 //! and `requestSucceeded`. The status mapping (401 bad credentials, 403 not
-//! enabled, 503 / 18101 busy) is PROPOSED there too; raw status and body
+//! enabled, 503 / 18101 busy) is our reading too; raw status and body
 //! are logged at debug level (never the request, which holds the password).
 //!
 //! The whole sign-in runs in a [`WipeScope`]: every buffer that held the

@@ -27,19 +27,26 @@ pub enum LoggingError {
     /// The filter is not valid env_logger syntax.
     BadFilter(String),
     /// A logger was already installed in this process.
-    AlreadyInitialised,
+    AlreadyInitialised(log::SetLoggerError),
 }
 
 impl fmt::Display for LoggingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LoggingError::BadFilter(why) => write!(f, "invalid log filter: {why}"),
-            LoggingError::AlreadyInitialised => f.write_str("a logger is already installed"),
+            LoggingError::AlreadyInitialised(_) => f.write_str("a logger is already installed"),
         }
     }
 }
 
-impl std::error::Error for LoggingError {}
+impl std::error::Error for LoggingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoggingError::AlreadyInitialised(e) => Some(e),
+            LoggingError::BadFilter(_) => None,
+        }
+    }
+}
 
 /// The sd-daemon(3) priority of a log level.
 pub fn syslog_priority(level: Level) -> u8 {
@@ -160,7 +167,7 @@ pub fn init(filter: &str) -> Result<(), LoggingError> {
             )
         })
         .try_init()
-        .map_err(|_| LoggingError::AlreadyInitialised)
+        .map_err(LoggingError::AlreadyInitialised)
 }
 
 #[cfg(test)]

@@ -53,36 +53,96 @@ const MAX_MALLOC_ARENAS: usize = 8;
 /// Exit status for a runtime failure (collabd(8), EXIT STATUS).
 pub const EX_FAILURE: u8 = 1;
 
-/// Why the daemon could not run.
+/// The error beneath a [`RunError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the daemon could not run: what failed, and the error beneath it
+/// when there is one (also in the message, after `what`).
 #[derive(Debug)]
 pub enum RunError {
     /// The configuration (file, flags, instance row, TLS files) is
     /// unusable: exit 78, the unit does not restart.
-    Config(String),
+    Config {
+        /// What was unusable.
+        what: String,
+        /// Why.
+        source: Option<Cause>,
+    },
     /// Anything else (listen address in use, threads, logging): exit 1.
-    Runtime(String),
+    Runtime {
+        /// What failed.
+        what: String,
+        /// Why.
+        source: Option<Cause>,
+    },
 }
 
 impl RunError {
     /// The process exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) => config::EX_CONFIG,
-            RunError::Runtime(_) => EX_FAILURE,
+            RunError::Config { .. } => config::EX_CONFIG,
+            RunError::Runtime { .. } => EX_FAILURE,
+        }
+    }
+
+    fn config(what: impl Into<String>) -> RunError {
+        RunError::Config {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// `what` ("" when the cause says it all) failed because of `source`.
+    fn config_because(what: impl Into<String>, source: impl Into<Cause>) -> RunError {
+        RunError::Config {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    fn runtime(what: impl Into<String>) -> RunError {
+        RunError::Runtime {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// `what` ("" when the cause says it all) failed because of `source`.
+    fn runtime_because(what: impl Into<String>, source: impl Into<Cause>) -> RunError {
+        RunError::Runtime {
+            what: what.into(),
+            source: Some(source.into()),
         }
     }
 }
 
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RunError::Config(why) => write!(f, "configuration: {why}"),
-            RunError::Runtime(why) => f.write_str(why),
+        let (what, source) = match self {
+            RunError::Config { what, source } => {
+                f.write_str("configuration: ")?;
+                (what, source)
+            }
+            RunError::Runtime { what, source } => (what, source),
+        };
+        match source {
+            Some(cause) if what.is_empty() => write!(f, "{cause}"),
+            Some(cause) => write!(f, "{what}: {cause}"),
+            None => f.write_str(what),
         }
     }
 }
 
-impl std::error::Error for RunError {}
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RunError::Config { source, .. } | RunError::Runtime { source, .. } => source
+                .as_deref()
+                .map(|e| e as &(dyn std::error::Error + 'static)),
+        }
+    }
+}
 
 /// The whole program: block signals, parse the command line, run. Returns
 /// the exit status.
@@ -167,8 +227,9 @@ fn read_password_file(config: &Config) -> Result<Option<String>, RunError> {
     let Some(path) = &config.database_password_file else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| RunError::Config(format!("database password file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        RunError::config_because(format!("database password file {}", path.display()), e)
+    })?;
     Ok(Some(text.lines().next().unwrap_or("").to_string()))
 }
 
@@ -190,12 +251,12 @@ fn read_instance(
         match pool.with(deadline, |db| db.instance(name)) {
             Ok(instance) => return Ok(Some(instance)),
             Err(PoolError::Db(DbError::NotFound { .. })) => {
-                return Err(RunError::Config(format!(
+                return Err(RunError::config(format!(
                 "instance {name:?} is not in the Config DB (add it with `collabctl instance add`)"
             )))
             }
             Err(PoolError::Db(e @ DbError::BadData { .. })) => {
-                return Err(RunError::Config(format!("instance {name:?}: {e}")))
+                return Err(RunError::config_because(format!("instance {name:?}"), e))
             }
             Err(e) => {
                 log::warn!(
@@ -213,13 +274,13 @@ fn read_instance(
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
-    logging::init(&config.log_filter).map_err(|e| RunError::Runtime(e.to_string()))?;
+    logging::init(&config.log_filter).map_err(|e| RunError::runtime_because("", e))?;
     log::info!("collabd {} starting: {config:?}", env!("CARGO_PKG_VERSION"));
     let password = read_password_file(&config)?;
     let tls = match &config.tls {
         Some(files) => Some(
             listener::load_tls_acceptor(&files.cert, &files.key)
-                .map_err(|e| RunError::Config(e.to_string()))?,
+                .map_err(|e| RunError::config_because("", e))?,
         ),
         None => None,
     };
@@ -240,7 +301,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
                 AfterSignal::Stop
             }
         })
-        .map_err(|e| RunError::Runtime(format!("cannot start the signal thread: {e}")))?
+        .map_err(|e| RunError::runtime_because("cannot start the signal thread", e))?
     };
 
     let url = config.database.clone();
@@ -276,14 +337,11 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     }
 
     let spool = Spool::open(config.state_directory.as_deref()).map_err(|e| {
-        RunError::Config(format!(
-            "state directory {}: {e}",
-            config
-                .state_directory
-                .as_deref()
-                .unwrap_or(std::path::Path::new("-"))
-                .display()
-        ))
+        let dir = config
+            .state_directory
+            .as_deref()
+            .unwrap_or(std::path::Path::new("-"));
+        RunError::config_because(format!("state directory {}", dir.display()), e)
     })?;
     match config.state_directory.as_deref() {
         Some(dir) => log::info!(
@@ -324,7 +382,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     );
     let plain = tls.is_none();
     let mut listener = Listener::bind(config.listen, tls, config.listener_limits())
-        .map_err(|e| RunError::Runtime(e.to_string()))?;
+        .map_err(|e| RunError::runtime_because("", e))?;
     if plain {
         // (Over TLS, clear bytes before the handshake would mean nothing.)
         listener = listener.with_overflow_reply(overflow.to_bytes());
@@ -335,7 +393,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     };
     let server = listener
         .serve(handler)
-        .map_err(|e| RunError::Runtime(e.to_string()))?;
+        .map_err(|e| RunError::runtime_because("", e))?;
     let bound = server.local_addr();
     let advertise = config
         .advertise
@@ -387,7 +445,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
                 // while sessions carry on: stop cleanly instead.
                 panics::guard_service_thread("the heartbeat thread", &shutdown, beat);
             })
-            .map_err(|e| RunError::Runtime(format!("cannot start the heartbeat thread: {e}")))?
+            .map_err(|e| RunError::runtime_because("cannot start the heartbeat thread", e))?
     };
     let reaper = spawn_reaper(
         table.clone(),
@@ -400,7 +458,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
             }
         },
     )
-    .map_err(|e| RunError::Runtime(format!("cannot start the reaper: {e}")))?;
+    .map_err(|e| RunError::runtime_because("cannot start the reaper", e))?;
     let watchdog = match notify::watchdog_interval() {
         Some(interval) => {
             let handle = server.shutdown_handle();
@@ -423,7 +481,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
                     let _ = table.usage();
                     !handle.is_stopping()
                 })
-                .map_err(|e| RunError::Runtime(format!("cannot start the watchdog: {e}")))?,
+                .map_err(|e| RunError::runtime_because("cannot start the watchdog", e))?,
             )
         }
         None => None,
@@ -463,8 +521,8 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     // The signal thread stopped after the shutdown signal.
     let _ = signal_thread.join();
     if panics::service_thread_failed() {
-        return Err(RunError::Runtime(
-            "stopped because a service thread panicked (see the error above)".into(),
+        return Err(RunError::runtime(
+            "stopped because a service thread panicked (see the error above)",
         ));
     }
     log::info!("stopped");
@@ -647,6 +705,21 @@ fn refresh_instance(ctx: &ServiceContext, ca_file: Option<&std::path::Path>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_error_keeps_its_cause_with_the_message_unchanged() {
+        use std::error::Error;
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let e = RunError::config_because("state directory /s", gone());
+        assert_eq!(e.to_string(), "configuration: state directory /s: gone");
+        assert_eq!(e.exit_code(), config::EX_CONFIG);
+        assert_eq!(e.source().map(|c| c.to_string()).as_deref(), Some("gone"));
+        let e = RunError::runtime_because("", gone());
+        assert_eq!(e.to_string(), "gone");
+        assert_eq!(e.exit_code(), EX_FAILURE);
+        assert!(e.source().is_some());
+        assert!(RunError::runtime("stopped").source().is_none());
+    }
 
     #[test]
     fn unspecified_addresses_are_advertised_as_loopback() {

@@ -79,10 +79,8 @@ impl Status {
     }
 
     /// The status for a wire code, or `None` for a code this version does
-    /// not define. (A `Status` passed in comes back as it is: the layers
-    /// above hand statuses over typed.)
-    pub fn from_code(code: impl Into<u16>) -> Option<Status> {
-        let code = code.into();
+    /// not define.
+    pub fn from_code(code: u16) -> Option<Status> {
         ALL_STATUSES.iter().copied().find(|s| s.code() == code)
     }
 

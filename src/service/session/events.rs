@@ -1,0 +1,207 @@
+//! The event thread: the CWA event long-poll, each batch translated and
+//! delivered (results to their commands), presence kept up between polls,
+//! and a new CWA sign-in when CWA lost the session.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cwa::{CwaSession, EventChannel, SessionError};
+use crate::ops::memory;
+
+use super::super::table::{EndReason, SlotGuard};
+use super::super::translate::{self, Translated};
+use super::state::{lock, Early};
+use super::Session;
+
+/// Event polls failing in a row (network, busy, timeouts) before the
+/// session is given up as lost.
+const MAX_POLL_FAILURES: u32 = 6;
+/// CWA sign-in attempts after CWA lost the session, with password caching
+/// (at most three, with back-off: collabd(8), DESCRIPTION).
+const RESIGN_ATTEMPTS: u32 = 3;
+
+/// The event thread: holds the slot and the CWA long-poll until the
+/// session ends.
+pub fn run_events(session: Arc<Session>, events: EventChannel, guard: SlotGuard) {
+    let _slot = guard;
+    let what = format!("{session:?}: event thread");
+    if crate::ops::panics::guard(&what, || poll_events(&session, events)).is_none() {
+        // The finisher tells the device and signs out of CWA; the slot is
+        // freed when `_slot` drops, just after.
+        session.ctx.table.end(session.id(), EndReason::Closed);
+    }
+}
+
+/// The event thread's loop, until the session ends.
+fn poll_events(session: &Arc<Session>, mut events: EventChannel) {
+    let mut failures = 0u32;
+    while !session.is_ended() {
+        session.expire_commands();
+        // About to wait in the long-poll, at the loop's shallowest point:
+        // the stack pages of the sign-in and of the last batch go back
+        // (see `ops::memory`; this thread lives as long as the session).
+        memory::release_stack_below_here();
+        if let Ok(mut commands) = session.commands.try_lock() {
+            // (Busy: a command is running, which is user activity anyway.)
+            session.publish_away_if_due(&mut commands);
+            if commands.republish_due() {
+                if let Err(e) = commands.republish() {
+                    log::info!("{session:?}: presence republish: {e}");
+                }
+            }
+        }
+        match events.poll() {
+            Ok(mut batch) => {
+                failures = 0;
+                if let Err(reason) = session.handle_events(std::mem::take(&mut batch.events)) {
+                    session.ctx.table.end(session.id(), reason);
+                    break;
+                }
+                // Acknowledged to CWA only now that the device has them
+                // (or the replay buffer does).
+                events.ack(&batch);
+            }
+            Err(e) if e.is_final() => {
+                if session.is_ended() {
+                    break;
+                }
+                match session.sign_in_again(&e) {
+                    Ok(new_events) => events = new_events,
+                    Err(why) => {
+                        session
+                            .ctx
+                            .table
+                            .end(session.id(), EndReason::CwaSessionLost(why));
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                if session.is_ended() {
+                    break;
+                }
+                failures += 1;
+                log::info!("{session:?}: event poll failed ({failures} in a row): {e}");
+                if failures >= MAX_POLL_FAILURES {
+                    session.ctx.table.end(
+                        session.id(),
+                        EndReason::CwaSessionLost(format!("CWA unreachable: {e}")),
+                    );
+                    break;
+                }
+                let backoff = Duration::from_millis(500 << failures.min(6));
+                session.sleep(backoff.min(Duration::from_secs(30)));
+            }
+        }
+    }
+}
+
+impl Session {
+    /// A CWA event batch: results to their commands, events to the device.
+    #[inline(never)]
+    pub(super) fn handle_events(&self, events: Vec<crate::cwa::Event>) -> Result<(), EndReason> {
+        let mut out = Vec::new();
+        // Containers events are merged into what CWA sent before; one
+        // setting of a level changes several containers, so the device
+        // gets one access-levels event, where the batch's last one was.
+        let last_containers = events
+            .iter()
+            .rposition(|e| matches!(e, crate::cwa::Event::Containers { .. }));
+        let mut levels_changed = false;
+        for (i, e) in events.into_iter().enumerate() {
+            let e = match e {
+                crate::cwa::Event::Containers { containers } => {
+                    let mut st = self.state();
+                    levels_changed |= st.access.merge(containers);
+                    if Some(i) == last_containers && levels_changed {
+                        out.push(st.access.event());
+                    }
+                    continue;
+                }
+                other => other,
+            };
+            if let crate::cwa::Event::UserPresence { users } = &e {
+                if self.answer_presence_query(users) {
+                    continue;
+                }
+            }
+            match translate::event(e) {
+                Translated::Events(mut evs) => out.append(&mut evs),
+                Translated::Result { rid, outcome } => {
+                    // Keep the order of events and results as CWA sent them.
+                    self.deliver(std::mem::take(&mut out))?;
+                    if self.finish_presence_query(rid, &outcome)? {
+                        continue;
+                    }
+                    self.complete(rid, Early::Result(outcome));
+                }
+                Translated::SearchResult { rid, entries } => {
+                    self.deliver(std::mem::take(&mut out))?;
+                    match rid {
+                        Some(rid) => self.complete(rid, Early::Search(entries)),
+                        None => log::info!("{self:?}: search result without rid dropped"),
+                    }
+                }
+            }
+        }
+        self.deliver(out)
+    }
+
+    /// Sign in to CWA again with the cached password (up to three times,
+    /// with back-off) and restore presence subscriptions. Returns the new
+    /// event channel, or why the session is lost.
+    #[inline(never)]
+    pub(super) fn sign_in_again(&self, lost: &SessionError) -> Result<EventChannel, String> {
+        let Some(password) = self.credential.cached_password() else {
+            return Err(lost.to_string());
+        };
+        let mut last = lost.to_string();
+        for attempt in 0..RESIGN_ATTEMPTS {
+            if attempt > 0 && !self.sleep(Duration::from_secs(1 << attempt)) {
+                return Err("session ended".into());
+            }
+            let settings = self.ctx.cwa();
+            match CwaSession::sign_in(&settings.client, &self.login, password.expose()) {
+                Ok(cwa) => {
+                    let (mut commands, events) = cwa.split();
+                    let subscriptions = self.state().subscriptions.clone();
+                    if !subscriptions.is_empty() {
+                        let command = crate::cwa::Command::SubscribePresence {
+                            uris: subscriptions,
+                        };
+                        if let Err(e) = commands.send(&command) {
+                            log::warn!("{self:?}: restoring subscriptions: {e}");
+                        }
+                    }
+                    {
+                        let mut current = lock(&self.commands);
+                        self.carry_presence(&current, &mut commands);
+                        *current = commands;
+                    }
+                    self.forget_old_rids();
+                    log::info!("{self:?}: signed in to CWA again after: {lost}");
+                    return Ok(events);
+                }
+                Err(e) => {
+                    log::warn!("{self:?}: CWA sign-in again, attempt {}: {e}", attempt + 1);
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(format!("{lost}; signing in again failed: {last}"))
+    }
+
+    /// Sleep up to `d`, waking early when the session ends. Returns false
+    /// if it ended.
+    pub(super) fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        while !self.is_ended() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+        false
+    }
+}

@@ -1,0 +1,122 @@
+//! The link thread: reads the device's messages (status reports,
+//! commands, acknowledgements, logout) until logout, a lost or silent
+//! link, or the end of the session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::ops::memory;
+use crate::wire::{self, DeviceMessage, Status, WireError};
+
+use super::super::table::{Coverage, EndReason};
+use super::state::{lock, trim, LinkReader};
+use super::Session;
+
+fn table_coverage(c: wire::Coverage) -> Coverage {
+    match c {
+        wire::Coverage::Dormant => Coverage::Dormant,
+        wire::Coverage::InCoverage | wire::Coverage::Active => Coverage::In,
+    }
+}
+
+/// The link thread: reads the device's messages until logout, a lost or
+/// silent link, or the end of the session.
+pub fn serve_link(session: &Arc<Session>, link_id: u64, mut reader: LinkReader) {
+    let status_timeout = session.ctx.timeouts.status_timeout;
+    if let Err(e) = reader
+        .get_ref()
+        .tcp()
+        .set_read_timeout(Some(status_timeout))
+    {
+        session.detach(link_id, &format!("cannot set the read timeout: {e}"));
+        return;
+    }
+    loop {
+        // About to wait for the device, at the loop's shallowest point: the
+        // deep sign-in (TLS, CWA, Config DB) ran on this thread, and a
+        // session lives for hours; its stack pages go back rather than
+        // stay resident (see `ops::memory`). Cheaper than handing the link
+        // to a fresh small thread: no thread start per sign-in, and the
+        // pages of every later deep command are released as well.
+        memory::release_stack_below_here();
+        let message = reader.recv_device();
+        if session.is_ended() {
+            // The finisher tells the device why, then ends the connection
+            // gracefully (the device reads that, then end of stream). Until
+            // it has, keep reading: returning now would close the
+            // connection under the last word.
+            if message.is_ok() && !session.state().last_word_sent {
+                continue;
+            }
+            return;
+        }
+        let now = Instant::now();
+        match message {
+            Ok(DeviceMessage::Status { coverage }) => {
+                let coverage = table_coverage(coverage);
+                session.ctx.table.note_status(session.id(), coverage, now);
+                session.record_coverage(coverage);
+            }
+            Ok(DeviceMessage::Command { id, command }) => {
+                session.ctx.table.note_activity(session.id(), now);
+                if !session.sent_again(link_id, id, &command) {
+                    session.command(link_id, id, command);
+                }
+            }
+            Ok(DeviceMessage::Ack { seq }) => {
+                session.ctx.table.note_activity(session.id(), now);
+                let last = {
+                    let mut st = session.state();
+                    let last = st.next_seq - 1;
+                    if seq <= last {
+                        trim(&mut st, seq);
+                    }
+                    last
+                };
+                if seq > last {
+                    // Trimming would drop events the device never had.
+                    let why = format!("ack of event {seq}, beyond the last event sent ({last})");
+                    refuse_link(session, link_id, &why);
+                    return;
+                }
+            }
+            Ok(DeviceMessage::Logout) => {
+                session.ctx.table.note_activity(session.id(), now);
+                session.ctx.table.end(session.id(), EndReason::Logout);
+                // Read on until the finisher's answer has gone out (see
+                // above).
+                continue;
+            }
+            Ok(DeviceMessage::Login { .. }) => {
+                refuse_link(session, link_id, "login after the session started");
+                return;
+            }
+            Err(WireError::Timeout) => {
+                session.detach(
+                    link_id,
+                    &format!("nothing for {} ms", status_timeout.as_millis()),
+                );
+                return;
+            }
+            Err(e) if e.is_protocol_violation() => {
+                refuse_link(session, link_id, &e.to_string());
+                return;
+            }
+            Err(e) => {
+                session.detach(link_id, &e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// A protocol violation on a signed-in link: Refused 308, then the link is
+/// dropped (the session stays, out of coverage).
+fn refuse_link(session: &Arc<Session>, link_id: u64, why: &str) {
+    log::info!("{session:?}: protocol error on link {link_id}: {why}");
+    let link = session.state().link.clone().filter(|l| l.id == link_id);
+    if let Some(link) = link {
+        let _ = lock(&link.writer).refuse(Status::ProtocolError, why);
+    }
+    session.detach(link_id, "protocol error");
+}

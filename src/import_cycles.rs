@@ -5,7 +5,8 @@
 //! modules, between the files and folders of each folder, and between a
 //! folder's own `mod.rs` and its children. A `pub use` of the folder's own
 //! children is the folder's face, not an import: a path through it is
-//! followed to the child that defines the item.
+//! followed to the child that defines the item. Beside it: no file under
+//! `src/` is longer than [`MAX_FILE_LINES`] before its tests.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs;
@@ -557,4 +558,33 @@ fn the_check_sees_a_cycle() {
     fs::write(dir.join("b.rs"), "// crate::a::X\npub struct Y;\n").unwrap();
     assert!(cycles(&dir).is_empty());
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Most lines a file under `src/` may have before its `#[cfg(test)]`
+/// module: a file a newcomer can hold in their head does one job.
+const MAX_FILE_LINES: usize = 900;
+
+#[test]
+fn no_source_file_is_over_the_line_limit() {
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    let mut long = Vec::new();
+    for path in files {
+        let text = fs::read_to_string(&path).unwrap();
+        let code = text
+            .lines()
+            .take_while(|line| line.trim() != "#[cfg(test)]")
+            .count();
+        if code > MAX_FILE_LINES {
+            long.push(format!("{} ({code} lines)", path.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "over {MAX_FILE_LINES} lines before the tests; split along the jobs:\n{}",
+        long.join("\n")
+    );
 }

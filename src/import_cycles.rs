@@ -494,7 +494,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("wire", &["hex", "xml"]),
     ("ntlm", &["hex", "wire"]),
     ("device", &["hex", "net", "ops", "wire"]),
-    ("cwa", &["net", "ntlm", "wire", "xml"]),
+    ("cwa", &["net", "ntlm", "ops", "wire", "xml"]),
     ("sim", &["hex", "net", "ntlm", "ops", "xml"]),
     ("dispatcher", &["configdb", "net", "ops", "wire"]),
     (

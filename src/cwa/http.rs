@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ureq::Agent;
 
-use super::transport::{CwaConnector, NameResolver, TlsFailure};
+use super::transport::{CwaConnector, HeldWait, NameResolver, TlsFailure};
 use super::ClientConfig;
 
 /// Each connection's input and output buffer (see [`Http::new`]).
@@ -118,8 +118,9 @@ pub(crate) struct Http {
     /// `scheme://host[:port][/prefix]`, without a trailing slash.
     base: String,
     max_body: usize,
-    /// Receive timeout of the event GET, which the server may hold.
-    poll_recv_timeout: Duration,
+    /// Receive timeout of a POST's response (the agent's own is the held
+    /// event GET's).
+    recv_timeout: Duration,
     /// While signing in: no exchange may end after this
     /// ([`ClientConfig::sign_in_deadline`]).
     pub(crate) deadline: Option<Instant>,
@@ -168,7 +169,11 @@ impl Http {
             .timeout_connect(Some(config.connect_timeout))
             .timeout_send_request(Some(config.send_timeout))
             .timeout_send_body(Some(config.send_timeout))
-            .timeout_recv_response(Some(config.recv_timeout))
+            // The agent's own receive timeout is the held event GET's, so
+            // that request carries no configuration of its own for the
+            // hours it waits (a copy of the whole configuration per held
+            // request); every POST sets the ordinary one (`post`).
+            .timeout_recv_response(Some(config.recv_timeout + config.poll_hold_margin))
             .timeout_recv_body(Some(config.recv_timeout))
             .build();
         // The TLS context is the instance's; the pool is this session's.
@@ -181,7 +186,7 @@ impl Http {
             agent,
             base,
             max_body: config.max_body,
-            poll_recv_timeout: config.recv_timeout + config.poll_hold_margin,
+            recv_timeout: config.recv_timeout,
             deadline: config.sign_in_deadline,
         })
     }
@@ -206,35 +211,54 @@ impl Http {
         for (k, v) in extra_headers {
             request = request.header(*k, *v);
         }
+        let mut config = request
+            .config()
+            .timeout_recv_response(Some(self.recv_timeout));
         if let Some(by) = self.deadline {
             let left = by.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(HttpFailure::Timeout("sign-in deadline passed".into()));
             }
-            request = request.config().timeout_global(Some(left)).build();
+            config = config.timeout_global(Some(left));
         }
-        let response = request.send(body).map_err(classify)?;
+        let response = config.build().send(body).map_err(classify)?;
         self.read(response)
     }
 
     /// GETs `path_and_query` with the long-poll receive timeout.
+    ///
+    /// The session's event thread waits in here for as long as CWA holds
+    /// the GET, so the frames above the wait are kept small: the request
+    /// is built in a function of its own and run through `Agent::run`
+    /// (ureq's request builder is two frames of about 1.5 KiB), and the
+    /// transport gives back the stack below the wait
+    /// ([`HeldWait`](super::transport::HeldWait)).
     pub fn get_long_poll(
         &self,
         path_and_query: &str,
         ticket: Option<&str>,
     ) -> Result<HttpReply, HttpFailure> {
-        let url = format!("{}{path_and_query}", self.base);
-        let mut request = self
-            .agent
-            .get(&url)
-            .config()
-            .timeout_recv_response(Some(self.poll_recv_timeout))
-            .build();
+        let request = self.long_poll_request(path_and_query, ticket)?;
+        let response = {
+            let _held = HeldWait::begin();
+            self.agent.run(request).map_err(classify)?
+        };
+        self.read(response)
+    }
+
+    #[inline(never)]
+    fn long_poll_request(
+        &self,
+        path_and_query: &str,
+        ticket: Option<&str>,
+    ) -> Result<ureq::http::Request<()>, HttpFailure> {
+        let mut request = ureq::http::Request::get(format!("{}{path_and_query}", self.base));
         if let Some(t) = ticket {
             request = request.header(TICKET_HEADER, t);
         }
-        let response = request.call().map_err(classify)?;
-        self.read(response)
+        request
+            .body(())
+            .map_err(|e| HttpFailure::Protocol(format!("event GET: {e}")))
     }
 
     fn read(

@@ -10,9 +10,10 @@ session resumption), sign-in (NTLMv2 on `/iwa/logon.html`, forms on
 `/forms/logon.html`), `initiateSession`, the command channel (POST
 `/cwa/MainCommandHandler.ashx`), the event channel (GET
 `/cwa/AsyncDataChannel.ashx`), typed commands and events, ticket rotation,
-back-off and sign-out. It imports `net`, `ntlm`, `xml` and, of the device
-protocol (`wire`), only the status codes and the password type; never the
-service or the Config DB.
+back-off and sign-out. It imports `net`, `ntlm`, `xml`, of `ops` only the
+stack release under the held event GET, and, of the device protocol
+(`wire`), only the status codes and the password type; never the service
+or the Config DB.
 
 # Use
 

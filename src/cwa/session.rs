@@ -444,78 +444,104 @@ impl EventChannel {
     /// Errors other than `SessionGone` and `Closed` leave the channel
     /// usable: the next `poll` resends the same AckId.
     pub fn poll(&mut self) -> Result<EventBatch, SessionError> {
+        // The session's event thread waits in `fetch` for hours on end:
+        // this frame and `fetch`'s stay small, the handling of a reply is
+        // a function of its own (see `Http::get_long_poll`).
         let mut drops = 0u32;
         loop {
-            self.sleep_until(self.next_poll_at)?;
-            let (ticket, sid) = self.shared.credentials()?;
-            let user_active = self.shared.user_active.swap(false, Ordering::Relaxed);
-            let path = format!(
-                "{EVENT_PATH}?Sid={}&AckId={}&UA={user_active}",
-                url_encode(&sid),
-                self.acked
-            );
-            let result = self.shared.http.get_long_poll(&path, Some(&ticket));
-            if self.shared.closed.load(Ordering::SeqCst) {
-                return Err(SessionError::Closed);
+            let (sid, user_active, result) = self.fetch()?;
+            if let Some(batch) = self.take_reply(&sid, user_active, result, &mut drops)? {
+                return Ok(batch);
             }
-            let reply = match result {
-                Ok(reply) => reply,
-                Err(HttpFailure::Dropped(why)) if drops < self.max_drop_retries => {
-                    drops += 1;
-                    if user_active {
-                        self.shared.user_active.store(true, Ordering::Relaxed);
-                    }
-                    log::info!(
-                        "CWA event GET for sid {sid} dropped ({why}); resending AckId {}",
-                        self.acked
-                    );
-                    self.next_poll_at = Instant::now() + self.poll_wait.min(SLEEP_SLICE * drops);
-                    continue;
+        }
+    }
+
+    /// One event GET, after the poll wait: the sid and UA it sent, and
+    /// its reply.
+    #[inline(never)]
+    fn fetch(&mut self) -> Result<(String, bool, Result<HttpReply, HttpFailure>), SessionError> {
+        self.sleep_until(self.next_poll_at)?;
+        let (ticket, sid) = self.shared.credentials()?;
+        let user_active = self.shared.user_active.swap(false, Ordering::Relaxed);
+        let path = format!(
+            "{EVENT_PATH}?Sid={}&AckId={}&UA={user_active}",
+            url_encode(&sid),
+            self.acked
+        );
+        let result = self.shared.http.get_long_poll(&path, Some(&ticket));
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(SessionError::Closed);
+        }
+        Ok((sid, user_active, result))
+    }
+
+    /// What an event GET's reply means: a batch, `None` to poll again
+    /// (a dropped GET resent, a busy CWA waited out), or the error.
+    #[inline(never)]
+    fn take_reply(
+        &mut self,
+        sid: &str,
+        user_active: bool,
+        result: Result<HttpReply, HttpFailure>,
+        drops: &mut u32,
+    ) -> Result<Option<EventBatch>, SessionError> {
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(HttpFailure::Dropped(why)) if *drops < self.max_drop_retries => {
+                *drops += 1;
+                if user_active {
+                    self.shared.user_active.store(true, Ordering::Relaxed);
                 }
-                Err(f) => {
-                    if user_active {
-                        self.shared.user_active.store(true, Ordering::Relaxed);
-                    }
-                    // Do not let a caller that polls again spin on a
-                    // failing server.
-                    self.next_poll_at = Instant::now() + self.poll_wait;
-                    return Err(session_error(f));
-                }
-            };
-            self.shared.take_ticket(&reply);
-            if reply.status == 503 {
-                self.back_off(&sid, "HTTP 503")?;
-                continue;
+                log::info!(
+                    "CWA event GET for sid {sid} dropped ({why}); resending AckId {}",
+                    self.acked
+                );
+                self.next_poll_at = Instant::now() + self.poll_wait.min(SLEEP_SLICE * *drops);
+                return Ok(None);
             }
-            if let Err(e) = check_status(&reply) {
+            Err(f) => {
+                if user_active {
+                    self.shared.user_active.store(true, Ordering::Relaxed);
+                }
+                // Do not let a caller that polls again spin on a
+                // failing server.
                 self.next_poll_at = Instant::now() + self.poll_wait;
-                return Err(self.ended_by_us(e));
+                return Err(session_error(f));
             }
-            let parsed = match self.parse_events_reply(&reply) {
-                Ok(parsed) => parsed,
-                Err(e) => {
-                    self.next_poll_at = Instant::now() + self.poll_wait;
-                    return Err(e);
-                }
-            };
-            if let Some(e) = &parsed.error {
-                if e.is_session_gone() {
-                    return Err(self.ended_by_us(SessionError::SessionGone(e.to_string())));
-                }
-                if e.is_throttled() {
-                    self.back_off(&sid, "error 18101")?;
-                    continue;
-                }
+        };
+        self.shared.take_ticket(&reply);
+        if reply.status == 503 {
+            self.back_off(sid, "HTTP 503")?;
+            return Ok(None);
+        }
+        if let Err(e) = check_status(&reply) {
+            self.next_poll_at = Instant::now() + self.poll_wait;
+            return Err(self.ended_by_us(e));
+        }
+        let parsed = match self.parse_events_reply(&reply) {
+            Ok(parsed) => parsed,
+            Err(e) => {
                 self.next_poll_at = Instant::now() + self.poll_wait;
-                return Err(SessionError::Protocol(format!("event channel: {e}")));
+                return Err(e);
             }
-            self.busy_streak = 0;
-            if let Some(ms) = parsed.poll_wait_ms {
-                self.poll_wait = Duration::from_millis(ms).min(MAX_POLL_WAIT);
+        };
+        if let Some(e) = &parsed.error {
+            if e.is_session_gone() {
+                return Err(self.ended_by_us(SessionError::SessionGone(e.to_string())));
+            }
+            if e.is_throttled() {
+                self.back_off(sid, "error 18101")?;
+                return Ok(None);
             }
             self.next_poll_at = Instant::now() + self.poll_wait;
-            return Ok(self.batch(parsed));
+            return Err(SessionError::Protocol(format!("event channel: {e}")));
         }
+        self.busy_streak = 0;
+        if let Some(ms) = parsed.poll_wait_ms {
+            self.poll_wait = Duration::from_millis(ms).min(MAX_POLL_WAIT);
+        }
+        self.next_poll_at = Instant::now() + self.poll_wait;
+        Ok(Some(self.batch(parsed)))
     }
 
     /// Acknowledges `batch`: the next GET sends its `ackId`, so CWA will

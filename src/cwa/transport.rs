@@ -595,6 +595,11 @@ impl Transport for CwaConnection {
         // then waits with neither ours nor OpenSSL's.
         if self.buffers.input().is_empty() && self.tls_pending() == 0 {
             self.buffers.release();
+            if HeldWait::is_on() {
+                // Sending went deeper than this wait; the held GET may
+                // wait for minutes, and the session for hours.
+                crate::ops::memory::release_stack_below_here();
+            }
             let waited = self.retrying(limit, |c| c.tcp.peek(&mut [0u8; 1]));
             match waited {
                 Ok(_) => {}
@@ -635,6 +640,38 @@ impl Transport for CwaConnection {
 
     fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+}
+
+thread_local! {
+    static HELD_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as running a request whose answer the server
+/// may hold back (the event GET): while it is on, a wait for the peer
+/// first gives back the thread's stack pages below the wait (see
+/// `ops::memory`). Other requests answer within moments; releasing for
+/// them would only cost page faults.
+pub(crate) struct HeldWait {
+    was: bool,
+}
+
+impl HeldWait {
+    /// On until the returned value is dropped.
+    pub(crate) fn begin() -> HeldWait {
+        HeldWait {
+            was: HELD_WAIT.with(|h| h.replace(true)),
+        }
+    }
+
+    fn is_on() -> bool {
+        HELD_WAIT.with(|h| h.get())
+    }
+}
+
+impl Drop for HeldWait {
+    fn drop(&mut self) {
+        HELD_WAIT.with(|h| h.set(self.was));
     }
 }
 

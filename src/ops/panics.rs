@@ -23,10 +23,18 @@ pub fn guard<T>(what: &str, body: impl FnOnce() -> T) -> Option<T> {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => Some(value),
         Err(payload) => {
-            log::error!("{what} panicked: {}", message(payload.as_ref()));
+            report(what, payload.as_ref());
             None
         }
     }
+}
+
+/// Out of line: a session's event thread waits under `guard`'s frame for
+/// hours, so the formatting stays out of that frame.
+#[cold]
+#[inline(never)]
+fn report(what: &str, payload: &(dyn Any + Send)) {
+    log::error!("{what} panicked: {}", message(payload));
 }
 
 /// Runs the body of a thread the whole service depends on (heartbeat,

@@ -111,20 +111,23 @@ struct Served {
 /// (handshake, Config DB, CWA) have returned: a waiting link thread keeps
 /// resident only the stack above its wait.
 pub fn handle(ctx: &Arc<ServiceContext>, incoming: Incoming) {
-    if let Some(Served {
-        session,
-        link_id,
-        reader,
-    }) = sign_in(ctx, incoming)
-    {
-        serve_link(&session, link_id, reader);
+    // Boxed where it is made, so that the link's reader (cipher and frame
+    // state, over 1 KiB) is in no frame that stays under the link's wait
+    // for hours.
+    if let Some(mut served) = sign_in(ctx, incoming) {
+        let Served {
+            session,
+            link_id,
+            reader,
+        } = &mut *served;
+        serve_link(session, *link_id, reader);
     }
 }
 
 /// Handshake, login and admission of one device connection; `None` when
 /// the connection ended (refused, failed, or the device left).
 #[inline(never)]
-fn sign_in(ctx: &Arc<ServiceContext>, incoming: Incoming) -> Option<Served> {
+fn sign_in(ctx: &Arc<ServiceContext>, incoming: Incoming) -> Option<Box<Served>> {
     let Incoming {
         mut stream,
         peer,
@@ -355,7 +358,7 @@ impl Login<'_> {
         reader: LinkReader,
         mut writer: LinkWriter,
         permit: Pending,
-    ) -> Result<Option<Served>, Refusal> {
+    ) -> Result<Option<Box<Served>>, Refusal> {
         if self.ctx.is_stopping() {
             return Err(self.refuse(
                 &mut writer,
@@ -562,11 +565,11 @@ impl Login<'_> {
             return Ok(None);
         }
         match link {
-            Some(link_id) => Ok(Some(Served {
+            Some(link_id) => Ok(Some(Box::new(Served {
                 session,
                 link_id,
                 reader,
-            })),
+            }))),
             None => {
                 log::info!("{session:?}: device gone before the login result");
                 Ok(None)
@@ -581,7 +584,7 @@ impl Login<'_> {
         reader: LinkReader,
         mut writer: LinkWriter,
         permit: Pending,
-    ) -> Result<Option<Served>, Refusal> {
+    ) -> Result<Option<Box<Served>>, Refusal> {
         // Events are only ever numbered upwards, so a resume within this
         // bound stays within it while attaching.
         let last = session.last_event_seq();
@@ -617,11 +620,11 @@ impl Login<'_> {
             &session::session_id_text(session.id()),
         );
         log::info!("{session:?} re-attached (device acked {acked})");
-        Ok(Some(Served {
+        Ok(Some(Box::new(Served {
             session: Arc::clone(session),
             link_id,
             reader,
-        }))
+        })))
     }
 }
 

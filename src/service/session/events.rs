@@ -32,68 +32,101 @@ pub fn run_events(session: Arc<Session>, events: EventChannel, guard: SlotGuard)
     }
 }
 
-/// The event thread's loop, until the session ends.
+/// The event thread's loop, until the session ends. It waits in
+/// `events.poll()` for hours on end, so everything else is out of line and
+/// this frame stays small.
 fn poll_events(session: &Arc<Session>, mut events: EventChannel) {
     let mut failures = 0u32;
     while !session.is_ended() {
-        session.expire_commands();
         // About to wait in the long-poll, at the loop's shallowest point:
         // the stack pages of the sign-in and of the last batch go back
         // (see `ops::memory`; this thread lives as long as the session).
         memory::release_stack_below_here();
-        if let Ok(mut commands) = session.commands.try_lock() {
-            // (Busy: a command is running, which is user activity anyway.)
-            session.publish_away_if_due(&mut commands);
-            if commands.republish_due() {
-                if let Err(e) = commands.republish() {
-                    log::info!("{session:?}: presence republish: {e}");
+        between_polls(session);
+        let polled = events.poll();
+        if !take_poll(session, &mut events, polled, &mut failures) {
+            break;
+        }
+    }
+}
+
+/// What a poll brought: a batch handed to the device and acknowledged to
+/// CWA, a new CWA sign-in when CWA lost the session, or a failure counted.
+/// False when the session is to end (ended here).
+#[inline(never)]
+fn take_poll(
+    session: &Arc<Session>,
+    events: &mut EventChannel,
+    polled: Result<crate::cwa::EventBatch, SessionError>,
+    failures: &mut u32,
+) -> bool {
+    match polled {
+        Ok(mut batch) => {
+            *failures = 0;
+            if let Err(reason) = session.handle_events(std::mem::take(&mut batch.events)) {
+                session.ctx.table.end(session.id(), reason);
+                return false;
+            }
+            // Acknowledged to CWA only now that the device has them (or
+            // the replay buffer does).
+            events.ack(&batch);
+            true
+        }
+        Err(e) if e.is_final() => {
+            if session.is_ended() {
+                return false;
+            }
+            match session.sign_in_again(&e) {
+                Ok(new_events) => {
+                    *events = new_events;
+                    true
+                }
+                Err(why) => {
+                    session
+                        .ctx
+                        .table
+                        .end(session.id(), EndReason::CwaSessionLost(why));
+                    false
                 }
             }
         }
-        match events.poll() {
-            Ok(mut batch) => {
-                failures = 0;
-                if let Err(reason) = session.handle_events(std::mem::take(&mut batch.events)) {
-                    session.ctx.table.end(session.id(), reason);
-                    break;
-                }
-                // Acknowledged to CWA only now that the device has them
-                // (or the replay buffer does).
-                events.ack(&batch);
-            }
-            Err(e) if e.is_final() => {
-                if session.is_ended() {
-                    break;
-                }
-                match session.sign_in_again(&e) {
-                    Ok(new_events) => events = new_events,
-                    Err(why) => {
-                        session
-                            .ctx
-                            .table
-                            .end(session.id(), EndReason::CwaSessionLost(why));
-                        break;
-                    }
-                }
-            }
-            Err(e) => {
-                if session.is_ended() {
-                    break;
-                }
-                failures += 1;
-                log::info!("{session:?}: event poll failed ({failures} in a row): {e}");
-                if failures >= MAX_POLL_FAILURES {
-                    session.ctx.table.end(
-                        session.id(),
-                        EndReason::CwaSessionLost(format!("CWA unreachable: {e}")),
-                    );
-                    break;
-                }
-                let backoff = Duration::from_millis(500 << failures.min(6));
-                session.sleep(backoff.min(Duration::from_secs(30)));
+        Err(e) => !session.is_ended() && poll_failed(session, &e, failures),
+    }
+}
+
+/// Between polls: commands whose results are overdue, auto-away and the
+/// periodic presence republish.
+#[inline(never)]
+fn between_polls(session: &Arc<Session>) {
+    session.expire_commands();
+    if let Ok(mut commands) = session.commands.try_lock() {
+        // (Busy: a command is running, which is user activity anyway.)
+        session.publish_away_if_due(&mut commands);
+        if commands.republish_due() {
+            if let Err(e) = commands.republish() {
+                log::info!("{session:?}: presence republish: {e}");
             }
         }
     }
+}
+
+/// A poll that failed but may succeed again: counted, and waited out with
+/// back-off. False when the session is to end (ended here).
+#[inline(never)]
+fn poll_failed(session: &Arc<Session>, e: &SessionError, failures: &mut u32) -> bool {
+    *failures += 1;
+    let failures = *failures;
+    log::info!("{session:?}: event poll failed ({failures} in a row): {e}");
+    if failures >= MAX_POLL_FAILURES {
+        session.ctx.table.end(
+            session.id(),
+            EndReason::CwaSessionLost(format!("CWA unreachable: {e}")),
+        );
+        return false;
+    }
+    let backoff = Duration::from_millis(500 << failures.min(6));
+    session.sleep(backoff.min(Duration::from_secs(30)));
+    true
 }
 
 impl Session {

@@ -21,7 +21,7 @@ fn table_coverage(c: wire::Coverage) -> Coverage {
 
 /// The link thread: reads the device's messages until logout, a lost or
 /// silent link, or the end of the session.
-pub fn serve_link(session: &Arc<Session>, link_id: u64, mut reader: LinkReader) {
+pub fn serve_link(session: &Arc<Session>, link_id: u64, reader: &mut LinkReader) {
     let status_timeout = session.ctx.timeouts.status_timeout;
     if let Err(e) = reader
         .get_ref()
@@ -40,74 +40,86 @@ pub fn serve_link(session: &Arc<Session>, link_id: u64, mut reader: LinkReader) 
         // pages of every later deep command are released as well.
         memory::release_stack_below_here();
         let message = reader.recv_device();
-        if session.is_ended() {
-            // The finisher tells the device why, then ends the connection
-            // gracefully (the device reads that, then end of stream). Until
-            // it has, keep reading: returning now would close the
-            // connection under the last word.
-            if message.is_ok() && !session.state().last_word_sent {
-                continue;
-            }
+        if !take_message(session, link_id, status_timeout, message) {
             return;
         }
-        let now = Instant::now();
-        match message {
-            Ok(DeviceMessage::Status { coverage }) => {
-                let coverage = table_coverage(coverage);
-                session.ctx.table.note_status(session.id(), coverage, now);
-                session.record_coverage(coverage);
-            }
-            Ok(DeviceMessage::Command { id, command }) => {
-                session.ctx.table.note_activity(session.id(), now);
-                if !session.sent_again(link_id, id, &command) {
-                    session.command(link_id, id, command);
-                }
-            }
-            Ok(DeviceMessage::Ack { seq }) => {
-                session.ctx.table.note_activity(session.id(), now);
-                let last = {
-                    let mut st = session.state();
-                    let last = st.next_seq - 1;
-                    if seq <= last {
-                        trim(&mut st, seq);
-                    }
-                    last
-                };
-                if seq > last {
-                    // Trimming would drop events the device never had.
-                    let why = format!("ack of event {seq}, beyond the last event sent ({last})");
-                    refuse_link(session, link_id, &why);
-                    return;
-                }
-            }
-            Ok(DeviceMessage::Logout) => {
-                session.ctx.table.note_activity(session.id(), now);
-                session.ctx.table.end(session.id(), EndReason::Logout);
-                // Read on until the finisher's answer has gone out (see
-                // above).
-                continue;
-            }
-            Ok(DeviceMessage::Login { .. }) => {
-                refuse_link(session, link_id, "login after the session started");
-                return;
-            }
-            Err(WireError::Timeout) => {
-                session.detach(
-                    link_id,
-                    &format!("nothing for {} ms", status_timeout.as_millis()),
-                );
-                return;
-            }
-            Err(e) if e.is_protocol_violation() => {
-                refuse_link(session, link_id, &e.to_string());
-                return;
-            }
-            Err(e) => {
-                session.detach(link_id, &e.to_string());
-                return;
+    }
+}
+
+/// One message (or read failure) from the device; false when the link is
+/// done. Out of line: the link thread waits under `serve_link`'s frame for
+/// hours, so what a message does stays out of that frame.
+#[inline(never)]
+fn take_message(
+    session: &Arc<Session>,
+    link_id: u64,
+    status_timeout: std::time::Duration,
+    message: Result<DeviceMessage, WireError>,
+) -> bool {
+    if session.is_ended() {
+        // The finisher tells the device why, then ends the connection
+        // gracefully (the device reads that, then end of stream). Until it
+        // has, keep reading: returning now would close the connection
+        // under the last word.
+        return message.is_ok() && !session.state().last_word_sent;
+    }
+    let now = Instant::now();
+    match message {
+        Ok(DeviceMessage::Status { coverage }) => {
+            let coverage = table_coverage(coverage);
+            session.ctx.table.note_status(session.id(), coverage, now);
+            session.record_coverage(coverage);
+        }
+        Ok(DeviceMessage::Command { id, command }) => {
+            session.ctx.table.note_activity(session.id(), now);
+            if !session.sent_again(link_id, id, &command) {
+                session.command(link_id, id, command);
             }
         }
+        Ok(DeviceMessage::Ack { seq }) => {
+            session.ctx.table.note_activity(session.id(), now);
+            let last = {
+                let mut st = session.state();
+                let last = st.next_seq - 1;
+                if seq <= last {
+                    trim(&mut st, seq);
+                }
+                last
+            };
+            if seq > last {
+                // Trimming would drop events the device never had.
+                let why = format!("ack of event {seq}, beyond the last event sent ({last})");
+                refuse_link(session, link_id, &why);
+                return false;
+            }
+        }
+        Ok(DeviceMessage::Logout) => {
+            session.ctx.table.note_activity(session.id(), now);
+            session.ctx.table.end(session.id(), EndReason::Logout);
+            // Read on until the finisher's answer has gone out (see
+            // above).
+        }
+        Ok(DeviceMessage::Login { .. }) => {
+            refuse_link(session, link_id, "login after the session started");
+            return false;
+        }
+        Err(WireError::Timeout) => {
+            session.detach(
+                link_id,
+                &format!("nothing for {} ms", status_timeout.as_millis()),
+            );
+            return false;
+        }
+        Err(e) if e.is_protocol_violation() => {
+            refuse_link(session, link_id, &e.to_string());
+            return false;
+        }
+        Err(e) => {
+            session.detach(link_id, &e.to_string());
+            return false;
+        }
     }
+    true
 }
 
 /// A protocol violation on a signed-in link: Refused 308, then the link is

@@ -87,6 +87,7 @@ impl fmt::Display for HttpFailure {
     }
 }
 
+#[inline(never)]
 fn classify(e: ureq::Error) -> HttpFailure {
     use std::io::ErrorKind;
     match e {
@@ -261,6 +262,7 @@ impl Http {
             .map_err(|e| HttpFailure::Protocol(format!("event GET: {e}")))
     }
 
+    #[inline(never)]
     fn read(
         &self,
         mut response: ureq::http::Response<ureq::Body>,

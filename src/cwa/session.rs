@@ -412,6 +412,9 @@ impl CommandChannel {
     }
 }
 
+/// An event GET as sent (sid, UA) and its reply.
+type Fetched = (String, bool, Result<HttpReply, HttpFailure>);
+
 /// The event channel: GET `/cwa/AsyncDataChannel.ashx?Sid=&AckId=&UA=`.
 ///
 /// Protocol: call [`poll`](Self::poll), hand the batch's events to the
@@ -449,8 +452,9 @@ impl EventChannel {
         // a function of its own (see `Http::get_long_poll`).
         let mut drops = 0u32;
         loop {
-            let (sid, user_active, result) = self.fetch()?;
-            if let Some(batch) = self.take_reply(&sid, user_active, result, &mut drops)? {
+            // Boxed: the reply is not part of this frame either.
+            let fetched = self.fetch()?;
+            if let Some(batch) = self.take_reply(fetched, &mut drops)? {
                 return Ok(batch);
             }
         }
@@ -459,7 +463,19 @@ impl EventChannel {
     /// One event GET, after the poll wait: the sid and UA it sent, and
     /// its reply.
     #[inline(never)]
-    fn fetch(&mut self) -> Result<(String, bool, Result<HttpReply, HttpFailure>), SessionError> {
+    fn fetch(&mut self) -> Result<Box<Fetched>, SessionError> {
+        let (path, ticket, sid, user_active) = self.next_get()?;
+        let result = self.shared.http.get_long_poll(&path, Some(&ticket));
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(SessionError::Closed);
+        }
+        Ok(Box::new((sid, user_active, result)))
+    }
+
+    /// After the poll wait: the next GET's path and query, ticket, sid
+    /// and UA (out of `fetch`'s frame, which stays under the held GET).
+    #[inline(never)]
+    fn next_get(&mut self) -> Result<(String, String, String, bool), SessionError> {
         self.sleep_until(self.next_poll_at)?;
         let (ticket, sid) = self.shared.credentials()?;
         let user_active = self.shared.user_active.swap(false, Ordering::Relaxed);
@@ -468,23 +484,21 @@ impl EventChannel {
             url_encode(&sid),
             self.acked
         );
-        let result = self.shared.http.get_long_poll(&path, Some(&ticket));
-        if self.shared.closed.load(Ordering::SeqCst) {
-            return Err(SessionError::Closed);
-        }
-        Ok((sid, user_active, result))
+        Ok((path, ticket, sid, user_active))
     }
 
     /// What an event GET's reply means: a batch, `None` to poll again
     /// (a dropped GET resent, a busy CWA waited out), or the error.
     #[inline(never)]
+    // Boxed on purpose: the reply stays out of `poll`'s frame.
+    #[allow(clippy::boxed_local)]
     fn take_reply(
         &mut self,
-        sid: &str,
-        user_active: bool,
-        result: Result<HttpReply, HttpFailure>,
+        fetched: Box<Fetched>,
         drops: &mut u32,
     ) -> Result<Option<EventBatch>, SessionError> {
+        let (sid, user_active, result) = *fetched;
+        let sid = sid.as_str();
         let reply = match result {
             Ok(reply) => reply,
             Err(HttpFailure::Dropped(why)) if *drops < self.max_drop_retries => {

@@ -29,8 +29,20 @@ pub fn guard<T>(what: &str, body: impl FnOnce() -> T) -> Option<T> {
     }
 }
 
-/// Out of line: a session's event thread waits under `guard`'s frame for
-/// hours, so the formatting stays out of that frame.
+/// [`guard`] with the name made only if `body` panics (a session's event
+/// thread waits under this frame for hours; its name need not be there).
+#[inline(always)]
+pub fn guard_named<T>(what: impl FnOnce() -> String, body: impl FnOnce() -> T) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(value) => Some(value),
+        Err(payload) => {
+            report(&what(), payload.as_ref());
+            None
+        }
+    }
+}
+
+/// Out of line: the formatting stays out of the guarding frame.
 #[cold]
 #[inline(never)]
 fn report(what: &str, payload: &(dyn Any + Send)) {
@@ -73,6 +85,9 @@ mod tests {
     #[test]
     fn a_panic_becomes_none_and_a_value_passes_through() {
         assert_eq!(guard("test body", || 5), Some(5));
+        assert_eq!(guard_named(|| "named".into(), || 6), Some(6));
+        let got: Option<u32> = guard_named(|| "named".into(), || panic!("boom"));
+        assert_eq!(got, None);
         let got: Option<u32> = guard("test body", || panic!("boom {}", 7));
         assert_eq!(got, None);
         let payload = catch_unwind(|| panic!("static text")).unwrap_err();

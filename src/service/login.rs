@@ -56,7 +56,8 @@ use super::context::{LiveSession, ServiceContext, DB_WRITE_WAIT};
 use super::credential::Credential;
 use super::listener::{Incoming, PendingPermit};
 use super::session::{
-    self, parse_session_id, run_events, serve_link, LinkReader, LinkWriter, NewSession, Session,
+    self, parse_session_id, run_events, serve_link, EventStart, LinkReader, LinkWriter, NewSession,
+    Session,
 };
 use super::spool::RegistryWrite;
 use super::table::{SessionId, SessionKey};
@@ -553,12 +554,15 @@ impl Login<'_> {
             &session::session_id_text(session.id()),
         );
         log::info!("{session:?} admitted");
-        let guard = admission.guard;
-        let s = Arc::clone(&session);
+        let start = Box::new(EventStart {
+            session: Arc::clone(&session),
+            events,
+            slot: admission.guard,
+        });
         let spawned = std::thread::Builder::new()
             .name("cwa-events".into())
             .stack_size(self.ctx.timeouts.thread_stack_size)
-            .spawn(move || run_events(s, events, guard));
+            .spawn(move || run_events(start));
         if let Err(e) = spawned {
             // The closure and its guard were dropped: the session ended.
             log::warn!("{session:?}: cannot start the event thread: {e}");

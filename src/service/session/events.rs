@@ -20,12 +20,30 @@ const MAX_POLL_FAILURES: u32 = 6;
 /// (at most three, with back-off: collabd(8), DESCRIPTION).
 const RESIGN_ATTEMPTS: u32 = 3;
 
+/// What the event thread starts with: its session, the CWA event channel
+/// and the session's table slot. Boxed into the thread, so that none of it
+/// is copied into the frames that stay under the long-poll's wait.
+pub struct EventStart {
+    pub session: Arc<Session>,
+    pub events: EventChannel,
+    pub slot: SlotGuard,
+}
+
 /// The event thread: holds the slot and the CWA long-poll until the
 /// session ends.
-pub fn run_events(session: Arc<Session>, events: EventChannel, guard: SlotGuard) {
-    let _slot = guard;
-    let what = format!("{session:?}: event thread");
-    if crate::ops::panics::guard(&what, || poll_events(&session, events)).is_none() {
+// Boxed on purpose (see `EventStart`).
+#[allow(clippy::boxed_local)]
+pub fn run_events(start: Box<EventStart>) {
+    let EventStart {
+        session,
+        events,
+        slot,
+    } = *start;
+    let _slot = slot;
+    // The name is made only for a panic's report: this frame stays under
+    // the long-poll's wait for the session's life.
+    let what = || format!("{session:?}: event thread");
+    if crate::ops::panics::guard_named(what, || poll_events(&session, events)).is_none() {
         // The finisher tells the device and signs out of CWA; the slot is
         // freed when `_slot` drops, just after.
         session.ctx.table.end(session.id(), EndReason::Closed);

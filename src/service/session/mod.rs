@@ -60,7 +60,7 @@ mod link;
 mod presence;
 mod state;
 
-pub use events::run_events;
+pub use events::{run_events, EventStart};
 pub use link::serve_link;
 pub use state::{LinkReader, LinkWriter};
 

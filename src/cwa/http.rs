@@ -145,7 +145,9 @@ impl Http {
         {
             return Err(format!("CWA URL {base:?} has no host"));
         }
-        let context = config.transport.context(config.ca_file.as_deref())?;
+        let context = config
+            .transport
+            .context(config.ca_file.as_deref(), lower.starts_with("https://"))?;
         let agent_config = Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)

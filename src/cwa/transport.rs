@@ -120,13 +120,24 @@ impl SharedTransport {
     /// built before while the file's path, size and modification time are
     /// unchanged, else a new one (a replaced CA file is read at the next
     /// sign-in). The error is a configuration problem.
-    pub(crate) fn context(&self, ca_file: Option<&Path>) -> Result<Arc<Context>, String> {
+    ///
+    /// With `tls` false (CWA over plain HTTP) no TLS context is made: the
+    /// trust anchors (the system's: several hundred KiB parsed) are loaded
+    /// only once a session needs them.
+    pub(crate) fn context(
+        &self,
+        ca_file: Option<&Path>,
+        tls: bool,
+    ) -> Result<Arc<Context>, String> {
         let trust = TrustKey::of(ca_file)?;
         let mut built = self.lock();
-        if let Some(context) = built.as_ref().filter(|c| c.trust == trust) {
+        if let Some(context) = built
+            .as_ref()
+            .filter(|c| c.trust == trust && (c.connector.is_some() || !tls))
+        {
             return Ok(Arc::clone(context));
         }
-        let context = Arc::new(Context::build(trust)?);
+        let context = Arc::new(Context::build(trust, tls)?);
         *built = Some(Arc::clone(&context));
         Ok(context)
     }
@@ -205,7 +216,8 @@ impl SessionCache {
 /// What [`SharedTransport`] builds: see the module documentation.
 pub(crate) struct Context {
     trust: TrustKey,
-    connector: SslConnector,
+    /// None when built for plain HTTP only.
+    connector: Option<SslConnector>,
     sessions: Arc<SessionCache>,
     names: Mutex<HashMap<String, (Instant, Vec<SocketAddr>)>>,
     full_handshakes: AtomicU64,
@@ -213,7 +225,24 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    fn build(trust: TrustKey) -> Result<Context, String> {
+    fn build(trust: TrustKey, tls: bool) -> Result<Context, String> {
+        let sessions = Arc::new(SessionCache::default());
+        let connector = if tls {
+            Some(Self::connector(&trust, &sessions)?)
+        } else {
+            None
+        };
+        Ok(Context {
+            trust,
+            connector,
+            sessions,
+            names: Mutex::new(HashMap::new()),
+            full_handshakes: AtomicU64::new(0),
+            resumed_handshakes: AtomicU64::new(0),
+        })
+    }
+
+    fn connector(trust: &TrustKey, sessions: &Arc<SessionCache>) -> Result<SslConnector, String> {
         let setup = |e: openssl::error::ErrorStack| format!("TLS setup: {e}");
         // The builder turns on peer verification with OpenSSL's default
         // verify paths; `connect` below adds the host name check.
@@ -242,24 +271,16 @@ impl Context {
         builder.set_session_cache_mode(
             SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL_STORE,
         );
-        let sessions = Arc::new(SessionCache::default());
         let index = cache_key_index()?;
         {
-            let sessions = Arc::clone(&sessions);
+            let sessions = Arc::clone(sessions);
             builder.set_new_session_callback(move |ssl, session| {
                 if let Some(key) = ssl.ex_data(index) {
                     sessions.put(key, session);
                 }
             });
         }
-        Ok(Context {
-            trust,
-            connector: builder.build(),
-            sessions,
-            names: Mutex::new(HashMap::new()),
-            full_handshakes: AtomicU64::new(0),
-            resumed_handshakes: AtomicU64::new(0),
-        })
+        Ok(builder.build())
     }
 
     /// The addresses of `host` (not an IP literal), from the cache while
@@ -456,7 +477,12 @@ impl CwaConnector {
         let tls_setup = |e: openssl::error::ErrorStack| {
             Error::Other(Box::new(TlsFailure(format!("TLS setup: {e}"))))
         };
-        let mut ssl = self.context.connector.configure().map_err(tls_setup)?;
+        let connector = self.context.connector.as_ref().ok_or_else(|| {
+            Error::Other(Box::new(TlsFailure(
+                "no TLS context (built for plain HTTP)".into(),
+            )))
+        })?;
+        let mut ssl = connector.configure().map_err(tls_setup)?;
         ssl.set_ex_data(
             cache_key_index().map_err(|e| Error::Other(Box::new(TlsFailure(e))))?,
             key.clone(),
@@ -815,13 +841,13 @@ mod tests {
     fn a_missing_or_empty_ca_file_is_a_configuration_error() {
         let shared = SharedTransport::new();
         let err = shared
-            .context(Some(Path::new("/nonexistent/ca.pem")))
+            .context(Some(Path::new("/nonexistent/ca.pem")), true)
             .err()
             .unwrap();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
         let dir = std::env::temp_dir().join(format!("collabd-empty-ca-{}", std::process::id()));
         std::fs::write(&dir, b"no certificate here\n").unwrap();
-        let err = shared.context(Some(&dir)).err().unwrap();
+        let err = shared.context(Some(&dir), true).err().unwrap();
         let _ = std::fs::remove_file(&dir);
         assert!(err.contains("holds no certificate"), "{err}");
     }
@@ -829,10 +855,18 @@ mod tests {
     #[test]
     fn one_context_while_the_trust_is_unchanged() {
         let shared = SharedTransport::new();
-        let a = shared.context(None).unwrap();
-        let b = shared.clone().context(None).unwrap();
+        let a = shared.context(None, true).unwrap();
+        let b = shared.clone().context(None, true).unwrap();
         assert!(Arc::ptr_eq(&a, &b), "clones share the context");
-        let other = SharedTransport::new().context(None).unwrap();
+        let other = SharedTransport::new().context(None, true).unwrap();
         assert!(!Arc::ptr_eq(&a, &other));
+        // Plain HTTP makes none, and takes one that has it.
+        assert!(Arc::ptr_eq(&a, &shared.context(None, false).unwrap()));
+        let plain = SharedTransport::new();
+        let p = plain.context(None, false).unwrap();
+        assert!(p.connector.is_none());
+        let t = plain.context(None, true).unwrap();
+        assert!(t.connector.is_some(), "built when HTTPS needs it");
+        assert!(Arc::ptr_eq(&t, &plain.context(None, false).unwrap()));
     }
 }

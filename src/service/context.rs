@@ -326,6 +326,12 @@ impl ServiceContext {
         });
     }
 
+    /// Drops device rows too old to be used (called with each heartbeat):
+    /// their transport keys need not stay in memory either.
+    pub fn purge_stale_devices(&self) {
+        self.devices.purge(Instant::now());
+    }
+
     /// The device row for a Hello of `pin`: from the cache, or read within
     /// the Hellos' share of the Config DB pool. The flag says whether it
     /// came from the cache (a login then reads it again). The error is the

@@ -429,6 +429,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
                     }
                     upkeep.after_heartbeat(&ctx, written, &pulse);
                     refresh_instance(&ctx, ca_file.as_deref());
+                    ctx.purge_stale_devices();
                     pulse.beat();
                     let kicked = kick.wait(interval);
                     if shutdown.is_requested() {

@@ -92,6 +92,21 @@ impl DeviceCache {
     pub fn forget(&self, pin: u32) {
         lock(&self.rows).remove(&pin);
     }
+
+    /// Drop the rows older than the TTL, which no lookup would use, and
+    /// give their room back: after a burst of logins they would otherwise
+    /// stay until the next burst, holding the freed memory around them in
+    /// pieces the allocator cannot return.
+    pub fn purge(&self, now: Instant) {
+        let mut rows = lock(&self.rows);
+        rows.retain(|_, (at, _)| now.saturating_duration_since(*at) < DEVICE_CACHE_TTL);
+        rows.shrink_to_fit();
+    }
+
+    /// Rows held (fresh or not).
+    pub fn rows_held(&self) -> usize {
+        lock(&self.rows).len()
+    }
 }
 
 /// A counting semaphore over the Hellos' share of the Config DB pool.
@@ -312,6 +327,11 @@ mod tests {
         assert!(cache.get(8, t0).is_none());
         cache.forget(7);
         assert!(cache.get(7, t0).is_none());
+        cache.put(device(1), t0);
+        cache.put(device(2), t0 + DEVICE_CACHE_TTL);
+        cache.purge(t0 + DEVICE_CACHE_TTL);
+        assert_eq!(cache.rows_held(), 1, "only the stale row goes");
+        assert!(cache.get(2, t0 + DEVICE_CACHE_TTL).is_some());
     }
 
     #[test]

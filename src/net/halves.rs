@@ -75,6 +75,13 @@ impl Stream<SharedSocket> {
     }
 }
 
+/// Whether `socket` becomes readable (data, end of stream or an error)
+/// within `timeout`; false on a poll error too (the read that follows
+/// reports it).
+pub fn readable_within(socket: &TcpStream, timeout: Duration) -> bool {
+    poll_fd(socket.as_raw_fd(), libc::POLLIN, Some(timeout)).unwrap_or(false)
+}
+
 /// Wait up to `timeout` (forever if `None`) for `events` on `fd`. Ok(false)
 /// if the time ran out.
 pub(crate) fn poll_fd(

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cwa::{CwaSession, EventChannel, SessionError};
-use crate::ops::memory;
 
 use super::super::table::{EndReason, SlotGuard};
 use super::super::translate::{self, Translated};
@@ -56,10 +55,10 @@ pub fn run_events(start: Box<EventStart>) {
 fn poll_events(session: &Arc<Session>, mut events: EventChannel) {
     let mut failures = 0u32;
     while !session.is_ended() {
-        // About to wait in the long-poll, at the loop's shallowest point:
-        // the stack pages of the sign-in and of the last batch go back
-        // (see `ops::memory`; this thread lives as long as the session).
-        memory::release_stack_below_here();
+        // The stack pages of the sign-in and of the last batch go back
+        // during the long-poll's wait, from under it (the transport's
+        // `HeldWait`; see `ops::memory`), once CWA has held the GET a
+        // moment: this thread lives as long as the session.
         between_polls(session);
         let polled = events.poll();
         if !take_poll(session, &mut events, polled, &mut failures) {

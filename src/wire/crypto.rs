@@ -274,6 +274,19 @@ fn build_off_stack<T: Send + 'static>(build: fn() -> T) -> T {
         .unwrap_or_else(build)
 }
 
+/// `data` as one final stored block (at most 65535 bytes).
+fn deflate_stored(data: &[u8]) -> Vec<u8> {
+    debug_assert!(data.len() <= usize::from(u16::MAX));
+    let len = data.len() as u16;
+    let mut out = Vec::with_capacity(data.len() + 5);
+    // BFINAL = 1, BTYPE = 00 (stored), then padding to the byte boundary.
+    out.push(0x01);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
 fn new_compressor() -> Compress {
     Compress::new(Compression::default(), false)
 }
@@ -282,8 +295,20 @@ fn new_decompressor() -> Decompress {
     Decompress::new(false)
 }
 
-/// Raw deflate (RFC 1951, no zlib or gzip wrapper) at the default level.
+/// Messages shorter than this go as one stored deflate block (RFC 1951,
+/// 3.2.4: five bytes of header, no compression). Compressing costs more
+/// than it saves here: readying a pooled compressor clears over 200 KiB
+/// of its tables (and of the processor's cache) for every message, while
+/// a short message shrinks by a few dozen bytes, less than the TCP/IP and
+/// frame headers around it.
+pub const STORE_BELOW: usize = 512;
+
+/// Raw deflate (RFC 1951, no zlib or gzip wrapper) at the default level;
+/// a stored block for what is shorter than [`STORE_BELOW`].
 pub fn deflate(data: &[u8]) -> Vec<u8> {
+    if data.len() < STORE_BELOW {
+        return deflate_stored(data);
+    }
     let mut c = take(&DEFLATERS).unwrap_or_else(|| build_off_stack(new_compressor));
     let mut out = Vec::with_capacity(data.len() / 2 + 64);
     loop {
@@ -308,6 +333,13 @@ pub fn deflate(data: &[u8]) -> Vec<u8> {
 /// inflate past `cap` is refused; no more than `cap + 1` bytes are ever
 /// allocated for the output.
 pub fn inflate(data: &[u8], cap: usize) -> Result<Vec<u8>, WireError> {
+    if let Some(stored) = one_stored_block(data) {
+        // What `deflate` makes of a short message: no inflater to ready.
+        if stored.len() > cap {
+            return Err(WireError::Decompress(format!("inflates past {cap} bytes")));
+        }
+        return Ok(stored.to_vec());
+    }
     let mut d = take(&INFLATERS).unwrap_or_else(|| build_off_stack(new_decompressor));
     let result = inflate_with(&mut d, data, cap);
     if super::secret::WipeScope::is_open() {
@@ -319,6 +351,15 @@ pub fn inflate(data: &[u8], cap: usize) -> Result<Vec<u8>, WireError> {
         give_back(&INFLATERS, d);
     }
     result
+}
+
+/// The contents of `data` if it is exactly one final stored block (as
+/// `deflate_stored` writes it); anything else is for the inflater.
+fn one_stored_block(data: &[u8]) -> Option<&[u8]> {
+    let (&[first, l0, l1, n0, n1], rest) = data.split_first_chunk::<5>()?;
+    let len = u16::from_le_bytes([l0, l1]);
+    (first == 0x01 && u16::from_le_bytes([n0, n1]) == !len && rest.len() == usize::from(len))
+        .then_some(rest)
 }
 
 fn inflate_with(d: &mut Decompress, data: &[u8], cap: usize) -> Result<Vec<u8>, WireError> {
@@ -516,6 +557,35 @@ mod tests {
             .collect();
         assert_eq!(inflate(&deflate(&big), big.len()).unwrap(), big);
         assert!(inflate(&deflate(&big), big.len() - 1).is_err());
+    }
+
+    #[test]
+    fn short_messages_go_stored_and_inflate_like_the_rest() {
+        for n in [0, 1, 100, STORE_BELOW - 1] {
+            let text: Vec<u8> = (0..n).map(|i| b"<a>hello</a>"[i % 12]).collect();
+            let z = deflate(&text);
+            assert_eq!(z.len(), text.len() + 5, "stored: {n} bytes");
+            assert_eq!(inflate(&z, text.len()).unwrap(), text);
+            // What any raw-deflate decoder reads (flate2's own reader).
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&z[..]), &mut back)
+                .unwrap();
+            assert_eq!(back, text);
+        }
+        // Stored blocks that are not exactly one whole final block go to
+        // the inflater, which judges them.
+        let z = deflate(b"hello");
+        assert!(inflate(&z[..z.len() - 1], 100).is_err(), "cut short");
+        assert!(inflate(&[&z[..], b"x"].concat(), 100).is_err(), "trailing");
+        let mut bad_nlen = z.clone();
+        bad_nlen[3] ^= 1;
+        assert!(inflate(&bad_nlen, 100).is_err());
+        assert!(inflate(&z, 4).is_err(), "over the cap");
+        let long = b"<message>hello</message>".repeat(40);
+        assert!(
+            deflate(&long).len() < long.len() / 4,
+            "longer ones compress"
+        );
     }
 
     #[test]

@@ -63,6 +63,11 @@ const MAX_CACHED_HOSTS: usize = 64;
 /// Most addresses ureq takes from a resolver.
 const MAX_ADDRS: usize = 16;
 
+/// The input buffer's first size: a CWA response head is a few hundred
+/// bytes, and zeroing the full buffer for every response cost more than
+/// growing it the rare time a head is longer.
+const INITIAL_INPUT: usize = 4 * 1024;
+
 /// The scratch space ureq wants for copying a request body (its own
 /// buffers' minimum).
 const MIN_BODY_SCRATCH: usize = 10 * 1024;
@@ -620,13 +625,15 @@ impl Transport for CwaConnection {
         // Wait for the peer before claiming any buffer: the held event GET
         // then waits with neither ours nor OpenSSL's.
         if self.buffers.input().is_empty() && self.tls_pending() == 0 {
-            self.buffers.release();
             if HeldWait::is_on() && !crate::net::readable_within(&self.tcp, HELD_QUIET) {
-                // Sending went deeper than this wait; a held GET still
-                // unanswered after HELD_QUIET may wait for minutes, and the
-                // session for hours. (Releasing at every wait cost a TLB
-                // shootdown each: 8% of collabd's CPU in the sign-in rate
-                // run, perf; GETs answered at once skip it now.)
+                // A held GET still unanswered after HELD_QUIET may wait for
+                // minutes, and the session for hours: its buffers go, and
+                // the stack below this wait (sending went deeper). Doing
+                // this at every wait cost each command and each answered
+                // GET a free and zeroing of the buffers and a TLB shootdown
+                // (__madvise alone was 8.7% of collabd's CPU in the sign-in
+                // rate run, perf).
+                self.buffers.release();
                 crate::ops::memory::release_stack_below_here();
             }
             let waited = self.retrying(limit, |c| c.tcp.peek(&mut [0u8; 1]));
@@ -740,8 +747,18 @@ impl ConnectionBuffers {
         if self.output.len() < self.output_size {
             self.output.resize(self.output_size, 0);
         }
-        if self.input.len() < self.input_size {
-            self.input.resize(self.input_size, 0);
+        let first = INITIAL_INPUT.min(self.input_size);
+        if self.input.len() < first {
+            self.input.resize(first, 0);
+        }
+    }
+
+    /// Doubles the input buffer, up to its configured size, when it is
+    /// full (a response head longer than the first size).
+    fn grow_input_if_full(&mut self) {
+        if self.filled == self.input.len() && self.input.len() < self.input_size {
+            let size = (self.input.len() * 2).clamp(1, self.input_size);
+            self.input.resize(size, 0);
         }
     }
 
@@ -784,6 +801,7 @@ impl Buffers for ConnectionBuffers {
     fn input_append_buf(&mut self) -> &mut [u8] {
         self.allocate();
         self.compact();
+        self.grow_input_if_full();
         &mut self.input[self.filled..]
     }
 

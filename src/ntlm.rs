@@ -395,49 +395,23 @@ pub(crate) fn ntlmv2_response(
     })
 }
 
-/// HMAC-MD5 (RFC 2104) over OpenSSL's MD5 digest. Built from the digest
-/// rather than OpenSSL's HMAC key object: that gives the signing-in thread
-/// (a session's link thread, for the session's life) OpenSSL's per-thread
-/// error queue, about 900 bytes (measured with massif on the 300-session
-/// load run). It fails when MD5 is not available (a FIPS configuration, a
-/// build without it) or memory runs out; that is an error for the sign-in
-/// to report, not a reason to panic.
+/// HMAC-MD5 over OpenSSL's MD5 digest ([`crypto::hmac`](crate::wire::crypto::hmac),
+/// which says why not OpenSSL's HMAC object). It fails when MD5 is not
+/// available (a FIPS configuration, a build without it) or memory runs
+/// out; that is an error for the sign-in to report, not a reason to panic.
 fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 16], NtlmError> {
-    const BLOCK: usize = 64;
     let crypto = |e: openssl::error::ErrorStack| NtlmError::Crypto(e.to_string());
-    let digest = |pieces: &[&[u8]]| -> Result<[u8; 16], NtlmError> {
+    let md5 = |first: &[u8], rest: &[&[u8]]| -> Result<[u8; 16], NtlmError> {
         let mut h = Hasher::new(MessageDigest::md5()).map_err(crypto)?;
-        for p in pieces {
+        h.update(first).map_err(crypto)?;
+        for p in rest {
             h.update(p).map_err(crypto)?;
         }
         let d = h.finish().map_err(crypto)?;
-        d.get(..16)
-            .filter(|_| d.len() == 16)
-            .and_then(|d| <[u8; 16]>::try_from(d).ok())
-            .ok_or_else(|| NtlmError::Crypto(format!("MD5 of {} bytes", d.len())))
+        <[u8; 16]>::try_from(&d[..])
+            .map_err(|_| NtlmError::Crypto(format!("MD5 of {} bytes", d.len())))
     };
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..16].copy_from_slice(&digest(&[key])?);
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut ipad = [0u8; BLOCK];
-    let mut opad = [0u8; BLOCK];
-    for ((i, o), k) in ipad.iter_mut().zip(opad.iter_mut()).zip(&k) {
-        *i = k ^ 0x36;
-        *o = k ^ 0x5c;
-    }
-    let mut inner_parts: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-    inner_parts.push(&ipad);
-    inner_parts.extend_from_slice(parts);
-    let inner = digest(&inner_parts);
-    let mac = inner.and_then(|inner| digest(&[&opad, &inner]));
-    k.fill(0);
-    ipad.fill(0);
-    opad.fill(0);
-    std::hint::black_box((&k, &ipad, &opad));
-    mac
+    crate::wire::crypto::hmac(key, parts, md5)
 }
 
 // ---------------------------------------------------------------------------

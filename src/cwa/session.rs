@@ -412,8 +412,13 @@ impl CommandChannel {
     }
 }
 
-/// An event GET as sent (sid, UA) and its reply.
-type Fetched = (String, bool, Result<HttpReply, HttpFailure>);
+/// An event GET as sent and its reply.
+struct Fetched {
+    sid: String,
+    /// The UA it sent (restored for the next GET if this one failed).
+    user_active: bool,
+    result: Result<HttpReply, HttpFailure>,
+}
 
 /// The event channel: GET `/cwa/AsyncDataChannel.ashx?Sid=&AckId=&UA=`.
 ///
@@ -469,7 +474,11 @@ impl EventChannel {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(SessionError::Closed);
         }
-        Ok(Box::new((sid, user_active, result)))
+        Ok(Box::new(Fetched {
+            sid,
+            user_active,
+            result,
+        }))
     }
 
     /// After the poll wait: the next GET's path and query, ticket, sid
@@ -497,7 +506,11 @@ impl EventChannel {
         fetched: Box<Fetched>,
         drops: &mut u32,
     ) -> Result<Option<EventBatch>, SessionError> {
-        let (sid, user_active, result) = *fetched;
+        let Fetched {
+            sid,
+            user_active,
+            result,
+        } = *fetched;
         let sid = sid.as_str();
         let reply = match result {
             Ok(reply) => reply,

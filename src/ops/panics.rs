@@ -18,21 +18,15 @@ static SERVICE_THREAD_FAILED: AtomicBool = AtomicBool::new(false);
 /// Runs `body`; `None` if it panicked (logged at error level as a panic of
 /// `what`).
 pub fn guard<T>(what: &str, body: impl FnOnce() -> T) -> Option<T> {
-    // AssertUnwindSafe: after a panic the callers only end the session or
-    // the service; shared state behind mutexes is read poison-tolerantly.
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(value) => Some(value),
-        Err(payload) => {
-            report(what, payload.as_ref());
-            None
-        }
-    }
+    guard_named(|| what.to_string(), body)
 }
 
 /// [`guard`] with the name made only if `body` panics (a session's event
 /// thread waits under this frame for hours; its name need not be there).
 #[inline(always)]
 pub fn guard_named<T>(what: impl FnOnce() -> String, body: impl FnOnce() -> T) -> Option<T> {
+    // AssertUnwindSafe: after a panic the callers only end the session or
+    // the service; shared state behind mutexes is read poison-tolerantly.
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => Some(value),
         Err(payload) => {

@@ -12,6 +12,7 @@ use openssl::sha::Sha256;
 use openssl::symm::{self, Cipher};
 
 use super::frame::{CONFIRM_LEN, HEADER_LEN, RANDOM_LEN, TAG_LEN};
+use super::secret::wipe;
 use super::WireError;
 
 /// Size of the device transport key and of every derived key.
@@ -116,46 +117,62 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<[u8; 32], WireError> {
 }
 
 const SHA256_LEN: usize = 32;
-const SHA256_BLOCK: usize = 64;
 
-/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts`, made from
-/// OpenSSL's bare SHA-256 rather than its EVP MAC and KDF objects: those
-/// give the calling thread OpenSSL's error queue, about 900 bytes that a
-/// session's link thread (which derives the link's keys) kept for the
-/// session's life (measured with massif on the 300-session load run). The
-/// bare digest touches no per-thread state.
-fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; SHA256_LEN] {
-    let mut k = [0u8; SHA256_BLOCK];
-    if key.len() > SHA256_BLOCK {
-        k[..SHA256_LEN].copy_from_slice(&openssl::sha::sha256(key));
+/// The block size of SHA-256 and MD5, the hashes [`hmac`] is used with.
+const HMAC_BLOCK: usize = 64;
+
+/// HMAC (RFC 2104) of the concatenation of `parts` under `key`, for a hash
+/// with a 64-byte block given as `digest(first, rest)`: the hash of
+/// `first` followed by each of `rest`.
+///
+/// Built from bare digests rather than OpenSSL's EVP MAC, HMAC-key and
+/// KDF objects: those give the calling thread OpenSSL's error queue,
+/// about 900 bytes that a session's link thread (which derives the link's
+/// keys and runs the NTLM sign-in) kept for the session's life (measured
+/// with massif on the 300-session load run). The bare digests touch no
+/// per-thread state. Key material on the stack is wiped.
+pub fn hmac<const N: usize, E>(
+    key: &[u8],
+    parts: &[&[u8]],
+    digest: impl Fn(&[u8], &[&[u8]]) -> Result<[u8; N], E>,
+) -> Result<[u8; N], E> {
+    const { assert!(N <= HMAC_BLOCK, "a digest no longer than the block") };
+    let mut k = [0u8; HMAC_BLOCK];
+    if key.len() > HMAC_BLOCK {
+        let mut hashed = digest(key, &[])?;
+        k[..N].copy_from_slice(&hashed);
+        wipe(&mut hashed);
     } else {
         k[..key.len()].copy_from_slice(key);
     }
-    let mut pad = [0u8; SHA256_BLOCK];
+    let mut pad = [0u8; HMAC_BLOCK];
     for (p, k) in pad.iter_mut().zip(&k) {
         *p = k ^ 0x36;
     }
-    let mut inner = Sha256::new();
-    inner.update(&pad);
-    for part in parts {
-        inner.update(part);
-    }
-    let inner = inner.finish();
+    let inner = digest(&pad, parts);
     for (p, k) in pad.iter_mut().zip(&k) {
         *p = k ^ 0x5c;
     }
-    let mut outer = Sha256::new();
-    outer.update(&pad);
-    outer.update(&inner);
+    let mac = inner.and_then(|inner| digest(&pad, &[&inner]));
     wipe(&mut k);
     wipe(&mut pad);
-    outer.finish()
+    mac
 }
 
-/// Overwrites key material on the stack before its frame is given up.
-fn wipe(bytes: &mut [u8]) {
-    bytes.fill(0);
-    std::hint::black_box(bytes);
+/// HMAC-SHA256 of the concatenation of `parts` (see [`hmac`]).
+fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> [u8; SHA256_LEN] {
+    let sha256 = |first: &[u8], rest: &[&[u8]]| {
+        let mut h = Sha256::new();
+        h.update(first);
+        for part in rest {
+            h.update(part);
+        }
+        Ok::<_, std::convert::Infallible>(h.finish())
+    };
+    match hmac(key, parts, sha256) {
+        Ok(mac) => mac,
+        Err(never) => match never {},
+    }
 }
 
 /// Derives a connection's keys: salt = device random || service random,

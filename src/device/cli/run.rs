@@ -188,10 +188,15 @@ fn lost(e: DeviceError, out: &mut Output) -> CliError {
         }
         other => other,
     };
-    let err = CliError::from_device(e, true);
+    give_up(out, CliError::from_device(e, true))
+}
+
+/// The end of a link for good: the `lost` record (collab-device(1)), the
+/// human line, and the error to exit with.
+fn give_up(out: &mut Output, err: CliError) -> CliError {
     let kind = match &err {
         CliError::Protocol { .. } => "protocol",
-        CliError::Ended(..) => "refused",
+        CliError::Refused(..) | CliError::Ended(..) => "refused",
         _ => "connection",
     };
     out.record(
@@ -218,21 +223,6 @@ fn keep_session(
 ) -> Result<(), CliError> {
     let mut backoff = Backoff::new(o.reconnect_attempts);
     let mut last = why;
-    let give_up = |out: &mut Output, err: CliError| {
-        let kind = match &err {
-            CliError::Protocol { .. } => "protocol",
-            CliError::Refused(..) | CliError::Ended(..) => "refused",
-            _ => "connection",
-        };
-        out.record(
-            Line::new("lost")
-                .kv("kind", kind)
-                .kv("text", &err.to_string())
-                .done(),
-        );
-        out.human(&format!("*** {err}"));
-        err
-    };
     loop {
         let Some(wait) = backoff.next_wait() else {
             return Err(give_up(

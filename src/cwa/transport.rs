@@ -50,6 +50,7 @@ use ureq::unversioned::transport::{
 };
 
 use crate::net::SharedSocket;
+use crate::ops::memory;
 use ureq::Error;
 
 /// How long resolved addresses of a CWA host name are reused.
@@ -620,21 +621,27 @@ impl Transport for CwaConnection {
         if timeout.after.is_zero() {
             return Err(Error::Timeout(timeout.reason));
         }
-        let limit = remaining(&timeout);
+        let mut limit = remaining(&timeout);
         self.set_timeouts(limit)?;
         // Wait for the peer before claiming any buffer: the held event GET
         // then waits with neither ours nor OpenSSL's.
         if self.buffers.input().is_empty() && self.tls_pending() == 0 {
-            if HeldWait::is_on() && !crate::net::readable_within(&self.tcp, HELD_QUIET) {
-                // A held GET still unanswered after HELD_QUIET may wait for
-                // minutes, and the session for hours: its buffers go, and
-                // the stack below this wait (sending went deeper). Doing
-                // this at every wait cost each command and each answered
-                // GET a free and zeroing of the buffers and a TLB shootdown
-                // (__madvise alone was 8.7% of collabd's CPU in the sign-in
-                // rate run, perf).
+            let quiet = memory::RELEASE_AFTER_QUIET;
+            if HeldWait::is_on()
+                && limit.map_or(true, |l| l > quiet)
+                && !crate::net::readable_within(&self.tcp, quiet)
+            {
+                // A held GET still unanswered after a quiet moment may
+                // wait for minutes, and the session for hours: its buffers
+                // go, and the stack below this wait (sending went deeper).
+                // Doing this at every wait cost each command and each
+                // answered GET a free and zeroing of the buffers and a TLB
+                // shootdown (__madvise alone was 8.7% of collabd's CPU in
+                // the sign-in rate run, perf).
                 self.buffers.release();
-                crate::ops::memory::release_stack_below_here();
+                memory::release_stack_below_here();
+                limit = limit.map(|l| l.saturating_sub(quiet));
+                self.set_timeouts(limit)?;
             }
             let waited = self.retrying(limit, |c| c.tcp.peek(&mut [0u8; 1]));
             match waited {
@@ -664,24 +671,13 @@ impl Transport for CwaConnection {
     /// closed nor sent anything unasked.
     fn is_open(&mut self) -> bool {
         self.buffers.release();
-        if self.tls_pending() > 0 || self.tcp.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let open = matches!(
-            self.tcp.peek(&mut [0u8; 1]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock
-        );
-        open && self.tcp.set_nonblocking(false).is_ok()
+        self.tls_pending() == 0 && crate::net::nothing_to_read(&self.tcp)
     }
 
     fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 }
-
-/// How long a held GET waits with its stack as it is before giving the
-/// pages below its wait back.
-const HELD_QUIET: Duration = Duration::from_millis(50);
 
 thread_local! {
     static HELD_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

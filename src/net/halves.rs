@@ -82,6 +82,32 @@ pub fn readable_within(socket: &TcpStream, timeout: Duration) -> bool {
     poll_fd(socket.as_raw_fd(), libc::POLLIN, Some(timeout)).unwrap_or(false)
 }
 
+/// Whether `socket` is open with nothing to read: no data, no end of
+/// stream, no error. One non-blocking peek (`MSG_DONTWAIT`), leaving the
+/// socket's own blocking mode alone: switching it there and back cost two
+/// more system calls on every pooled request.
+pub fn nothing_to_read(socket: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: a one-byte buffer we own, on a socket we own.
+        let rc = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if rc >= 0 {
+            return false;
+        }
+        match io::Error::last_os_error().kind() {
+            io::ErrorKind::Interrupted => continue,
+            e => return e == io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
 /// Wait up to `timeout` (forever if `None`) for `events` on `fd`. Ok(false)
 /// if the time ran out.
 pub(crate) fn poll_fd(
@@ -158,6 +184,16 @@ impl ReadHalf {
         match self {
             ReadHalf::Plain(s) => s,
             ReadHalf::Tls { socket, .. } => socket,
+        }
+    }
+
+    /// Whether bytes already read from the socket wait to be handed out
+    /// (decrypted TLS application data; OpenSSL itself keeps none, since
+    /// each read takes a whole record's plaintext).
+    pub fn has_buffered(&self) -> bool {
+        match self {
+            ReadHalf::Plain(_) => false,
+            ReadHalf::Tls { buffer, start, .. } => *start < buffer.len(),
         }
     }
 

@@ -15,7 +15,7 @@
 mod halves;
 
 pub(crate) use halves::poll_fd;
-pub use halves::{readable_within, ReadHalf, WriteHalf};
+pub use halves::{nothing_to_read, readable_within, ReadHalf, WriteHalf};
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};

@@ -168,6 +168,17 @@ pub fn trim_heap() {
     }
 }
 
+/// How long a long-lived thread's peer must have been silent before the
+/// thread gives its stack pages back (the held event GET, the device link's
+/// read): a session that has been silent this long is likely to stay so
+/// for minutes, while one in a conversation would otherwise give its pages
+/// back and fault them in again at every message, each release a TLB
+/// shootdown across the processors (with 50 ms here, three `madvise`
+/// calls per relayed message in the message-latency load run, strace, and
+/// `__madvise` 5% of collabd's CPU, perf). Idle sessions, the ones that
+/// count by the thousand, wait far longer than this.
+pub const RELEASE_AFTER_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Stack headroom kept below this function's own stack pointer: room for
 /// the `madvise` call (a return address; the system call stub uses no
 /// stack) and the 128-byte red zone, with a margin. Kept small on purpose:

@@ -470,6 +470,13 @@ impl<R: Read> SecureReader<R> {
     pub fn get_ref(&self) -> &R {
         &self.stream
     }
+
+    /// Whether part of a frame has been read and the rest not yet: the
+    /// next receive continues it without waiting for the socket to
+    /// become readable first.
+    pub fn has_partial_frame(&self) -> bool {
+        self.rx.frames.has_partial_frame()
+    }
 }
 
 /// The sending half of a split channel.

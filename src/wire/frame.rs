@@ -278,6 +278,12 @@ impl FrameReader {
         }
     }
 
+    /// Whether bytes of a frame not yet complete are held (read before a
+    /// timeout).
+    pub fn has_partial_frame(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The PIN field of the last frame whose 16-byte header was read whole,
     /// even if that frame was then refused as malformed.
     pub fn pin_read(&self) -> Option<u32> {

@@ -747,6 +747,35 @@ fn the_inactivity_timeout_ends_a_silent_session() {
     });
 }
 
+/// collabd.conf(5): a signed-in device that sends nothing for
+/// `status_timeout_ms` is taken as disconnected: its connection is closed
+/// and its session stays, out of coverage. The link thread's quiet moment
+/// before it gives its stack back counts towards that time.
+#[test]
+fn a_device_silent_for_the_status_timeout_is_dropped_and_its_session_kept() {
+    let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));
+    stack.start_collabd(&["--status-timeout-ms", "1500"]);
+    let dev = &devices[0];
+    let mut alice = stack.device_as(
+        dev,
+        &dev.user,
+        &dev.user.password,
+        &["--status-interval", "0", "--reconnect", "0"],
+    );
+    assert!(alice.expect("login ").starts_with("login ok"));
+    let signed_in = std::time::Instant::now();
+    let lost = alice.expect("lost ");
+    let silent_for = signed_in.elapsed();
+    assert!(lost.starts_with("lost kind=connection"), "{lost}");
+    // Not before the timeout (the device's own clock started after the
+    // service's, so this bound is safe).
+    assert!(silent_for >= Duration::from_millis(1_400), "{silent_for:?}");
+    assert_eq!(finish(alice).0, 3);
+    wait_until("alice's session to be out of coverage", || {
+        stack.session_coverage(dev.pin).as_deref() == Some("out")
+    });
+}
+
 #[test]
 fn beyond_the_unauthenticated_cap_a_connection_is_refused_301() {
     let (mut stack, devices) = stack_with(&["alice"], settings(Some(10)));

@@ -34,12 +34,28 @@ pub fn serve_link(session: &Arc<Session>, link_id: u64, reader: &mut LinkReader)
     loop {
         // About to wait for the device, at the loop's shallowest point: the
         // deep sign-in (TLS, CWA, Config DB) ran on this thread, and a
-        // session lives for hours; its stack pages go back rather than
-        // stay resident (see `ops::memory`). Cheaper than handing the link
-        // to a fresh small thread: no thread start per sign-in, and the
-        // pages of every later deep command are released as well.
-        memory::release_stack_below_here();
-        let message = reader.recv_device();
+        // session lives for hours; once the device has been quiet a moment,
+        // its stack pages go back rather than stay resident (see
+        // `ops::memory`). Cheaper than handing the link to a fresh small
+        // thread: no thread start per sign-in, and the pages of every
+        // later deep command are released as well.
+        // The quiet moment counts towards the status timeout, so a silent
+        // device is still dropped `status_timeout` after its last word.
+        let quiet = memory::RELEASE_AFTER_QUIET.min(status_timeout);
+        let message = if !reader.has_partial_frame()
+            && !reader.get_ref().has_buffered()
+            && !crate::net::readable_within(reader.get_ref().tcp(), quiet)
+        {
+            memory::release_stack_below_here();
+            let rest = status_timeout.saturating_sub(quiet);
+            if crate::net::readable_within(reader.get_ref().tcp(), rest) {
+                reader.recv_device()
+            } else {
+                Err(WireError::Timeout)
+            }
+        } else {
+            reader.recv_device()
+        };
         if !take_message(session, link_id, status_timeout, message) {
             return;
         }

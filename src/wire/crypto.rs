@@ -5,11 +5,12 @@
 //! associated data, and raw deflate with a hard inflate cap. All primitives
 //! are the system OpenSSL's, except deflate (flate2).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use openssl::cipher::{Cipher, CipherRef};
+use openssl::cipher_ctx::CipherCtx;
 use openssl::sha::Sha256;
-use openssl::symm::{self, Cipher};
 
 use super::frame::{CONFIRM_LEN, HEADER_LEN, RANDOM_LEN, TAG_LEN};
 use super::secret::wipe;
@@ -208,6 +209,21 @@ pub fn nonce(dir: Direction, seq: u64) -> [u8; 12] {
     n
 }
 
+/// AES-256-GCM, fetched from OpenSSL's default provider once for the
+/// process. Passing OpenSSL 3 the legacy `EVP_aes_256_gcm()` instead makes
+/// every cipher initialisation fetch it again, by name, under the method
+/// store's lock (each frame sealed or opened did; heaptrack showed the
+/// fetch cache's allocations among those a burst of sessions leaves
+/// behind).
+fn aes_256_gcm() -> Result<&'static CipherRef, WireError> {
+    static FETCHED: OnceLock<Cipher> = OnceLock::new();
+    if let Some(cipher) = FETCHED.get() {
+        return Ok(cipher);
+    }
+    let cipher = Cipher::fetch(None, "AES-256-GCM", None)?;
+    Ok(FETCHED.get_or_init(|| cipher))
+}
+
 /// AES-256-GCM: encrypts `plaintext` with the header as associated data;
 /// returns ciphertext || 16-byte tag (the `Data` frame body).
 pub fn seal(
@@ -217,15 +233,14 @@ pub fn seal(
     seq: u64,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, WireError> {
+    let mut ctx = CipherCtx::new()?;
+    ctx.encrypt_init(Some(aes_256_gcm()?), Some(key), Some(&nonce(dir, seq)))?;
+    ctx.cipher_update(header, None)?;
+    let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN + 16);
+    ctx.cipher_update_vec(plaintext, &mut out)?;
+    ctx.cipher_final_vec(&mut out)?;
     let mut tag = [0u8; TAG_LEN];
-    let mut out = symm::encrypt_aead(
-        Cipher::aes_256_gcm(),
-        key,
-        Some(&nonce(dir, seq)),
-        header,
-        plaintext,
-        &mut tag,
-    )?;
+    ctx.tag(&mut tag)?;
     out.extend_from_slice(&tag);
     Ok(out)
 }
@@ -243,15 +258,18 @@ pub fn open(
         return Err(WireError::Decrypt);
     }
     let (ciphertext, tag) = body.split_at(body.len() - TAG_LEN);
-    symm::decrypt_aead(
-        Cipher::aes_256_gcm(),
-        key,
-        Some(&nonce(dir, seq)),
-        header,
-        ciphertext,
-        tag,
-    )
-    .map_err(|_| WireError::Decrypt)
+    let cipher = aes_256_gcm()?;
+    let opened = (|| {
+        let mut ctx = CipherCtx::new()?;
+        ctx.decrypt_init(Some(cipher), Some(key), Some(&nonce(dir, seq)))?;
+        ctx.cipher_update(header, None)?;
+        let mut out = Vec::with_capacity(ciphertext.len() + 16);
+        ctx.cipher_update_vec(ciphertext, &mut out)?;
+        ctx.set_tag(tag)?;
+        ctx.cipher_final_vec(&mut out)?;
+        Ok::<_, openssl::error::ErrorStack>(out)
+    })();
+    opened.map_err(|_| WireError::Decrypt)
 }
 
 /// Idle compressors and decompressors kept for reuse, at most this many of

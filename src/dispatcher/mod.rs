@@ -156,6 +156,8 @@ pub fn main_with_args(args: Vec<String>) -> ExitCode {
         }
         Command::Run(config) => config,
     };
+    // A thread per relay: see `ops::futex`.
+    crate::ops::futex::use_global_hash();
     // Before any thread exists (the logger's included), so that every
     // thread inherits the mask and only the signal thread takes them.
     let signals = match signals::block_signals() {

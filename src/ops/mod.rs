@@ -1,6 +1,7 @@
 //! Running the programs on a real system: their command lines ([`args`]),
 //! readiness and watchdog
-//! notifications ([`notify`]), signals and the shutdown flag ([`signals`]),
+//! notifications ([`notify`]), the futex hash of a process with a thread
+//! per connection ([`futex`]), signals and the shutdown flag ([`signals`]),
 //! logging to stderr or the journal ([`logging`]), panics in long-lived
 //! threads caught and logged ([`panics`]), resident memory kept
 //! proportional to what is held ([`memory`]), and a throwaway
@@ -8,6 +9,7 @@
 //! calendar time without a date crate ([`utc`]). It imports only [`crate::hex`].
 
 pub mod args;
+pub mod futex;
 pub mod logging;
 pub mod memory;
 pub mod notify;

@@ -152,6 +152,9 @@ pub fn main() -> u8 {
     if let Err(e) = memory::reexec_without_thread_caches() {
         eprintln!("collabd: cannot turn glibc's thread caches off ({e}); running with them");
     }
+    // Before any thread exists: a thread per connection needs more than
+    // the 16 futex buckets the kernel would size for two cores.
+    crate::ops::futex::use_global_hash();
     // Before any thread exists, so that every thread inherits the mask.
     let blocked = match signals::block_signals() {
         Ok(b) => b,

@@ -270,6 +270,8 @@ fn bind(addr: &str) -> Result<TcpListener, SimError> {
 /// Returns only on a start-up error.
 pub fn run(args: &[String]) -> Result<(), SimError> {
     let config = parse_args(args)?;
+    // A thread per held event GET: see `ops::futex`.
+    crate::ops::futex::use_global_hash();
     let users_text = read_file(&config.users)?;
     let users_text = String::from_utf8(users_text).map_err(|_| {
         SimError::Users(users::UsersError {

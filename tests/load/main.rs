@@ -44,7 +44,7 @@ use devices::{
 };
 
 use rig::{
-    active_sessions, cpu_seconds, env_usize, provision, raise_nofile, sample, start_collabd,
+    active_sessions, cpu_seconds, env_usize, prepare_load_client, provision, sample, start_collabd,
     start_dispatcher, system_threads, today, Daemon, Profiler,
 };
 use support::pg::migrated_database;
@@ -85,7 +85,7 @@ struct Stack {
 }
 
 fn stack(devices: &[LoadDevice], max_sessions: usize, https: bool, extra: &[String]) -> Stack {
-    let nofile = raise_nofile();
+    let nofile = prepare_load_client();
     eprintln!(
         "open-file limit {nofile}; system threads now {}",
         system_threads()
@@ -503,7 +503,7 @@ fn dispatcher_relays() {
     let n = env_usize("LOAD_RELAYS", 5000);
     let upstream = std::env::var("LOAD_RELAY_UPSTREAM").unwrap_or_else(|_| "stub".into());
     let devices = generate_devices(n, 0x3800_0000, "LOAD").unwrap();
-    let nofile = raise_nofile();
+    let nofile = prepare_load_client();
     eprintln!(
         "open-file limit {nofile}; system threads now {}",
         system_threads()

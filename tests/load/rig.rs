@@ -35,9 +35,13 @@ pub fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
-/// Raises this process's soft open-file limit to its hard limit (children
-/// inherit it); returns the new soft limit.
-pub fn raise_nofile() -> libc::rlim_t {
+/// Readies the load client, a process with a thread per device: puts it
+/// on the system-wide futex hash (see `collabd::ops::futex`; with the
+/// kernel's 16 buckets every wake between its thousands of device threads
+/// would cost several microseconds) and raises its soft open-file limit to
+/// its hard limit (children inherit it); returns the new soft limit.
+pub fn prepare_load_client() -> libc::rlim_t {
+    collabd::ops::futex::use_global_hash();
     // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
     unsafe {
         let mut lim = libc::rlimit {

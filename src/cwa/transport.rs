@@ -626,22 +626,27 @@ impl Transport for CwaConnection {
         // Wait for the peer before claiming any buffer: the held event GET
         // then waits with neither ours nor OpenSSL's.
         if self.buffers.input().is_empty() && self.tls_pending() == 0 {
-            let quiet = memory::RELEASE_AFTER_QUIET;
-            if HeldWait::is_on()
-                && limit.map_or(true, |l| l > quiet)
-                && !crate::net::readable_within(&self.tcp, quiet)
-            {
-                // A held GET still unanswered after a quiet moment may
-                // wait for minutes, and the session for hours: its buffers
-                // go, and the stack below this wait (sending went deeper).
-                // Doing this at every wait cost each command and each
-                // answered GET a free and zeroing of the buffers and a TLB
-                // shootdown (__madvise alone was 8.7% of collabd's CPU in
-                // the sign-in rate run, perf).
+            if HeldWait::is_on() {
+                // A held GET may wait for minutes, and the session for
+                // hours: its buffers go at once (after a sign-in burst they
+                // are then free for the sign-ins still running; freed a
+                // second later, 1,000 sessions' buffers were all held at
+                // the burst's end and stayed resident as free heap, 16 KiB
+                // a session, load run).
                 self.buffers.release();
-                memory::release_stack_below_here();
-                limit = limit.map(|l| l.saturating_sub(quiet));
-                self.set_timeouts(limit)?;
+                // The stack below this wait (sending went deeper) only
+                // after a quiet moment: each release is a TLB shootdown,
+                // and doing it at every wait cost each answered GET one
+                // (`__madvise` was 8.7% of collabd's CPU in the sign-in
+                // rate run, perf).
+                let quiet = memory::RELEASE_AFTER_QUIET;
+                if limit.map_or(true, |l| l > quiet)
+                    && !crate::net::readable_within(&self.tcp, quiet)
+                {
+                    memory::release_stack_below_here();
+                    limit = limit.map(|l| l.saturating_sub(quiet));
+                    self.set_timeouts(limit)?;
+                }
             }
             let waited = self.retrying(limit, |c| c.tcp.peek(&mut [0u8; 1]));
             match waited {

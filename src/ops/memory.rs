@@ -6,9 +6,11 @@
 //!   allocator an arena of its own, up to eight per core, each keeping
 //!   freed memory in 64 MiB heaps; with thousands of threads those hold
 //!   most of the freed memory. Called once at start-up.
-//! - [`MemoryReturn`]: after a burst of session ends, `malloc_trim(0)` hands
-//!   the free pages inside the arenas back to the system, at most once per
-//!   interval so a storm of ends costs one trim, not thousands.
+//! - [`note_freed`] and [`trim_if_due`]: after a burst of session ends
+//!   or of connections going quiet, `malloc_trim(0)` hands the free pages
+//!   inside the arenas back to the system, at most once per
+//!   [`RETURN_INTERVAL`] so a storm of frees costs one trim, not thousands
+//!   (through one process-wide [`MemoryReturn`]).
 //! - [`reexec_without_thread_caches`]: glibc keeps, per thread, a cache
 //!   of recently freed blocks (tcache, up to 7 blocks of each of 64 sizes)
 //!   that no trim reaches. Every session thread keeps one for hours, full
@@ -156,6 +158,29 @@ impl MemoryReturn {
         trim_heap();
         true
     }
+}
+
+/// How often, at most, the process returns freed heap memory
+/// ([`note_freed`]).
+pub const RETURN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The process's one trimmer: session ends and the buffers of connections
+/// gone quiet note their frees here, so a storm of either costs one trim
+/// a second.
+static RETURNS: std::sync::LazyLock<MemoryReturn> =
+    std::sync::LazyLock::new(|| MemoryReturn::new(RETURN_INTERVAL));
+
+/// Something sizeable was freed (a session ended, a quiet connection gave
+/// its buffers back): trims now if the last trim is [`RETURN_INTERVAL`]
+/// ago. Returns whether it did.
+pub fn note_freed() -> bool {
+    RETURNS.note_freed()
+}
+
+/// Trims if frees were noted and the last trim is [`RETURN_INTERVAL`] ago;
+/// call it now and then so the last frees of a burst go back too.
+pub fn trim_if_due() -> bool {
+    RETURNS.trim_if_due()
 }
 
 /// `malloc_trim(0)`: return free memory at the top of and inside every

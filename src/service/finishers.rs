@@ -14,12 +14,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::ops::memory::{self, MemoryReturn};
+use crate::ops::memory;
 
 /// How long a finisher thread waits for work before it exits.
 pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// How often, at most, freed heap memory is returned after session ends.
-pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+pub const TRIM_INTERVAL: Duration = memory::RETURN_INTERVAL;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -34,7 +34,6 @@ struct Inner {
     ready: Condvar,
     max_threads: usize,
     stack_size: usize,
-    memory: MemoryReturn,
 }
 
 /// The pool (cheap to clone).
@@ -65,7 +64,6 @@ impl Finishers {
             ready: Condvar::new(),
             max_threads: max_threads.max(1),
             stack_size,
-            memory: MemoryReturn::new(TRIM_INTERVAL),
         }))
     }
 
@@ -119,7 +117,7 @@ impl Finishers {
     /// Note that a session's memory was freed: returns freed heap to the
     /// system now if the last return is [`TRIM_INTERVAL`] ago.
     pub fn note_freed(&self) {
-        self.0.memory.note_freed();
+        memory::note_freed();
     }
 
     fn work(&self) {
@@ -150,7 +148,7 @@ impl Finishers {
             if waited.timed_out() {
                 // A burst is over: the last frees go back too.
                 drop(q);
-                self.0.memory.trim_if_due();
+                memory::trim_if_due();
                 q = self.queue();
                 let (guard, waited) = self
                     .0

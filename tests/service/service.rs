@@ -635,8 +635,11 @@ fn a_device_that_comes_back_resumes_its_session_with_nothing_lost_or_duplicated(
     wait_until("the registry to show alice in coverage again", || {
         stack.session_coverage(alice_dev.pin).as_deref() == Some("in")
     });
-    assert!(stack.audited("login_resumed", alice_dev.pin, &session_id));
-    assert!(stack.audited("login_refused", alice_dev.pin, "303"));
+    // Audit rows are written behind the session's back (the spool).
+    wait_until("the resume and the refusal to be audited", || {
+        stack.audited("login_resumed", alice_dev.pin, &session_id)
+            && stack.audited("login_refused", alice_dev.pin, "303")
+    });
     let seen = alice.logout().expect("logout");
     assert!(
         seen.iter().any(

@@ -737,6 +737,9 @@ pub fn spawn_reaper(
                     if !ended.is_empty() {
                         on_ended(ended);
                     }
+                    // The tick also returns what the last frees of a burst
+                    // (session ends, quiet connections' buffers) left.
+                    crate::ops::memory::trim_if_due();
                 }
             };
             // Without the reaper idle sessions would hold their slots for

@@ -10,7 +10,9 @@
 //!   or of connections going quiet, `malloc_trim(0)` hands the free pages
 //!   inside the arenas back to the system, at most once per
 //!   [`RETURN_INTERVAL`] so a storm of frees costs one trim, not thousands
-//!   (through one process-wide [`MemoryReturn`]).
+//!   (through one process-wide [`MemoryReturn`]); one more trim follows a
+//!   burst, for what was freed after its last note, and [`owe_trim`] asks
+//!   for one for what a thread's thread-locals free as it exits.
 //! - [`reexec_without_thread_caches`]: glibc keeps, per thread, a cache
 //!   of recently freed blocks (tcache, up to 7 blocks of each of 64 sizes)
 //!   that no trim reaches. Every session thread keeps one for hours, full
@@ -27,7 +29,7 @@
 //!   its current frame back (`madvise(MADV_DONTNEED)`; the next deep call
 //!   touches them again as zero pages).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bound glibc's malloc arenas to `max` (`M_ARENA_MAX`). Call before the
@@ -114,6 +116,11 @@ pub struct MemoryReturn {
     last_ms: AtomicU64,
     /// Frees noted since the last trim.
     pending: AtomicU64,
+    /// The last trim was caused by noted frees, so one more is owed an
+    /// `interval` later: what a session frees after its end is noted
+    /// (its threads unwinding, the finisher's captured state dropping) is
+    /// only returned by a trim that runs after it.
+    follow_up: AtomicBool,
 }
 
 impl MemoryReturn {
@@ -124,6 +131,7 @@ impl MemoryReturn {
             interval,
             last_ms: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            follow_up: AtomicBool::new(false),
         }
     }
 
@@ -134,11 +142,22 @@ impl MemoryReturn {
         self.trim_if_due()
     }
 
-    /// Trims if frees were noted and the last trim is at least `interval`
-    /// ago (call it now and then, e.g. from a periodic thread, so the last
-    /// frees of a burst are returned too). Returns whether it trimmed.
+    /// Something will be freed in a moment, by a thread that cannot trim
+    /// after it (a thread's thread-locals, as it exits): the next
+    /// [`MemoryReturn::trim_if_due`] at least `interval` after the last
+    /// trim trims.
+    pub fn owe_trim(&self) {
+        self.follow_up.store(true, Ordering::Relaxed);
+    }
+
+    /// Trims if frees were noted (or the last trim was for noted frees:
+    /// one follow-up trim) and the last trim is at least `interval` ago.
+    /// Call it now and then, e.g. from a periodic thread, so the last
+    /// frees of a burst are returned too, including those made just after
+    /// their note. Returns whether it trimmed.
     pub fn trim_if_due(&self) -> bool {
-        if self.pending.load(Ordering::Relaxed) == 0 {
+        let noted = self.pending.load(Ordering::Relaxed) > 0;
+        if !noted && !self.follow_up.load(Ordering::Relaxed) {
             return false;
         }
         let now = self.start.elapsed().as_millis() as u64 + 1;
@@ -155,6 +174,7 @@ impl MemoryReturn {
             return false;
         }
         self.pending.store(0, Ordering::Relaxed);
+        self.follow_up.store(noted, Ordering::Relaxed);
         trim_heap();
         true
     }
@@ -175,6 +195,12 @@ static RETURNS: std::sync::LazyLock<MemoryReturn> =
 /// ago. Returns whether it did.
 pub fn note_freed() -> bool {
     RETURNS.note_freed()
+}
+
+/// A thread is about to exit and free what its thread-locals hold: the
+/// next [`trim_if_due`] (the session reaper's tick) returns it.
+pub fn owe_trim() {
+    RETURNS.owe_trim()
 }
 
 /// Trims if frees were noted and the last trim is [`RETURN_INTERVAL`] ago;
@@ -391,5 +417,21 @@ mod tests {
         let r = MemoryReturn::new(Duration::ZERO);
         assert!(r.note_freed());
         assert!(r.note_freed());
+    }
+
+    #[test]
+    fn a_burst_of_frees_gets_one_follow_up_trim() {
+        // A session's threads free most of its memory just after its end
+        // is noted; the trim the note caused ran before those frees.
+        let r = MemoryReturn::new(Duration::ZERO);
+        assert!(r.note_freed(), "the note trims");
+        assert!(r.trim_if_due(), "one more trim after the note's trim");
+        assert!(!r.trim_if_due(), "then nothing until the next note");
+        assert!(r.note_freed());
+        assert!(r.trim_if_due());
+        assert!(!r.trim_if_due());
+        r.owe_trim();
+        assert!(r.trim_if_due(), "an owed trim runs at the next tick");
+        assert!(!r.trim_if_due(), "and only once");
     }
 }

@@ -8,7 +8,10 @@ daemon never opens one per request: it borrows one from here. The pool
 holds at most `size` connections, opened lazily; a borrower waits for a
 free one at most until its deadline and then gets [`PoolError::Busy`], so
 a slow database turns into a precise "Config DB unavailable" answer instead
-of a pile of waiting threads. A connection that failed in a way that may
+of a pile of waiting threads. Connections beyond one that have sat idle for the
+pool's idle limit ([`Pool::close_idle_after`]) are closed as the pool is
+next used, so the connections a burst opened (each with its runtime and
+buffers) do not stay for the process's life. A connection that failed in a way that may
 have broken it (the server unreachable, a failed query) or that the driver
 reports closed is dropped rather than handed to the next borrower; the next
 borrower then opens a fresh one, which is how the pool reconnects after
@@ -21,9 +24,14 @@ is a [`PooledConnection`].
 
 use std::fmt;
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{ConfigDb, DbError};
+
+/// How long a connection beyond the newest may sit idle before the daemons'
+/// pools close it: a burst of logins opens the whole pool, which the quiet
+/// hours after it do not need (reopening one costs a few milliseconds).
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 
 /// A connection the pool can hold.
 pub trait PooledConnection: Send {
@@ -91,14 +99,36 @@ impl From<DbError> for PoolError {
 type Connector<C> = Box<dyn Fn() -> Result<C, DbError> + Send + Sync>;
 
 struct Slots<C> {
-    idle: Vec<C>,
+    /// Idle connections with the time each came back, oldest first (a
+    /// borrower takes the newest, so the oldest age out).
+    idle: Vec<(C, Instant)>,
     in_use: usize,
+}
+
+impl<C> Slots<C> {
+    /// Takes out the idle connections past `limit`, always leaving the
+    /// newest one.
+    fn expired(&mut self, limit: Option<Duration>, now: Instant) -> Vec<C> {
+        let Some(limit) = limit else {
+            return Vec::new();
+        };
+        let old = self
+            .idle
+            .iter()
+            .take(self.idle.len().saturating_sub(1))
+            .take_while(|(_, since)| now.saturating_duration_since(*since) >= limit)
+            .count();
+        self.idle.drain(..old).map(|(conn, _)| conn).collect()
+    }
 }
 
 /// A bounded pool of connections of type `C`.
 pub struct Pool<C> {
     connect: Connector<C>,
     size: usize,
+    idle_limit: Option<Duration>,
+    /// Called after idle connections were closed.
+    after_idle_closed: fn(),
     slots: Mutex<Slots<C>>,
     freed: Condvar,
 }
@@ -122,12 +152,24 @@ impl<C: PooledConnection> Pool<C> {
         Pool {
             connect: Box::new(connect),
             size: size.max(1),
+            idle_limit: None,
+            after_idle_closed: || {},
             slots: Mutex::new(Slots {
                 idle: Vec::new(),
                 in_use: 0,
             }),
             freed: Condvar::new(),
         }
+    }
+
+    /// Closes idle connections beyond the newest once they have been idle
+    /// for `limit` (checked whenever the pool is used; without this, idle
+    /// connections stay open), then calls `closed` (a daemon returns the
+    /// freed memory to the system).
+    pub fn close_idle_after(mut self, limit: Duration, closed: fn()) -> Pool<C> {
+        self.idle_limit = Some(limit);
+        self.after_idle_closed = closed;
+        self
     }
 
     /// The most connections the pool opens.
@@ -173,8 +215,14 @@ impl<C: PooledConnection> Pool<C> {
     /// one (`None`).
     fn take(&self, deadline: Instant) -> Result<Option<C>, PoolError> {
         let mut slots = self.lock();
+        let expired = slots.expired(self.idle_limit, Instant::now());
+        if !expired.is_empty() {
+            drop(slots);
+            self.close(expired);
+            slots = self.lock();
+        }
         loop {
-            while let Some(conn) = slots.idle.pop() {
+            while let Some((conn, _)) = slots.idle.pop() {
                 if !conn.is_broken() {
                     slots.in_use += 1;
                     return Ok(Some(conn));
@@ -197,13 +245,25 @@ impl<C: PooledConnection> Pool<C> {
     }
 
     fn give_back(&self, conn: Option<C>) {
+        let now = Instant::now();
         let mut slots = self.lock();
         slots.in_use -= 1;
         if let Some(conn) = conn {
-            slots.idle.push(conn);
+            slots.idle.push((conn, now));
         }
+        let expired = slots.expired(self.idle_limit, now);
         drop(slots);
         self.freed.notify_one();
+        self.close(expired);
+    }
+
+    /// Closes connections, outside the pool's lock (a driver may say
+    /// goodbye to its server).
+    fn close(&self, expired: Vec<C>) {
+        if !expired.is_empty() {
+            drop(expired);
+            (self.after_idle_closed)();
+        }
     }
 }
 
@@ -255,6 +315,41 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(30)
+    }
+
+    #[test]
+    fn a_burst_s_connections_close_once_idle_but_one_stays() {
+        let opened = Arc::new(AtomicUsize::new(0));
+        let pool = Arc::new(
+            pool(4, Arc::clone(&opened), Arc::new(AtomicBool::new(false)))
+                .close_idle_after(Duration::from_millis(50), || {}),
+        );
+        // Four borrowers at once: four connections.
+        let together = Arc::new(std::sync::Barrier::new(4));
+        let burst: Vec<_> = (0..4)
+            .map(|_| {
+                let (pool, together) = (Arc::clone(&pool), Arc::clone(&together));
+                std::thread::spawn(move || {
+                    pool.with(soon(), |_| {
+                        together.wait();
+                        Ok(())
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for b in burst {
+            b.join().unwrap();
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 4);
+        assert_eq!(pool.idle(), 4, "used within the limit, all stay");
+        std::thread::sleep(Duration::from_millis(80));
+        pool.with(soon(), |_| Ok(())).unwrap();
+        assert_eq!(pool.idle(), 1, "the idle ones closed, the newest kept");
+        std::thread::sleep(Duration::from_millis(80));
+        pool.with(soon(), |_| Ok(())).unwrap();
+        assert_eq!(pool.idle(), 1, "the last one is never closed for idling");
+        assert_eq!(opened.load(Ordering::SeqCst), 4, "nothing reopened");
     }
 
     #[test]

@@ -184,10 +184,15 @@ fn sessions_and_memory(https: bool) {
     pause_for_inspection(pid);
     eprintln!("collabd with {n} sessions: {with}");
     rig::print_breakdown("collabd", pid, 12);
+    let (shared, single): (Vec<_>, Vec<_>) = rig::sockets_by_remote_port(pid)
+        .into_iter()
+        .partition(|&(_, count)| count > 1);
     eprintln!(
-        "collabd TCP sockets by remote port (sim {}): {:?}",
+        "collabd TCP sockets by remote port (sim {}): {:?} and {} ports with one \
+         socket each (devices' ephemeral ports)",
         s.sim.addr().port(),
-        rig::sockets_by_remote_port(pid)
+        shared,
+        single.len()
     );
     eprintln!("load client ({n} device threads): {me}");
     eprintln!("system threads: {}", system_threads());
@@ -198,6 +203,13 @@ fn sessions_and_memory(https: bool) {
     let after = sample(pid);
     eprintln!("collabd after every logout: {after}");
     rig::print_breakdown("collabd after every logout", pid, 8);
+    // And once the process has settled: the finishers have idled out, the
+    // Config DB connections the burst opened have closed (at the heartbeat
+    // after their idle limit) and the heap trims after both have run.
+    let settling = collabd::configdb::pool::IDLE_CLOSE + Duration::from_secs(10);
+    thread::sleep(settling);
+    let settled = sample(pid);
+    eprintln!("collabd {} s later: {settled}", settling.as_secs());
     pause_for_inspection(pid);
     eprintln!(
         "events acknowledged: {}; logged out: {}; logout failures: {:?}; ended early: {:?}",
@@ -213,7 +225,7 @@ fn sessions_and_memory(https: bool) {
          rss_before_kib={} rss_with_kib={} rss_per_session_kib={per_session:.1} \
          pss_per_session_kib={per_session_pss:.1} threads={} fds={} \
          fds_per_session={fds_per_session:.2} rss_after_logout_kib={} \
-         sign_in_s={:.1} collabd_cpu_s_during_sign_in_and_settle={:.1}",
+         rss_settled_after_logout_kib={} sign_in_s={:.1} collabd_cpu_s_during_sign_in_and_settle={:.1}",
         today(),
         build(),
         before.rss_kib,
@@ -221,6 +233,7 @@ fn sessions_and_memory(https: bool) {
         with.threads,
         with.fds,
         after.rss_kib,
+        settled.rss_kib,
         sign_in.as_secs_f64(),
         cpu1 - cpu0,
     );

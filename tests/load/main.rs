@@ -93,11 +93,18 @@ fn stack(devices: &[LoadDevice], max_sessions: usize, https: bool, extra: &[Stri
     let dir = TempDir::new("load");
     let (db_url, _db) = migrated_database();
     let users = sim_users(devices);
+    let mut sim_flags: Vec<String> = SIM_FLAGS.iter().map(|f| f.to_string()).collect();
+    // LOAD_SIM_HOLD_MS: how long the simulator holds an empty event GET
+    // (its default, 30 s, otherwise).
+    if let Ok(hold) = std::env::var("LOAD_SIM_HOLD_MS") {
+        sim_flags.extend(["--hold-ms".to_string(), hold]);
+    }
+    let sim_flags: Vec<&str> = sim_flags.iter().map(String::as_str).collect();
     let (sim, ca) = if https {
         let ca = TestCa::new();
-        (SimProcess::start_tls(&users, &ca, SIM_FLAGS), Some(ca))
+        (SimProcess::start_tls(&users, &ca, &sim_flags), Some(ca))
     } else {
-        (SimProcess::start_with(&users, SIM_FLAGS), None)
+        (SimProcess::start_with(&users, &sim_flags), None)
     };
     provision(&db_url, INSTANCE, &sim.base_url(), max_sessions, devices);
     let mut args = extra.to_vec();

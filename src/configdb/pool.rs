@@ -8,14 +8,14 @@ daemon never opens one per request: it borrows one from here. The pool
 holds at most `size` connections, opened lazily; a borrower waits for a
 free one at most until its deadline and then gets [`PoolError::Busy`], so
 a slow database turns into a precise "Config DB unavailable" answer instead
-of a pile of waiting threads. Connections beyond one that have sat idle for the
-pool's idle limit ([`Pool::close_idle_after`]) are closed as the pool is
-next used, so the connections a burst opened (each with its runtime and
-buffers) do not stay for the process's life. A connection that failed in a way that may
-have broken it (the server unreachable, a failed query) or that the driver
-reports closed is dropped rather than handed to the next borrower; the next
-borrower then opens a fresh one, which is how the pool reconnects after
-the database comes back.
+of a pile of waiting threads. Connections beyond one that have sat idle
+for the pool's idle limit ([`Pool::close_idle_after`]) are closed as the
+pool is next used, so the connections a burst opened (each with its
+runtime and buffers) do not stay for the process's life. A connection
+that failed in a way that may have broken it (the server unreachable, a
+failed query) or that the driver reports closed is dropped rather than
+handed to the next borrower; the next borrower then opens a fresh one,
+which is how the pool reconnects after the database comes back.
 
 The pool is generic over the connection type, so a user can keep prepared
 statements with each connection (the dispatcher does); [`ConfigDb`] itself

@@ -160,9 +160,10 @@ impl Directory {
                     .map_err(|e| classify(e, "preparing the device lookup"))?;
                 Ok(Pooled { db, device_query })
             })
-            .close_idle_after(crate::configdb::pool::IDLE_CLOSE, || {
-                crate::ops::memory::note_freed();
-            }),
+            .close_idle_after(
+                crate::configdb::pool::IDLE_CLOSE,
+                crate::ops::memory::note_freed,
+            ),
         }
     }
 

@@ -7,7 +7,7 @@
 //!   freed memory in 64 MiB heaps; with thousands of threads those hold
 //!   most of the freed memory. Called once at start-up.
 //! - [`note_freed`] and [`trim_if_due`]: after a burst of session ends
-//!   or of connections going quiet, `malloc_trim(0)` hands the free pages
+//!   (or of Config DB connections closed), `malloc_trim(0)` hands the free pages
 //!   inside the arenas back to the system, at most once per
 //!   [`RETURN_INTERVAL`] so a storm of frees costs one trim, not thousands
 //!   (through one process-wide [`MemoryReturn`]); one more trim follows a
@@ -184,17 +184,17 @@ impl MemoryReturn {
 /// ([`note_freed`]).
 pub const RETURN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The process's one trimmer: session ends and the buffers of connections
-/// gone quiet note their frees here, so a storm of either costs one trim
-/// a second.
+/// The process's one trimmer: session ends and the Config DB pool's closing
+/// of idle connections note their frees here, so a storm of either costs
+/// one trim a second.
 static RETURNS: std::sync::LazyLock<MemoryReturn> =
     std::sync::LazyLock::new(|| MemoryReturn::new(RETURN_INTERVAL));
 
-/// Something sizeable was freed (a session ended, a quiet connection gave
-/// its buffers back): trims now if the last trim is [`RETURN_INTERVAL`]
-/// ago. Returns whether it did.
-pub fn note_freed() -> bool {
-    RETURNS.note_freed()
+/// Something sizeable was freed (a session ended, idle Config DB
+/// connections closed): trims now if the last trim is [`RETURN_INTERVAL`]
+/// ago.
+pub fn note_freed() {
+    RETURNS.note_freed();
 }
 
 /// A thread is about to exit and free what its thread-locals hold: the
@@ -203,8 +203,9 @@ pub fn owe_trim() {
     RETURNS.owe_trim()
 }
 
-/// Trims if frees were noted and the last trim is [`RETURN_INTERVAL`] ago;
-/// call it now and then so the last frees of a burst go back too.
+/// Trims if frees were noted or a trim is owed (see
+/// [`MemoryReturn::trim_if_due`]) and the last trim is [`RETURN_INTERVAL`]
+/// ago; call it now and then so the last frees of a burst go back too.
 pub fn trim_if_due() -> bool {
     RETURNS.trim_if_due()
 }

@@ -246,7 +246,7 @@ impl ServiceContext {
     pub fn forget_session(&self, id: SessionId) {
         self.sessions().remove(&id);
         self.sessions_changed.notify_all();
-        self.finishers.note_freed();
+        crate::ops::memory::note_freed();
     }
 
     /// A live session by id, for a device re-attaching.

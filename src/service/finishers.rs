@@ -120,12 +120,6 @@ impl Finishers {
         }
     }
 
-    /// Note that a session's memory was freed: returns freed heap to the
-    /// system now if the last return is [`memory::RETURN_INTERVAL`] ago.
-    pub fn note_freed(&self) {
-        memory::note_freed();
-    }
-
     fn work(&self) {
         let mut q = self.queue();
         loop {

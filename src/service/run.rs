@@ -311,9 +311,7 @@ pub fn run(config: Config, blocked: BlockedSignals) -> Result<(), RunError> {
     let pool = Pool::new(DB_POOL_SIZE, move || {
         ConfigDb::connect_with_password(&url, password.as_deref())
     })
-    .close_idle_after(crate::configdb::pool::IDLE_CLOSE, || {
-        memory::note_freed();
-    });
+    .close_idle_after(crate::configdb::pool::IDLE_CLOSE, memory::note_freed);
     let Some(instance) = read_instance(&pool, &config.instance, &shutdown)? else {
         log::info!("stopped before the Config DB answered");
         return Ok(());

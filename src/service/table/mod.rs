@@ -738,7 +738,8 @@ pub fn spawn_reaper(
                         on_ended(ended);
                     }
                     // The tick also returns what the last frees of a burst
-                    // (session ends, quiet connections' buffers) left.
+                    // (session ends, exiting finishers, closed Config DB
+                    // connections) left.
                     crate::ops::memory::trim_if_due();
                 }
             };

@@ -118,6 +118,10 @@ pub struct LoadOptions {
     pub status_interval: Option<Duration>,
     /// Stack size of each device thread, bytes.
     pub stack_size: usize,
+    /// Print each message that took longer than this, with the
+    /// `CLOCK_MONOTONIC` time it arrived, to line it up with a trace
+    /// (`perf record -k CLOCK_MONOTONIC`) of the same run.
+    pub report_slower_than: Option<Duration>,
 }
 
 impl LoadOptions {
@@ -129,6 +133,7 @@ impl LoadOptions {
             timeout: Duration::from_secs(60),
             status_interval: None,
             stack_size: DEFAULT_STACK,
+            report_slower_than: None,
         }
     }
 
@@ -1120,9 +1125,21 @@ impl PairJob {
             *c += 1;
             if *c == 1 {
                 let nanos = now.saturating_sub(sent);
-                tally.latencies.push(Duration::from_nanos(
-                    u64::try_from(nanos).unwrap_or(u64::MAX),
-                ));
+                let took = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+                if self
+                    .opts
+                    .report_slower_than
+                    .is_some_and(|limit| took > limit)
+                {
+                    eprintln!(
+                        "slow message: arrived at {:.6} s (CLOCK_MONOTONIC), took {:.3} ms, \
+                         device {} message {seq}",
+                        monotonic_seconds(),
+                        took.as_secs_f64() * 1e3,
+                        self.me
+                    );
+                }
+                tally.latencies.push(took);
             }
         }
     }
@@ -1181,6 +1198,18 @@ impl PairJob {
             }
         }
     }
+}
+
+/// The `CLOCK_MONOTONIC` time, in seconds (what `perf record -k
+/// CLOCK_MONOTONIC` stamps its events with).
+fn monotonic_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 #[cfg(test)]

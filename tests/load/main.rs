@@ -24,7 +24,9 @@
 //! HTTPS), `LOAD_LOGINS` (2000; 1000 over HTTPS),
 //! `LOAD_STORM_MAX` (500),
 //! `LOAD_PERF_DIR` (unset: no profile; else `perf record` of collabd
-//! during the login-rate and latency runs), `LOAD_STACK_KIB` (device threads here; default
+//! during the login-rate and latency runs), `LOAD_SLOW_MS` (0: off; else
+//! the latency run prints each message slower than this, with the
+//! `CLOCK_MONOTONIC` time it arrived), `LOAD_STACK_KIB` (device threads here; default
 //! `devices::DEFAULT_STACK`), `LOAD_RELAYS` (5000) and
 //! `LOAD_RELAY_UPSTREAM` (`stub`, default: a stand-in collabd in this
 //! process; `collabd`: the real one with cwa-sim) for the dispatcher run.
@@ -287,6 +289,8 @@ fn message_latency() {
     thread::sleep(Duration::from_secs(1));
     let mut opts = options(addr);
     opts.status_interval = Some(Duration::from_secs(60));
+    let slow_ms = env_usize("LOAD_SLOW_MS", 0) as u64;
+    opts.report_slower_than = (slow_ms > 0).then(|| Duration::from_millis(slow_ms));
     let fleet = Fleet::sign_in(&opts, &devices[..idle], 64).expect("start the idle fleet");
     assert_eq!(
         fleet.logins.ok, idle,

@@ -322,7 +322,7 @@ mod tests {
         let opened = Arc::new(AtomicUsize::new(0));
         let pool = Arc::new(
             pool(4, Arc::clone(&opened), Arc::new(AtomicBool::new(false)))
-                .close_idle_after(Duration::from_millis(50), || {}),
+                .close_idle_after(Duration::from_millis(250), || {}),
         );
         // Four borrowers at once: four connections.
         let together = Arc::new(std::sync::Barrier::new(4));
@@ -343,10 +343,10 @@ mod tests {
         }
         assert_eq!(opened.load(Ordering::SeqCst), 4);
         assert_eq!(pool.idle(), 4, "used within the limit, all stay");
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(350));
         pool.with(soon(), |_| Ok(())).unwrap();
         assert_eq!(pool.idle(), 1, "the idle ones closed, the newest kept");
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(350));
         pool.with(soon(), |_| Ok(())).unwrap();
         assert_eq!(pool.idle(), 1, "the last one is never closed for idling");
         assert_eq!(opened.load(Ordering::SeqCst), 4, "nothing reopened");

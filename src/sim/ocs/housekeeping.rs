@@ -65,11 +65,12 @@ impl Ocs {
     /// (overflow), forgets tickets unused for as long with no session, and
     /// retires previous tokens past their grace window.
     ///
-    /// The state lock is taken per [`SWEEP_CHUNK`] entries, never for the
-    /// whole scan: every request waits on that lock, and at 5,000 sessions
-    /// one scan under it held every request back 3 ms (7 ms at worst) twice
-    /// a second, a delay any message relayed then risked; in chunks the
-    /// longest hold of a sweep was 0.14 ms (median; load run, timed
+    /// The state lock is held only to copy the keys (0.07 ms at 5,000
+    /// sessions) and then per [`SWEEP_CHUNK`] entries, never for the whole
+    /// scan: every request waits on that lock, and at 5,000 sessions one
+    /// scan under it held every request back 3 ms (7 ms at worst) twice a
+    /// second, a delay any message relayed then risked; in chunks the
+    /// longest hold of a sweep was 0.14 ms (medians; load run, timed
     /// around each hold).
     pub fn sweep(&self) {
         let timeout = self.settings.session_timeout;

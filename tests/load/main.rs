@@ -29,13 +29,17 @@
 //! `CLOCK_MONOTONIC` time it arrived), `LOAD_STACK_KIB` (device threads here; default
 //! `devices::DEFAULT_STACK`), `LOAD_RELAYS` (5000) and
 //! `LOAD_RELAY_UPSTREAM` (`stub`, default: a stand-in collabd in this
-//! process; `collabd`: the real one with cwa-sim) for the dispatcher run.
+//! process; `collabd`: the real one with cwa-sim) for the dispatcher run,
+//! `LOAD_STALL_PROBE_S` (10; 0: off): the latency run probes the machine's
+//! CPUs for stalls (`stalls.rs`) this long before the messages and again
+//! after them, and prints what it saw beside the latency.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod devices;
 mod rig;
+mod stalls;
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -267,6 +271,12 @@ fn sessions_and_memory_over_https() {
     sessions_and_memory(true);
 }
 
+/// Message latency through the dispatcher (or straight to collabd):
+/// `LOAD_IDLE` idle sessions signed in, then `LOAD_PAIRS` pairs exchange
+/// `LOAD_MESSAGES` at `LOAD_RATE` a second. Prints the percentiles, every
+/// process's CPU, and the machine check (`stalls.rs`) of the quiet
+/// seconds before and after the messages; asserts every message arrived
+/// exactly once.
 #[test]
 #[ignore = "load run: cargo test --release --test load -- --ignored --nocapture --test-threads 1"]
 fn message_latency() {
@@ -298,6 +308,10 @@ fn message_latency() {
         fleet.logins
     );
     thread::sleep(Duration::from_secs(2));
+    let stall_probe = Duration::from_secs(env_usize("LOAD_STALL_PROBE_S", 10) as u64);
+    let stalls_before = (!stall_probe.is_zero())
+        .then(|| stalls::probe(stall_probe))
+        .flatten();
 
     let pid = s.collabd.pid();
     let cpu = |d: &Option<Daemon>| d.as_ref().map_or(0.0, |d| cpu_seconds(d.pid()));
@@ -323,7 +337,27 @@ fn message_latency() {
         cpu(&dispatcher),
         cpu_seconds(std::process::id()),
     );
+    let stalls_after = (!stall_probe.is_zero())
+        .then(|| stalls::probe(stall_probe))
+        .flatten();
     let idle_report = fleet.stop();
+    for (when, r) in [("before", &stalls_before), ("after", &stalls_after)] {
+        if let Some(r) = r {
+            eprintln!("machine check {when} the messages: {r}");
+        }
+    }
+    let machine = match (&stalls_before, &stalls_after) {
+        (Some(b), Some(a)) => format!(
+            " machine_late_per_s={:.1},{:.1} machine_stalled_pct={:.2},{:.2} machine_worst_ms={:.1},{:.1}",
+            b.late_per_second(),
+            a.late_per_second(),
+            b.stalled_percent(),
+            a.stalled_percent(),
+            b.worst.as_secs_f64() * 1e3,
+            a.worst.as_secs_f64() * 1e3,
+        ),
+        _ => String::new(),
+    };
     eprintln!(
         "sent={} received={} lost={} duplicates={} send_failures={} send_rate={:.1}/s failures={:?}",
         report.sent,
@@ -345,7 +379,7 @@ fn message_latency() {
     println!(
         "FIGURE {} message-latency build={} path={} cwa={} idle={idle} pairs={pairs} \
          rate={:.1}/s messages={} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} \
-         max_ms={:.3} mean_ms={:.3} lost={} duplicates={}",
+         max_ms={:.3} mean_ms={:.3} lost={} duplicates={}{machine}",
         today(),
         build(),
         if direct {

@@ -134,3 +134,20 @@ pub fn probe(duration: Duration) -> Option<StallReport> {
     report.elapsed = started.elapsed();
     (report.cpus > 0).then_some(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_pins_a_thread_to_every_allowed_cpu_and_reports_for_all() {
+        let allowed = allowed_cpus();
+        assert!(!allowed.is_empty(), "sched_getaffinity names this CPU set");
+        let report = probe(Duration::from_millis(200)).expect("every probe pinned");
+        assert_eq!(report.cpus, allowed.len());
+        assert!(report.elapsed >= Duration::from_millis(200));
+        // Each late wake is later than LATE, so their sum is at least that.
+        assert!(report.late_total >= LATE * report.late as u32);
+        assert!(report.worst >= report.late_total / report.late.max(1) as u32);
+    }
+}

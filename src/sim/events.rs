@@ -130,8 +130,13 @@ impl SessionQueue {
 
     /// Time since the last activity.
     pub fn idle(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)))
+        self.idle_at(Instant::now())
+    }
+
+    /// Time from the last activity to `now`.
+    fn idle_at(&self, now: Instant) -> Duration {
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        Duration::from_millis(now_ms.saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)))
     }
 
     /// Queues `event`, giving it the next eid. Returns false (and ends the
@@ -185,9 +190,7 @@ impl SessionQueue {
         if self.has_ended.load(Ordering::Acquire) {
             return self.ended();
         }
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        let idle_ms = now_ms.saturating_sub(self.last_activity_ms.load(Ordering::Relaxed));
-        (Duration::from_millis(idle_ms) >= timeout).then_some(EndReason::Expired)
+        (self.idle_at(now) >= timeout).then_some(EndReason::Expired)
     }
 
     /// (last eid issued, unacknowledged events held).

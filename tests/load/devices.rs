@@ -48,9 +48,8 @@ pub const DEFAULT_STACK: usize = if cfg!(debug_assertions) {
 
 /// How long an idle device blocks in one read before it looks at the stop
 /// flag: long, so that thousands of idle threads do not wake the machine
-/// (at 2 s, 5,000 idle devices woke it 2,500 times a second and the load
-/// client used twice the CPU in the latency run; a fleet's stop now takes
-/// up to this long).
+/// (at 2 s, 5,000 idle devices woke it 2,500 times a second on the CPUs
+/// the measured messages need; a fleet's stop now takes up to this long).
 const IDLE_SLICE: Duration = Duration::from_secs(10);
 
 /// One provisioned device and the user it signs in as.

@@ -88,7 +88,8 @@ fn pin_to(cpu: usize) -> bool {
 }
 
 /// Probes every CPU for `duration`; None if a probe could not be pinned
-/// (the figure would then not say which CPU stalled).
+/// (an unpinned probe may follow the scheduler to the other CPU and
+/// leave the stalled one unwatched).
 pub fn probe(duration: Duration) -> Option<StallReport> {
     let cpus = allowed_cpus();
     let started = Instant::now();
@@ -104,8 +105,11 @@ pub fn probe(duration: Duration) -> Option<StallReport> {
                     }
                     let (mut late, mut late_total, mut worst) = (0, Duration::ZERO, Duration::ZERO);
                     let end = Instant::now() + duration;
-                    while Instant::now() < end {
+                    loop {
                         let asked = Instant::now();
+                        if asked >= end {
+                            break;
+                        }
                         thread::sleep(NAP);
                         let overshoot = asked.elapsed().saturating_sub(NAP);
                         if overshoot > LATE {

@@ -32,11 +32,15 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Bound glibc's malloc arenas to `max` (`M_ARENA_MAX`). Call before the
-/// threads start.
+/// Bound glibc's malloc arenas to `max` (`M_ARENA_MAX`), unless
+/// `GLIBC_TUNABLES` sets `glibc.malloc.arena_max` (the operator's choice).
+/// Call before the threads start.
 pub fn limit_malloc_arenas(max: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        if tunables_set("glibc.malloc.arena_max") {
+            return;
+        }
         let max = libc::c_int::try_from(max.max(1)).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt only sets a tuning parameter.
         let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, max) };
@@ -74,13 +78,10 @@ pub fn reexec_without_thread_caches() -> std::io::Result<()> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        let current = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
-        if current
-            .to_string_lossy()
-            .contains("glibc.malloc.tcache_count")
-        {
+        if tunables_set("glibc.malloc.tcache_count") {
             return Ok(());
         }
+        let current = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
         let mut tunables = current;
         if !tunables.is_empty() {
             tunables.push(":");
@@ -103,6 +104,21 @@ pub fn reexec_without_thread_caches() -> std::io::Result<()> {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     Ok(())
+}
+
+/// Whether the `GLIBC_TUNABLES` this process started with sets `name`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tunables_set(name: &str) -> bool {
+    std::env::var_os("GLIBC_TUNABLES").is_some_and(|t| sets_tunable(&t.to_string_lossy(), name))
+}
+
+/// Whether `tunables` (`name=value` pairs separated by colons, glibc's
+/// syntax) sets `name`.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn sets_tunable(tunables: &str, name: &str) -> bool {
+    tunables
+        .split(':')
+        .any(|setting| setting.split('=').next() == Some(name))
 }
 
 /// Gives freed heap memory back to the system after bursts of frees,
@@ -362,6 +378,27 @@ fn stack_low_end() -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The operator's own setting is recognised by its whole name, in any
+    /// position, and a longer or shorter name is not taken for it.
+    #[test]
+    fn an_operators_tunable_is_found_by_its_whole_name() {
+        let ours = NO_THREAD_CACHES;
+        assert!(sets_tunable(ours, "glibc.malloc.tcache_count"));
+        assert!(!sets_tunable(ours, "glibc.malloc.arena_max"));
+        let theirs = format!("glibc.malloc.arena_max=16:{ours}");
+        assert!(sets_tunable(&theirs, "glibc.malloc.arena_max"));
+        assert!(sets_tunable(&theirs, "glibc.rtld.nns"));
+        assert!(!sets_tunable(
+            "glibc.malloc.arena_max_x=1",
+            "glibc.malloc.arena_max"
+        ));
+        assert!(!sets_tunable(
+            "glibc.malloc.arena=1",
+            "glibc.malloc.arena_max"
+        ));
+        assert!(!sets_tunable("", "glibc.malloc.arena_max"));
+    }
 
     /// Touches `kib` KiB of stack so that there is something to release.
     #[inline(never)]

@@ -46,9 +46,17 @@ use super::login;
 use super::spool::Spool;
 use super::table::{spawn_reaper, EndReason, SessionTable};
 
-/// Most malloc arenas (one per core up to this): more arenas only spread
-/// thousands of mostly idle threads' freed memory over more heaps.
-const MAX_MALLOC_ARENAS: usize = 8;
+/// malloc arenas per core, fewer than glibc's eight so that thousands of
+/// mostly idle threads' freed memory sits in fewer heaps. One per core
+/// was too few: the threads running at the same moment shared an arena's
+/// lock, and with two arenas on 2 cores collabd made 27 to 50 thousand
+/// futex calls in 5 s of the message-latency run (10 idle), against 6 to
+/// 9 thousand with eight, which cost 0.1 to 0.7 KiB more per idle session
+/// (load runs, 1,000 and 5,000 sessions; README, Performance).
+const MALLOC_ARENAS_PER_CORE: usize = 4;
+
+/// Fewest and most malloc arenas, whatever the core count.
+const MALLOC_ARENAS: std::ops::RangeInclusive<usize> = 8..=64;
 
 /// Exit status for a runtime failure (collabd(8), EXIT STATUS).
 pub const EX_FAILURE: u8 = 1;
@@ -189,7 +197,9 @@ pub fn main() -> u8 {
             // eight per core), which with a thread per connection keeps
             // most freed memory resident.
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            memory::limit_malloc_arenas(cores.clamp(2, MAX_MALLOC_ARENAS));
+            let arenas = (cores * MALLOC_ARENAS_PER_CORE)
+                .clamp(*MALLOC_ARENAS.start(), *MALLOC_ARENAS.end());
+            memory::limit_malloc_arenas(arenas);
             match run(c, blocked) {
                 Ok(()) => 0,
                 Err(e) => {

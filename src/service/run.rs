@@ -46,17 +46,16 @@ use super::login;
 use super::spool::Spool;
 use super::table::{spawn_reaper, EndReason, SessionTable};
 
-/// malloc arenas per core, fewer than glibc's eight so that thousands of
-/// mostly idle threads' freed memory sits in fewer heaps. One per core
-/// was too few: the threads running at the same moment shared an arena's
-/// lock, and with two arenas on 2 cores collabd made 27 to 50 thousand
-/// futex calls in 5 s of the message-latency run (10 idle), against 6 to
-/// 9 thousand with eight, which cost 0.1 to 0.7 KiB more per idle session
-/// (load runs, 1,000 and 5,000 sessions; README, Performance).
-const MALLOC_ARENAS_PER_CORE: usize = 4;
-
-/// Fewest and most malloc arenas, whatever the core count.
-const MALLOC_ARENAS: std::ops::RangeInclusive<usize> = 8..=64;
+/// Most malloc arenas (one per core up to this): more arenas only spread
+/// thousands of mostly idle threads' freed memory over more heaps. The
+/// price is lock traffic: with two arenas on 2 cores collabd made 27 to 50
+/// thousand futex calls in 5 s of the message-latency run (10 idle),
+/// against 6 to 9 thousand with eight; but eight left 13.1-13.4 MiB
+/// resident 40 s after 5,000 HTTPS sessions ended (1.92-2.03 times the
+/// size before the first login, against 1.96 with two), at the edge of
+/// what the project allows (README, Performance). An operator can choose
+/// otherwise with `GLIBC_TUNABLES=glibc.malloc.arena_max=N`.
+const MAX_MALLOC_ARENAS: usize = 8;
 
 /// Exit status for a runtime failure (collabd(8), EXIT STATUS).
 pub const EX_FAILURE: u8 = 1;
@@ -197,9 +196,7 @@ pub fn main() -> u8 {
             // eight per core), which with a thread per connection keeps
             // most freed memory resident.
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let arenas = (cores * MALLOC_ARENAS_PER_CORE)
-                .clamp(*MALLOC_ARENAS.start(), *MALLOC_ARENAS.end());
-            memory::limit_malloc_arenas(arenas);
+            memory::limit_malloc_arenas(cores.clamp(2, MAX_MALLOC_ARENAS));
             match run(c, blocked) {
                 Ok(()) => 0,
                 Err(e) => {

@@ -50,7 +50,7 @@ use super::table::{spawn_reaper, EndReason, SessionTable};
 /// thousands of mostly idle threads' freed memory over more heaps. The
 /// price is lock traffic: with two arenas on 2 cores collabd made 27 to 50
 /// thousand futex calls in 5 s of the message-latency run (10 idle),
-/// against 6 to 9 thousand with eight; but eight left 13.1-13.4 MiB
+/// against 4 to 9 thousand with eight; but eight left 13.1-13.4 MiB
 /// resident 40 s after 5,000 HTTPS sessions ended (1.92-2.03 times the
 /// size before the first login, against 1.96 with two), at the edge of
 /// what the project allows (README, Performance). An operator can choose

@@ -81,8 +81,7 @@ pub fn reexec_without_thread_caches() -> std::io::Result<()> {
         if tunables_set("glibc.malloc.tcache_count") {
             return Ok(());
         }
-        let current = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
-        let mut tunables = current;
+        let mut tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
         if !tunables.is_empty() {
             tunables.push(":");
         }

@@ -309,9 +309,12 @@ fn message_latency() {
     );
     thread::sleep(Duration::from_secs(2));
     let stall_probe = Duration::from_secs(env_usize("LOAD_STALL_PROBE_S", 10) as u64);
-    let stalls_before = (!stall_probe.is_zero())
-        .then(|| stalls::probe(stall_probe))
-        .flatten();
+    let probe_machine = || {
+        (!stall_probe.is_zero())
+            .then(|| stalls::probe(stall_probe))
+            .flatten()
+    };
+    let stalls_before = probe_machine();
 
     let pid = s.collabd.pid();
     let cpu = |d: &Option<Daemon>| d.as_ref().map_or(0.0, |d| cpu_seconds(d.pid()));
@@ -337,9 +340,7 @@ fn message_latency() {
         cpu(&dispatcher),
         cpu_seconds(std::process::id()),
     );
-    let stalls_after = (!stall_probe.is_zero())
-        .then(|| stalls::probe(stall_probe))
-        .flatten();
+    let stalls_after = probe_machine();
     let idle_report = fleet.stop();
     for (when, r) in [("before", &stalls_before), ("after", &stalls_after)] {
         if let Some(r) = r {

@@ -5,7 +5,8 @@
 /// by the programs that hold passwords, not by the library, so a test
 /// binary may install an allocator of its own.
 #[global_allocator]
-static ALLOCATOR: collabd::wire::secret::WipingAllocator = collabd::wire::secret::WipingAllocator;
+static ALLOCATOR: collabd::wire::secret::WipingAllocator =
+    collabd::wire::secret::WipingAllocator::system();
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -50,7 +50,7 @@ use ureq::unversioned::transport::{
 };
 
 use crate::net::SharedSocket;
-use crate::ops::memory;
+use crate::ops::{memory, thread_cache};
 use ureq::Error;
 
 /// How long resolved addresses of a CWA host name are reused.
@@ -634,6 +634,11 @@ impl Transport for CwaConnection {
                 // the burst's end and stayed resident as free heap, 16 KiB
                 // a session, load run).
                 self.buffers.release();
+                // So do the small blocks this thread cached since its last
+                // wait (see `ops::thread_cache`): at once, as a burst of
+                // sessions holding them for the quiet moment below grew the
+                // heap for good.
+                thread_cache::flush();
                 // The stack below this wait (sending went deeper) only
                 // after a quiet moment: each release is a TLB shootdown,
                 // and doing it at every wait cost each answered GET one
@@ -643,7 +648,7 @@ impl Transport for CwaConnection {
                 if limit.map_or(true, |l| l > quiet)
                     && !crate::net::readable_within(&self.tcp, quiet)
                 {
-                    memory::release_stack_below_here();
+                    memory::release_idle_memory();
                     limit = limit.map(|l| l.saturating_sub(quiet));
                     self.set_timeouts(limit)?;
                 }

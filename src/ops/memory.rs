@@ -22,12 +22,13 @@
 //!   process start, so collabd sets it and executes itself again, once
 //!   (with one more tunable that makes every thread's control block
 //!   smaller; see [`NO_THREAD_CACHES`]).
-//! - [`release_stack_below_here`]: a long-lived thread (a session's link
+//! - [`release_idle_memory`]: a long-lived thread (a session's link
 //!   or event thread) that did deep work once (the sign-in: TLS, the CWA
 //!   client, XML, the Config DB) keeps every stack page it touched resident
 //!   for hours. Before it blocks for a long wait, it gives the pages below
 //!   its current frame back (`madvise(MADV_DONTNEED)`; the next deep call
-//!   touches them again as zero pages).
+//!   touches them again as zero pages), and the small heap blocks it keeps
+//!   cached ([`super::thread_cache`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -257,14 +258,17 @@ pub const RELEASE_AFTER_QUIET: std::time::Duration = std::time::Duration::from_s
 /// wait.
 const KEEP_BELOW: usize = 256;
 
-/// Give the calling thread's stack pages more than [`KEEP_BELOW`] below the
-/// current frame back to the system. Call it from a long-lived thread just
-/// before a long blocking wait, at a shallow point of its loop. Pages that
-/// were never touched cost nothing; pages in use are above the current
-/// frame and untouched. Returns the bytes of address range advised (not
-/// necessarily resident before).
+/// Give the calling thread's idle memory back: the small heap blocks it
+/// has cached ([`super::thread_cache::flush`]), then its stack pages more
+/// than [`KEEP_BELOW`] below the current frame. Call it from a long-lived
+/// thread just before a long blocking wait, at a shallow point of its
+/// loop. Pages that were never touched cost nothing; pages in use are
+/// above the current frame and untouched. Returns the bytes of stack
+/// address range advised (not necessarily resident before).
 #[inline(never)]
-pub fn release_stack_below_here() -> usize {
+pub fn release_idle_memory() -> usize {
+    // First, so that the pages `free` touched below this frame go too.
+    super::thread_cache::flush();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let Some(low) = stack_low_end() else { return 0 };
@@ -431,7 +435,7 @@ mod tests {
                 let here = (&marker as *const u8 as usize) & !(page - 1);
                 let span = here - KEEP_BELOW - low;
                 let before = resident_pages(low, span);
-                let released = release_stack_below_here();
+                let released = release_idle_memory();
                 let after = resident_pages(low, span);
                 (before, released, after)
             })

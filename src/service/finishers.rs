@@ -133,7 +133,7 @@ impl Finishers {
             }
             // Idle: the deep work of the last job need not stay resident.
             drop(q);
-            memory::release_stack_below_here();
+            memory::release_idle_memory();
             q = self.queue();
             if !q.jobs.is_empty() {
                 continue;

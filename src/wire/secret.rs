@@ -8,8 +8,10 @@
 //! the NTLM hashing. Our own buffers are wiped explicitly; for the others
 //! a sign-in runs inside a [`WipeScope`], and the global allocator
 //! ([`WipingAllocator`], which the `collabd` and `collab-device` programs
-//! install) zeroes each block freed on that thread while the scope is open. Outside a scope the allocator is
-//! the system's, plus one thread-local flag test per free.
+//! install) zeroes each block freed on that thread while the scope is open,
+//! before the block goes to the allocator under it (the system's, or
+//! collabd's per-thread cache in front of it). Outside a scope it is that
+//! allocator, plus one thread-local flag test per free.
 //!
 //! Wiping uses volatile writes, so the compiler cannot drop them as dead
 //! stores before a free.
@@ -166,21 +168,39 @@ impl Drop for WipeScope {
     }
 }
 
-/// The system allocator, but a block freed or moved while a [`WipeScope`]
-/// is open on the freeing thread is zeroed first.
-pub struct WipingAllocator;
+/// An allocator (the system's, or [`crate::ops::thread_cache::ThreadCache`]
+/// in collabd), but a block freed or moved while a [`WipeScope`] is open on
+/// the freeing thread is zeroed first.
+pub struct WipingAllocator<A: GlobalAlloc = System> {
+    inner: A,
+}
 
-// SAFETY: every call is forwarded to `System` with the same layout; the
-// extra work only writes inside the block being freed, before freeing it.
-unsafe impl GlobalAlloc for WipingAllocator {
+impl WipingAllocator<System> {
+    /// Over the system allocator.
+    pub const fn system() -> WipingAllocator<System> {
+        WipingAllocator { inner: System }
+    }
+}
+
+impl<A: GlobalAlloc> WipingAllocator<A> {
+    /// Over `inner`.
+    pub const fn over(inner: A) -> WipingAllocator<A> {
+        WipingAllocator { inner }
+    }
+}
+
+// SAFETY: every call is forwarded to the inner allocator with the same
+// layout; the extra work only writes inside the block being freed, before
+// freeing it.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for WipingAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: our caller's contract for `alloc` is System's.
-        unsafe { System.alloc(layout) }
+        // SAFETY: our caller's contract for `alloc` is the inner one's.
+        unsafe { self.inner.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: our caller's contract for `alloc_zeroed` is System's.
-        unsafe { System.alloc_zeroed(layout) }
+        // SAFETY: our caller's contract for `alloc_zeroed` is the inner one's.
+        unsafe { self.inner.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -190,21 +210,21 @@ unsafe impl GlobalAlloc for WipingAllocator {
             unsafe { wipe_raw(ptr, layout.size()) };
         }
         // SAFETY: the same block and layout the caller gave us.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if !wiping() {
-            // SAFETY: our caller's contract for `realloc` is System's.
-            return unsafe { System.realloc(ptr, layout, new_size) };
+            // SAFETY: our caller's contract for `realloc` is the inner one's.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
-        // The system's realloc may move the block and free the old one
+        // The inner realloc may move the block and free the old one
         // unwiped: move it ourselves.
         // SAFETY: `layout.align()` is a valid alignment, and the caller
         // guarantees `new_size` rounded up to it does not overflow isize.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         // SAFETY: `new_layout` has a non-zero size (the caller's contract).
-        let new = unsafe { System.alloc(new_layout) };
+        let new = unsafe { self.inner.alloc(new_layout) };
         if !new.is_null() {
             // SAFETY: both blocks are live, distinct, and at least the
             // smaller size long; the old block is wiped and freed with the
@@ -212,7 +232,7 @@ unsafe impl GlobalAlloc for WipingAllocator {
             unsafe {
                 std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
                 wipe_raw(ptr, layout.size());
-                System.dealloc(ptr, layout);
+                self.inner.dealloc(ptr, layout);
             }
         }
         new

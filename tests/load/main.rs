@@ -301,7 +301,8 @@ fn message_latency() {
     opts.status_interval = Some(Duration::from_secs(60));
     let slow_ms = env_usize("LOAD_SLOW_MS", 0) as u64;
     opts.report_slower_than = (slow_ms > 0).then(|| Duration::from_millis(slow_ms));
-    let fleet = Fleet::sign_in(&opts, &devices[..idle], 64).expect("start the idle fleet");
+    let concurrency = env_usize("LOAD_LOGIN_CONCURRENCY", 64);
+    let fleet = Fleet::sign_in(&opts, &devices[..idle], concurrency).expect("start the idle fleet");
     assert_eq!(
         fleet.logins.ok, idle,
         "idle devices sign in: {}",
@@ -340,6 +341,9 @@ fn message_latency() {
         cpu(&dispatcher),
         cpu_seconds(std::process::id()),
     );
+    // A profiler's counters (for example `callgrind_control -d`) can be
+    // read here, with every message through and every session still up.
+    pause_for_inspection(pid);
     let stalls_after = probe_machine();
     let idle_report = fleet.stop();
     for (when, r) in [("before", &stalls_before), ("after", &stalls_after)] {

@@ -183,9 +183,9 @@ unsafe fn keep(block: *mut u8, class: usize) -> bool {
 }
 
 /// Gives every block this thread has cached back to the system, and the
-/// cache's own bookkeeping with them. Call it before a long wait; it is
-/// cheap when the cache is empty, and a no-op for a program whose
-/// allocator is not [`ThreadCache`].
+/// cache's own bookkeeping with them. Call it before the thread waits for
+/// its peer; it is cheap when the cache is empty, and a no-op for a
+/// program whose allocator is not [`ThreadCache`].
 pub fn flush() {
     let bins = BINS.with(|b| b.replace(ptr::null_mut()));
     if bins.is_null() {

@@ -66,6 +66,7 @@ for what the caller should do.
 */
 
 pub mod access;
+mod buffers;
 mod command;
 mod config;
 mod error;

@@ -14,10 +14,10 @@
 //! TCP connection, which is new.
 //!
 //! An idle connection keeps little memory: OpenSSL frees its record buffers
-//! when they are empty (`SSL_MODE_RELEASE_BUFFERS`); a read first waits for
-//! the socket to become readable, so the held event GET waits without a
-//! TLS record buffer; and the connection's own input and output buffers are
-//! given back while it waits for a response and while it sits in the pool.
+//! when they are empty (`SSL_MODE_RELEASE_BUFFERS`); the held event GET's
+//! read first waits for the socket to become readable, so it waits without
+//! a TLS record buffer; and the connection's own input and output buffers
+//! are given back while the held GET waits and while it sits in the pool.
 //!
 //! Names are resolved on the calling thread, never on a helper thread per
 //! connection: an IP literal needs no lookup; a name goes to the system
@@ -37,8 +37,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use openssl::ex_data::Index;
 use openssl::ssl::{
-    HandshakeError, Ssl, SslConnector, SslMethod, SslMode, SslSession, SslSessionCacheMode,
-    SslStream, SslVerifyMode,
+    HandshakeError, Ssl, SslConnector, SslMethod, SslMode, SslOptions, SslSession,
+    SslSessionCacheMode, SslStream, SslVerifyMode,
 };
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509VerifyResult, X509};
@@ -49,6 +49,7 @@ use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, NextTimeout, ShutdownHandle, Transport,
 };
 
+use super::buffers::ConnectionBuffers;
 use crate::net::SharedSocket;
 use crate::ops::{memory, thread_cache};
 use ureq::Error;
@@ -63,15 +64,6 @@ const MAX_CACHED_HOSTS: usize = 64;
 
 /// Most addresses ureq takes from a resolver.
 const MAX_ADDRS: usize = 16;
-
-/// The input buffer's first size: a CWA response head is a few hundred
-/// bytes, and zeroing the full buffer for every response cost more than
-/// growing it the rare time a head is longer.
-const INITIAL_INPUT: usize = 4 * 1024;
-
-/// The scratch space ureq wants for copying a request body (its own
-/// buffers' minimum).
-const MIN_BODY_SCRATCH: usize = 10 * 1024;
 
 /// A TLS failure: handshake, certificate verification or host name check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,6 +264,10 @@ impl Context {
         }
         builder.set_verify(SslVerifyMode::PEER);
         builder.set_mode(SslMode::RELEASE_BUFFERS);
+        // A renegotiation the server asks for is refused: a TLS write then
+        // never has to read, so a request's send timeout bounds it alone
+        // (`CwaConnection::set_timeout`).
+        builder.set_options(SslOptions::NO_RENEGOTIATION);
         // Client-side caching only calls back with new sessions; keeping
         // them is ours (OpenSSL's internal store is for servers).
         builder.set_session_cache_mode(
@@ -464,7 +460,9 @@ impl Connector<()> for CwaConnector {
                 details.config.input_buffer_size(),
                 details.config.output_buffer_size(),
             ),
-            socket_timeouts: None,
+            read_timeout: None,
+            write_timeout: None,
+            last_probe: None,
         }))
     }
 }
@@ -535,9 +533,47 @@ pub(crate) struct CwaConnection {
     tcp: Arc<TcpStream>,
     tls: Option<SslStream<SharedSocket>>,
     buffers: ConnectionBuffers,
-    /// The timeout last set on the socket (both directions), to skip
-    /// needless system calls.
-    socket_timeouts: Option<Option<Duration>>,
+    /// The receive timeout last set on the socket (`None`: not set since
+    /// the handshake), to skip needless system calls.
+    read_timeout: Option<Option<Duration>>,
+    /// The same for the send timeout.
+    write_timeout: Option<Option<Duration>>,
+    /// When `is_open` last asked the socket, if no exchange came after
+    /// (see there).
+    last_probe: Option<Instant>,
+}
+
+/// How long a pooled connection's answer from the socket (see `is_open`)
+/// is taken as still true.
+const PROBE_FRESH: Duration = Duration::from_millis(2);
+
+/// Which of the socket's timeouts an operation needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// Whether a socket timeout already set serves an operation that wants
+/// `wanted`: never shorter (that would fail it early), and at most a
+/// sixteenth and a millisecond longer. Every request of a session asks for
+/// about the same times (ureq's per-phase timeouts, taken afresh), so the
+/// one set for the first request serves the ones after it, and a request
+/// costs no `setsockopt` instead of four (strace of the latency run).
+fn timeout_serves(set: Option<Duration>, wanted: Option<Duration>) -> bool {
+    match (set, wanted) {
+        (None, None) => true,
+        (Some(set), Some(wanted)) => {
+            set >= wanted && set <= wanted + wanted / 16 + Duration::from_millis(1)
+        }
+        _ => false,
+    }
+}
+
+/// The timeout to set for `wanted`: a little longer, so that the slightly
+/// shorter times the next operations want still fit it.
+fn padded_timeout(wanted: Option<Duration>) -> Option<Duration> {
+    wanted.map(|w| w + w / 32)
 }
 
 impl fmt::Debug for CwaConnection {
@@ -550,21 +586,38 @@ impl fmt::Debug for CwaConnection {
 }
 
 impl CwaConnection {
-    /// Sets the socket's read and write timeouts (both: a TLS read may
-    /// write and a TLS write may read).
-    fn set_timeouts(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if self.socket_timeouts != Some(timeout) {
-            self.tcp.set_read_timeout(timeout)?;
-            self.tcp.set_write_timeout(timeout)?;
-            self.socket_timeouts = Some(timeout);
+    /// Bounds the socket's reads or writes by `timeout` (see
+    /// [`timeout_serves`]). Only the one direction: a TLS write never reads
+    /// (renegotiation is refused, see `client_context`), and what a TLS read
+    /// may write (an alert, a key update's answer) is bounded by the send
+    /// timeout of the last write.
+    fn set_timeout(&mut self, direction: Direction, timeout: Option<Duration>) -> io::Result<()> {
+        let set = match direction {
+            Direction::Read => &mut self.read_timeout,
+            Direction::Write => &mut self.write_timeout,
+        };
+        if set.is_some_and(|t| timeout_serves(t, timeout)) {
+            return Ok(());
+        }
+        let value = padded_timeout(timeout);
+        // Forgotten first: if the call fails, the next one sets it again.
+        *set = None;
+        match direction {
+            Direction::Read => self.tcp.set_read_timeout(value)?,
+            Direction::Write => self.tcp.set_write_timeout(value)?,
+        }
+        match direction {
+            Direction::Read => self.read_timeout = Some(value),
+            Direction::Write => self.write_timeout = Some(value),
         }
         Ok(())
     }
 
     /// Runs `op` until it is not interrupted by a signal, re-arming the
-    /// socket timeouts with what is left.
+    /// socket's timeout for `direction` with what is left.
     fn retrying<T>(
         &mut self,
+        direction: Direction,
         timeout: Option<Duration>,
         mut op: impl FnMut(&mut Self) -> io::Result<T>,
     ) -> io::Result<T> {
@@ -577,7 +630,7 @@ impl CwaConnection {
                         if left.is_zero() {
                             return Err(io::ErrorKind::TimedOut.into());
                         }
-                        self.set_timeouts(Some(left))?;
+                        self.set_timeout(direction, Some(left))?;
                     }
                 }
                 other => return other,
@@ -601,9 +654,11 @@ impl Transport for CwaConnection {
             return Err(Error::Timeout(timeout.reason));
         }
         let limit = remaining(&timeout);
-        self.set_timeouts(limit)?;
-        let result = self.retrying(limit, |c| {
-            let out = &c.buffers.output[..amount];
+        // What the socket said before this exchange no longer stands.
+        self.last_probe = None;
+        self.set_timeout(Direction::Write, limit)?;
+        let result = self.retrying(Direction::Write, limit, |c| {
+            let out = c.buffers.written(amount);
             match &mut c.tls {
                 Some(tls) => tls.write_all(out),
                 None => (&*c.tcp).write_all(out),
@@ -622,45 +677,51 @@ impl Transport for CwaConnection {
             return Err(Error::Timeout(timeout.reason));
         }
         let mut limit = remaining(&timeout);
-        self.set_timeouts(limit)?;
-        // Wait for the peer before claiming any buffer: the held event GET
-        // then waits with neither ours nor OpenSSL's.
-        if self.buffers.input().is_empty() && self.tls_pending() == 0 {
-            if HeldWait::is_on() {
-                // A held GET may wait for minutes, and the session for
-                // hours: its buffers go at once (after a sign-in burst they
-                // are then free for the sign-ins still running; freed a
-                // second later, 1,000 sessions' buffers were all held at
-                // the burst's end and stayed resident as free heap, 16 KiB
-                // a session, load run).
-                self.buffers.release();
-                // So do the small blocks this thread cached since its last
-                // wait (see `ops::thread_cache`): at once, as a burst of
-                // sessions holding them for the quiet moment below grew the
-                // heap for good.
-                thread_cache::flush();
-                // The stack below this wait (sending went deeper) only
-                // after a quiet moment: each release is a TLB shootdown,
-                // and doing it at every wait cost each answered GET one
-                // (`__madvise` was 8.7% of collabd's CPU in the sign-in
-                // rate run, perf).
-                let quiet = memory::RELEASE_AFTER_QUIET;
-                if limit.map_or(true, |l| l > quiet)
-                    && !crate::net::readable_within(&self.tcp, quiet)
-                {
+        self.last_probe = None;
+        self.set_timeout(Direction::Read, limit)?;
+        // The held event GET waits for the peer before claiming any buffer,
+        // so it waits with neither ours nor OpenSSL's. Other requests are
+        // answered within moments and read at once (a system call less).
+        if HeldWait::is_on() && self.buffers.input().is_empty() && self.tls_pending() == 0 {
+            let mut ready = false;
+            // A held GET may wait for minutes, and the session for
+            // hours: its buffers go at once (after a sign-in burst they
+            // are then free for the sign-ins still running; freed a
+            // second later, 1,000 sessions' buffers were all held at
+            // the burst's end and stayed resident as free heap, 16 KiB
+            // a session, load run).
+            self.buffers.release();
+            // So do the small blocks this thread cached since its last
+            // wait, unless the process's budget for them allows (see
+            // `ops::thread_cache`): a burst of sessions holding them
+            // all for the quiet moment below grew the heap for good.
+            thread_cache::before_wait();
+            // The stack below this wait (sending went deeper) only
+            // after a quiet moment: each release is a TLB shootdown,
+            // and doing it at every wait cost each answered GET one
+            // (`__madvise` was 8.7% of collabd's CPU in the sign-in
+            // rate run, perf).
+            let quiet = memory::RELEASE_AFTER_QUIET;
+            if limit.map_or(true, |l| l > quiet) {
+                // Readable within the moment (the usual answer to a
+                // busy session's GET): no need to wait below as well.
+                ready = crate::net::readable_within(&self.tcp, quiet);
+                if !ready {
                     memory::release_idle_memory();
                     limit = limit.map(|l| l.saturating_sub(quiet));
-                    self.set_timeouts(limit)?;
+                    self.set_timeout(Direction::Read, limit)?;
                 }
             }
-            let waited = self.retrying(limit, |c| c.tcp.peek(&mut [0u8; 1]));
-            match waited {
-                Ok(_) => {}
-                Err(e) if timed_out(&e) => return Err(Error::Timeout(timeout.reason)),
-                Err(e) => return Err(e.into()),
+            if !ready {
+                let waited = self.retrying(Direction::Read, limit, |c| c.tcp.peek(&mut [0u8; 1]));
+                match waited {
+                    Ok(_) => {}
+                    Err(e) if timed_out(&e) => return Err(Error::Timeout(timeout.reason)),
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
-        let result = self.retrying(limit, |c| {
+        let result = self.retrying(Direction::Read, limit, |c| {
             let buf = c.buffers.input_append_buf();
             match &mut c.tls {
                 Some(tls) => tls.read(buf),
@@ -678,10 +739,26 @@ impl Transport for CwaConnection {
 
     /// Called as the connection goes back to the pool and as it is taken
     /// out: gives the buffers back, then checks that the peer has neither
-    /// closed nor sent anything unasked.
+    /// closed nor sent anything unasked. The socket's answer (one system
+    /// call) stands for [`PROBE_FRESH`]: the event thread puts its
+    /// connection back and takes it out again for the next GET within
+    /// microseconds, and a peer closing in between is the race every
+    /// reused HTTP connection has between the check and the request.
     fn is_open(&mut self) -> bool {
         self.buffers.release();
-        self.tls_pending() == 0 && crate::net::nothing_to_read(&self.tcp)
+        if self.tls_pending() != 0 {
+            return false;
+        }
+        let now = Instant::now();
+        if self
+            .last_probe
+            .is_some_and(|at| now.saturating_duration_since(at) < PROBE_FRESH)
+        {
+            return true;
+        }
+        let open = crate::net::nothing_to_read(&self.tcp);
+        self.last_probe = open.then_some(now);
+        open
     }
 
     fn is_tls(&self) -> bool {
@@ -721,143 +798,33 @@ impl Drop for HeldWait {
     }
 }
 
-/// A connection's input and output buffers, allocated when used and given
-/// back by [`ConnectionBuffers::release`] when nothing is left unread.
-#[derive(Debug)]
-struct ConnectionBuffers {
-    input_size: usize,
-    output_size: usize,
-    input: Vec<u8>,
-    /// `input[consumed..filled]` is read but not yet consumed.
-    filled: usize,
-    consumed: usize,
-    output: Vec<u8>,
-    /// Whether the last consume took anything (ureq's progress rule).
-    progress: bool,
-}
-
-impl ConnectionBuffers {
-    fn new(input_size: usize, output_size: usize) -> ConnectionBuffers {
-        ConnectionBuffers {
-            input_size: input_size.max(1),
-            output_size: output_size.max(1),
-            input: Vec::new(),
-            filled: 0,
-            consumed: 0,
-            output: Vec::new(),
-            progress: false,
-        }
-    }
-
-    fn allocate(&mut self) {
-        if self.output.len() < self.output_size {
-            self.output.resize(self.output_size, 0);
-        }
-        let first = INITIAL_INPUT.min(self.input_size);
-        if self.input.len() < first {
-            self.input.resize(first, 0);
-        }
-    }
-
-    /// Doubles the input buffer, up to its configured size, when it is
-    /// full (a response head longer than the first size).
-    fn grow_input_if_full(&mut self) {
-        if self.filled == self.input.len() && self.input.len() < self.input_size {
-            let size = (self.input.len() * 2).clamp(1, self.input_size);
-            self.input.resize(size, 0);
-        }
-    }
-
-    /// Moves unconsumed input to the front when that frees useful space.
-    fn compact(&mut self) {
-        if self.consumed == 0 {
-            return;
-        }
-        if self.consumed == self.filled {
-            self.consumed = 0;
-            self.filled = 0;
-        } else if self.filled > self.input.len() / 2 {
-            self.input.copy_within(self.consumed..self.filled, 0);
-            self.filled -= self.consumed;
-            self.consumed = 0;
-        }
-    }
-
-    /// Frees both buffers if no input is waiting to be consumed.
-    fn release(&mut self) {
-        if self.consumed == self.filled {
-            self.input = Vec::new();
-            self.output = Vec::new();
-            self.filled = 0;
-            self.consumed = 0;
-        }
-    }
-}
-
-impl Buffers for ConnectionBuffers {
-    fn output(&mut self) -> &mut [u8] {
-        self.allocate();
-        &mut self.output
-    }
-
-    fn input(&self) -> &[u8] {
-        &self.input[self.consumed..self.filled]
-    }
-
-    fn input_append_buf(&mut self) -> &mut [u8] {
-        self.allocate();
-        self.compact();
-        self.grow_input_if_full();
-        &mut self.input[self.filled..]
-    }
-
-    fn input_appended(&mut self, amount: usize) {
-        self.filled = (self.filled + amount).min(self.input.len());
-    }
-
-    fn input_consume(&mut self, amount: usize) {
-        self.progress = amount > 0;
-        self.consumed = (self.consumed + amount).min(self.filled);
-    }
-
-    fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
-        self.allocate();
-        self.compact();
-        let free = self.input.len() - self.filled;
-        if free < MIN_BODY_SCRATCH {
-            self.input.resize(self.filled + MIN_BODY_SCRATCH, 0);
-        }
-        (&mut self.input[self.filled..], &mut self.output)
-    }
-
-    fn can_use_input(&self) -> bool {
-        self.filled > self.consumed && self.progress
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn buffers_are_given_back_only_when_all_input_is_consumed() {
-        let mut b = ConnectionBuffers::new(64, 32);
-        assert!(b.input().is_empty());
-        let space = b.input_append_buf();
-        assert_eq!(space.len(), 64);
-        space[..5].copy_from_slice(b"hello");
-        b.input_appended(5);
-        b.input_consume(2);
-        assert_eq!(b.input(), b"llo");
-        assert!(b.can_use_input());
-        b.release();
-        assert_eq!(b.input(), b"llo", "unconsumed input survives a release");
-        b.input_consume(3);
-        b.release();
-        assert_eq!((b.input.capacity(), b.output.capacity()), (0, 0));
-        assert_eq!(b.output().len(), 32, "reallocated on use");
-        let (tmp, out) = b.tmp_and_output();
-        assert!(tmp.len() >= MIN_BODY_SCRATCH && out.len() == 32);
+    fn a_socket_timeout_is_set_again_only_when_it_would_not_serve() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let set = padded_timeout(Some(s(10)));
+        assert!(set.unwrap() > s(10));
+        assert!(timeout_serves(set, Some(s(10))), "the next request's 10 s");
+        assert!(timeout_serves(set, Some(ms(9_900))), "a little later");
+        assert!(
+            !timeout_serves(set, Some(s(11))),
+            "never shorter than wanted"
+        );
+        assert!(
+            !timeout_serves(set, Some(s(9))),
+            "at most a sixteenth longer"
+        );
+        assert!(!timeout_serves(set, None) && !timeout_serves(None, Some(s(1))));
+        assert!(timeout_serves(None, None));
+        assert!(timeout_serves(padded_timeout(Some(ms(1))), Some(ms(1))));
+        assert!(
+            timeout_serves(Some(ms(2)), Some(ms(1))),
+            "a millisecond of slack"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A per-thread cache of freed small heap blocks in front of the system
-//! allocator ([`ThreadCache`]), emptied by the thread itself ([`flush`])
-//! before it waits for its peer, and when it exits.
+//! allocator ([`ThreadCache`]), kept by the thread over its short waits
+//! within a process-wide budget ([`before_wait`]), and emptied ([`flush`])
+//! before a long wait and when the thread exits.
 //!
 //! collabd runs glibc's malloc without its own per-thread caches
 //! (`glibc.malloc.tcache_count=0`, `ops::memory`): with thousands of
@@ -8,14 +9,18 @@
 //! KiB a session. Without them every small allocation takes an arena lock
 //! and walks the arena's bins, and relaying one message makes about 700
 //! of them (XML trees, HTTP heads). This cache lets a thread reuse what it
-//! freed earlier in the same piece of work (the parsed reply's tree for
-//! the next request's head), and gives it all back before the thread
-//! waits: for its device (the link thread), for CWA's held event GET (the
-//! event thread), and in `ops::memory::release_idle_memory`. Kept across
-//! those waits, it cost memory for good: every session of a sign-in burst
-//! held its cache for the second before its first long wait, and the heap
-//! grew by about 18 KiB a session (4 KiB kept across waits: 5 KiB a
-//! session); see the README's Performance section.
+//! freed earlier (the parsed reply's tree for the next request's head).
+//! Before each wait for its peer (the link thread for its device, the
+//! event thread for CWA's held GET) a thread keeps its cache if all the
+//! threads waiting with one keep no more than [`KEPT_OVER_WAITS`] in all,
+//! and empties it otherwise; before a long wait (`ops::memory::
+//! release_idle_memory`, after a quiet moment) it always empties it. Kept
+//! over every wait without a bound, it cost memory for good: every session
+//! of a sign-in burst held its cache for the second before its first long
+//! wait, and the heap grew by about 18 KiB a session; emptied at every
+//! wait, a busy session took each message's blocks from the shared arenas
+//! again, and waited for their locks (see the README's Performance
+//! section).
 //!
 //! Blocks up to [`MAX_CACHED_SIZE`] bytes with an alignment of at most 16
 //! are rounded up to a multiple of 16 (their class) when taken from the
@@ -27,6 +32,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The largest request served from the cache.
 pub const MAX_CACHED_SIZE: usize = 1024;
@@ -43,6 +49,13 @@ pub const MAX_PER_CLASS: u16 = 32;
 
 /// Most bytes kept per thread, all classes together.
 pub const MAX_CACHED_BYTES: usize = 32 * 1024;
+
+/// Most bytes all threads together keep cached over a wait
+/// ([`before_wait`]).
+pub const KEPT_OVER_WAITS: usize = 512 * 1024;
+
+/// Bytes the threads now waiting keep cached (the sum of their `KEPT`).
+static KEPT_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// A freed block, linked through its own first word.
 struct Free {
@@ -71,6 +84,8 @@ thread_local! {
     // usable at any point of a thread's life, also from the allocator.
     static BINS: Cell<*mut Bins> = const { Cell::new(ptr::null_mut()) };
     static STATE: Cell<u8> = const { Cell::new(FRESH) };
+    // This thread's share of KEPT_BYTES.
+    static KEPT: Cell<usize> = const { Cell::new(0) };
     // Its destructor empties the cache when the thread exits.
     static EXIT_HOOK: ExitHook = const { ExitHook };
 }
@@ -183,10 +198,12 @@ unsafe fn keep(block: *mut u8, class: usize) -> bool {
 }
 
 /// Gives every block this thread has cached back to the system, and the
-/// cache's own bookkeeping with them. Call it before the thread waits for
-/// its peer; it is cheap when the cache is empty, and a no-op for a
-/// program whose allocator is not [`ThreadCache`].
+/// cache's own bookkeeping with them, and its share of the budget of
+/// [`before_wait`]. Call it before the thread waits long; it is cheap when
+/// the cache is empty, and a no-op for a program whose allocator is not
+/// [`ThreadCache`].
 pub fn flush() {
+    give_back_share();
     let bins = BINS.with(|b| b.replace(ptr::null_mut()));
     if bins.is_null() {
         return;
@@ -209,6 +226,44 @@ pub fn flush() {
     // SAFETY: made with this layout by `bins_for_caching`; nothing points
     // into it any more.
     unsafe { System.dealloc(bins.cast(), Layout::new::<Bins>()) };
+}
+
+/// Call before a short wait for the peer (the next message of a busy
+/// session): keeps this thread's cache over the wait while all threads
+/// together keep at most [`KEPT_OVER_WAITS`], else empties it ([`flush`]).
+/// A busy session's threads then start each message with the blocks the
+/// last one freed, instead of taking them from the shared arenas again
+/// (and waiting for their locks); a burst of sign-ins, each thread waiting
+/// a moment, finds the budget spent and grows the heap by no more than it.
+/// A thread that then waits long empties its cache all the same
+/// (`ops::memory::release_idle_memory`).
+pub fn before_wait() {
+    keep_within(KEPT_OVER_WAITS);
+}
+
+/// [`before_wait`] with a budget of `budget` bytes.
+fn keep_within(budget: usize) {
+    let bytes = cached_bytes();
+    let mine = KEPT.with(Cell::get);
+    let fits = KEPT_BYTES
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
+            let total = total.saturating_sub(mine) + bytes;
+            (total <= budget).then_some(total)
+        })
+        .is_ok();
+    if fits {
+        KEPT.with(|k| k.set(bytes));
+    } else {
+        flush();
+    }
+}
+
+/// Gives this thread's share of [`KEPT_BYTES`] back.
+fn give_back_share() {
+    let mine = KEPT.with(|k| k.replace(0));
+    if mine > 0 {
+        KEPT_BYTES.fetch_sub(mine, Ordering::AcqRel);
+    }
 }
 
 /// Bytes this thread holds in its cache (for tests and diagnostics).
@@ -391,6 +446,67 @@ mod tests {
             flush();
             assert_eq!(cached_bytes(), 0);
         });
+    }
+
+    /// Frees `n` fresh blocks of 1 KiB into this thread's cache.
+    fn cache_kib(n: usize) {
+        let kib = Layout::from_size_align(1024, 16).unwrap();
+        let blocks: Vec<*mut u8> = (0..n).map(|_| alloc(kib)).collect();
+        for p in blocks {
+            dealloc(p, kib);
+        }
+        assert_eq!(cached_bytes(), n * 1024);
+    }
+
+    #[test]
+    fn caches_are_kept_over_waits_only_within_the_budget_of_all_threads() {
+        // The only test that keeps anything over a wait: KEPT_BYTES is
+        // process-wide (other threads of this binary cache nothing).
+        use std::sync::mpsc::channel;
+        let budget = 16 * 1024;
+        let (kept_tx, kept_rx) = channel();
+        let (go_tx, go_rx) = channel::<()>();
+        let first = std::thread::spawn(move || {
+            cache_kib(10);
+            keep_within(budget);
+            assert_eq!(cached_bytes(), 10 * 1024, "kept: within the budget");
+            kept_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            flush();
+            assert_eq!(KEPT.with(Cell::get), 0);
+        });
+        kept_rx.recv().unwrap();
+        assert_eq!(KEPT_BYTES.load(Ordering::Acquire), 10 * 1024);
+        on_own_thread(move || {
+            cache_kib(10);
+            keep_within(budget);
+            assert_eq!(cached_bytes(), 0, "emptied: the budget is spent");
+        });
+        go_tx.send(()).unwrap();
+        first.join().unwrap();
+        assert_eq!(
+            KEPT_BYTES.load(Ordering::Acquire),
+            0,
+            "a flush gives the share back"
+        );
+        on_own_thread(move || {
+            cache_kib(10);
+            keep_within(budget);
+            assert_eq!(cached_bytes(), 10 * 1024, "kept again");
+            // The share follows what the thread keeps at its last wait.
+            let kib = Layout::from_size_align(1024, 16).unwrap();
+            let p = alloc(kib);
+            keep_within(budget);
+            assert_eq!(KEPT_BYTES.load(Ordering::Acquire), 9 * 1024);
+            dealloc(p, kib);
+            // The thread exits holding its cache: its exit hook empties it
+            // and gives the share back.
+        });
+        assert_eq!(
+            KEPT_BYTES.load(Ordering::Acquire),
+            0,
+            "the exit hook gives it back"
+        );
     }
 
     #[test]

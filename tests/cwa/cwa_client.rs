@@ -1650,3 +1650,54 @@ fn evil_event_get_that_stalls_mid_body_times_out_and_keeps_the_ack_id() {
         .collect();
     assert_eq!(acks, ["0", "0"]);
 }
+
+#[test]
+fn evil_command_connection_closed_while_pooled_is_not_reused() {
+    // Every command is answered in full, without `Connection: close`, and
+    // then the connection is closed: the client must find that out when it
+    // takes the connection from its pool (a command is never resent, so
+    // sending it on the closed connection would fail it).
+    let server = fake_cwa_with(
+        |r| {
+            Reply::SendThenStall(
+                response(
+                    200,
+                    &[],
+                    format!(
+                        r#"<cwaResponses><requestAccepted rid="{}"/></cwaResponses>"#,
+                        rid_of(r)
+                    )
+                    .as_bytes(),
+                ),
+                Duration::ZERO,
+            )
+        },
+        |_| send(200, &[], "<cwaEvents/>"),
+    );
+    let (commands, _events) = open(&server);
+    let before = server.connections.load(Ordering::SeqCst);
+    let results = within("commands", move || {
+        let mut commands = commands;
+        let cmd = Command::AddGroup {
+            name: "Friends".into(),
+            external_uri: None,
+        };
+        (0..3)
+            .map(|_| {
+                // Time for the close to arrive, as between a device's
+                // messages.
+                thread::sleep(Duration::from_millis(50));
+                commands.send(&cmd).map(|_| ())
+            })
+            .collect::<Vec<_>>()
+    });
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "command {i}: {r:?}");
+    }
+    // The first may have reused the sign-in's connection; each one after
+    // it needed a new one.
+    assert!(
+        server.connections.load(Ordering::SeqCst) - before >= 2,
+        "the closed connections were not reused"
+    );
+}

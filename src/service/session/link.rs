@@ -44,11 +44,11 @@ pub fn serve_link(session: &Arc<Session>, link_id: u64, reader: &mut LinkReader)
         let quiet = memory::RELEASE_AFTER_QUIET.min(status_timeout);
         let will_wait = !reader.has_partial_frame() && !reader.get_ref().has_buffered();
         if will_wait {
-            // The small blocks the last message freed go back before any
-            // wait, not only a long one: held for the quiet moment by
-            // every session of a burst, they grew the heap by about 18
-            // KiB a session, for good (`ops::thread_cache`).
-            thread_cache::flush();
+            // The small blocks the last message freed are kept over the
+            // wait only within the process's budget: held for the quiet
+            // moment by every session of a burst, they grew the heap by
+            // about 18 KiB a session, for good (`ops::thread_cache`).
+            thread_cache::before_wait();
         }
         let message = if will_wait && !crate::net::readable_within(reader.get_ref().tcp(), quiet) {
             memory::release_idle_memory();

@@ -319,9 +319,11 @@ fn message_latency() {
 
     let pid = s.collabd.pid();
     let cpu = |d: &Option<Daemon>| d.as_ref().map_or(0.0, |d| cpu_seconds(d.pid()));
-    let (c0, d0, me0) = (
+    let sim_pid = s.sim.pid();
+    let (c0, d0, sim0, me0) = (
         cpu_seconds(pid),
         cpu(&dispatcher),
+        cpu_seconds(sim_pid),
         cpu_seconds(std::process::id()),
     );
     let profile = Profiler::start(pid, "collabd-message-latency");
@@ -336,9 +338,10 @@ fn message_latency() {
     .expect("run the pairs");
     let wall = t0.elapsed().as_secs_f64();
     drop(profile);
-    let (c1, d1, me1) = (
+    let (c1, d1, sim1, me1) = (
         cpu_seconds(pid),
         cpu(&dispatcher),
+        cpu_seconds(sim_pid),
         cpu_seconds(std::process::id()),
     );
     // A profiler's counters (for example `callgrind_control -d`) can be
@@ -376,9 +379,10 @@ fn message_latency() {
     let lat = report.latency.expect("some messages arrived");
     eprintln!("latency: {lat}");
     eprintln!(
-        "CPU seconds over {wall:.1} s: collabd {:.1}, dispatcher {:.1}, load client {:.1}",
+        "CPU seconds over {wall:.1} s: collabd {:.1}, dispatcher {:.1}, cwa-sim {:.1}, load client {:.1}",
         c1 - c0,
         d1 - d0,
+        sim1 - sim0,
         me1 - me0
     );
     println!(

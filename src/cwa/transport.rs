@@ -588,9 +588,9 @@ impl fmt::Debug for CwaConnection {
 impl CwaConnection {
     /// Bounds the socket's reads or writes by `timeout` (see
     /// [`timeout_serves`]). Only the one direction: a TLS write never reads
-    /// (renegotiation is refused, see `client_context`), and what a TLS read
-    /// may write (an alert, a key update's answer) is bounded by the send
-    /// timeout of the last write.
+    /// (renegotiation is refused, see `Context::connector`), and what a TLS
+    /// read may write (an alert, a key update's answer) is bounded by the
+    /// send timeout of the last write.
     fn set_timeout(&mut self, direction: Direction, timeout: Option<Duration>) -> io::Result<()> {
         let set = match direction {
             Direction::Read => &mut self.read_timeout,
@@ -600,17 +600,13 @@ impl CwaConnection {
             return Ok(());
         }
         let value = padded_timeout(timeout);
-        // Forgotten first: if the call fails, the next one sets it again.
-        *set = None;
-        match direction {
-            Direction::Read => self.tcp.set_read_timeout(value)?,
-            Direction::Write => self.tcp.set_write_timeout(value)?,
-        }
-        match direction {
-            Direction::Read => self.read_timeout = Some(value),
-            Direction::Write => self.write_timeout = Some(value),
-        }
-        Ok(())
+        let done = match direction {
+            Direction::Read => self.tcp.set_read_timeout(value),
+            Direction::Write => self.tcp.set_write_timeout(value),
+        };
+        // Remembered only once set: after a failure the next call tries again.
+        *set = done.is_ok().then_some(value);
+        done
     }
 
     /// Runs `op` until it is not interrupted by a signal, re-arming the
@@ -740,10 +736,13 @@ impl Transport for CwaConnection {
     /// Called as the connection goes back to the pool and as it is taken
     /// out: gives the buffers back, then checks that the peer has neither
     /// closed nor sent anything unasked. The socket's answer (one system
-    /// call) stands for [`PROBE_FRESH`]: the event thread puts its
-    /// connection back and takes it out again for the next GET within
-    /// microseconds, and a peer closing in between is the race every
-    /// reused HTTP connection has between the check and the request.
+    /// call) stands for [`PROBE_FRESH`]: when the session's pool holds only
+    /// this connection (an idle session's event thread, re-polling), it is
+    /// put back and taken out again for the next GET within microseconds;
+    /// ureq hands out the least recently used connection, so a busy
+    /// session's two connections alternate and are probed each time. A
+    /// peer closing in between is the race every reused HTTP connection
+    /// has between the check and the request.
     fn is_open(&mut self) -> bool {
         self.buffers.release();
         if self.tls_pending() != 0 {

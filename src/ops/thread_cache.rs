@@ -245,6 +245,12 @@ pub fn before_wait() {
 fn keep_within(budget: usize) {
     let bytes = cached_bytes();
     let mine = KEPT.with(Cell::get);
+    if bytes == mine {
+        // The total is unchanged (and within the budget): no need to touch
+        // the process-wide counter, the common case of a thread that keeps
+        // nothing.
+        return;
+    }
     let fits = KEPT_BYTES
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |total| {
             let total = total.saturating_sub(mine) + bytes;
